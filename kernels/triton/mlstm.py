@@ -1,0 +1,174 @@
+"""Chunkwise mLSTM: a Triton forward, and a PyTorch chunkwise twin that gives the backward by recomputation.
+
+Math (per batch and head; q, k of width dqk, v of width dv; ĩ, f̃ gate pre-activations; scale = 1/√dqk):
+
+    F_t = Σ_{τ≤t} log σ(f̃_τ),   log D_ts = F_t − F_s + ĩ_s (s ≤ t),   m_t = max_s log D_ts
+    h_t = Σ_s (scale q_t·k_s) e^{log D_ts − m_t} v_s / (max(|Σ_s (scale q_t·k_s) e^{log D_ts − m_t}|, e^{−m_t}) + ε)
+
+Chunkwise (chunk length Lc; b_t = cumulative log σ(f̃) from the chunk start, b_last its value at the chunk end): the
+state before chunk κ is (C, n, m) with C = Σ_{s<start} e^{F_{start−1} − F_s + ĩ_s − m} k_s v_sᵀ and n the same sum of
+k_s, m the running max of those log weights. For a row t of the chunk
+
+    m_t   = max(b_t + m, max_{s≤t in chunk} (b_t − b_s + ĩ_s))            (equals the parallel row max exactly)
+    num_t = e^{b_t + m − m_t} scale q_t C + Σ_s e^{b_t − b_s + ĩ_s − m_t} (scale q_t·k_s) v_s
+    den_t = e^{b_t + m − m_t} scale q_t·n + Σ_s e^{b_t − b_s + ĩ_s − m_t} (scale q_t·k_s)
+    h_t   = num_t / (max(|den_t|, e^{−m_t}) + ε)
+
+and the state moves on with a_s = b_last − b_s + ĩ_s, m' = max(b_last + m, max_s a_s),
+C' = e^{b_last + m − m'} C + Σ_s e^{a_s − m'} k_s v_sᵀ (n' likewise with k_s). The result equals the parallel form, so
+the parallel reference is the oracle.
+
+The Triton kernel runs one program per (batch·head, dv block) and walks the chunks in order with the state in
+registers; all products are `tl.dot`. The backward recomputes through `mlstm_chunkwise_torch` (same math, autograd):
+O(L·Lc) memory instead of the parallel form's O(L²). A Triton backward kernel is not written yet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+
+def mlstm_chunkwise_torch(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64):
+    """PyTorch chunkwise mLSTM (differentiable); shapes as `kernels.mlstm.mlstm_parallel_ref`; returns h like v."""
+    bsz, heads, length, dqk = q.shape
+    dv = v.shape[-1]
+    dt = torch.float32 if q.dtype != torch.float64 else torch.float64
+    pad = (-length) % chunk
+    qf, kf, vf = (F.pad(x.to(dt), (0, 0, 0, pad)) for x in (q, k, v))
+    ig = F.pad(i.to(dt), (0, pad), value=float("-inf"))
+    lf = F.pad(F.logsigmoid(f.to(dt)), (0, pad), value=0.0)
+    nck = (length + pad) // chunk
+    qf = qf.view(bsz, heads, nck, chunk, dqk) / math.sqrt(dqk)
+    kf = kf.view(bsz, heads, nck, chunk, dqk)
+    vf = vf.view(bsz, heads, nck, chunk, dv)
+    ig, lf = ig.view(bsz, heads, nck, chunk), lf.view(bsz, heads, nck, chunk)
+    b = lf.cumsum(-1)  # (b, h, nck, Lc)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+    w = b[..., :, None] - b[..., None, :] + ig[..., None, :]
+    w = w.masked_fill(~causal, float("-inf"))  # (b, h, nck, t, s)
+    state_c = qf.new_zeros(bsz, heads, dqk, dv)
+    state_n = qf.new_zeros(bsz, heads, dqk)
+    state_m = qf.new_full((bsz, heads), float("-inf"))
+    outs = []
+    for c in range(nck):
+        bc, wc = b[:, :, c], w[:, :, c]
+        m_t = torch.maximum(bc + state_m[..., None], wc.amax(-1))  # (b, h, Lc)
+        inter = torch.exp(bc + state_m[..., None] - m_t)
+        dmat = torch.exp(wc - m_t[..., None])
+        s = qf[:, :, c] @ kf[:, :, c].transpose(-1, -2) * dmat
+        num = inter[..., None] * (qf[:, :, c] @ state_c) + s @ vf[:, :, c]
+        den = inter * (qf[:, :, c] @ state_n[..., None])[..., 0] + s.sum(-1)
+        outs.append(num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps)[..., None])
+        blast = bc[..., -1]
+        a = blast[..., None] - bc + ig[:, :, c]
+        m_new = torch.maximum(blast + state_m, a.amax(-1))
+        decay = torch.exp(blast + state_m - m_new)
+        wk = kf[:, :, c] * torch.exp(a - m_new[..., None])[..., None]
+        state_c = decay[..., None, None] * state_c + wk.transpose(-1, -2) @ vf[:, :, c]
+        state_n = decay[..., None] * state_n + wk.sum(-2)
+        state_m = m_new
+    h = torch.stack(outs, 2).reshape(bsz, heads, nck * chunk, dv)[:, :, :length]
+    return h.to(v.dtype)
+
+
+@triton.jit
+def _mlstm_fwd_kernel(
+    Q, K, V, I, Fg, H, L, DQK, DV, scale, eps,
+    sq_bh, sq_l, sq_d, sk_bh, sk_l, sk_d, sv_bh, sv_l, sv_d, si_bh, si_l, sf_bh, sf_l, sh_bh, sh_l, sh_d,
+    LC: tl.constexpr, DKP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    pid_v = tl.program_id(1)
+    offs_k = tl.arange(0, DKP)
+    mask_k = offs_k < DQK
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < DV
+    offs_t = tl.arange(0, LC)
+    state_c = tl.zeros((DKP, BV), dtype=tl.float32)
+    state_n = tl.zeros((DKP,), dtype=tl.float32)
+    state_m = -float("inf")
+    causal = offs_t[:, None] >= offs_t[None, :]
+    for start in range(0, L, LC):
+        t = start + offs_t
+        mask_t = t < L
+        q = tl.load(Q + bh * sq_bh + t[:, None] * sq_l + offs_k[None, :] * sq_d,
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        k = tl.load(K + bh * sk_bh + t[:, None] * sk_l + offs_k[None, :] * sk_d,
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        v = tl.load(V + bh * sv_bh + t[:, None] * sv_l + offs_v[None, :] * sv_d,
+                    mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        ig = tl.load(I + bh * si_bh + t * si_l, mask=mask_t, other=-float("inf")).to(tl.float32)
+        fg = tl.load(Fg + bh * sf_bh + t * sf_l, mask=mask_t, other=0.0).to(tl.float32)
+        logf = tl.where(mask_t, tl.minimum(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg))), 0.0)  # log σ(f̃)
+        b = tl.cumsum(logf, 0)
+        w = b[:, None] - b[None, :] + ig[None, :]
+        w = tl.where(causal, w, -float("inf"))
+        m_t = tl.maximum(b + state_m, tl.max(w, 1))
+        inter = tl.exp(b + state_m - m_t)
+        dmat = tl.exp(w - m_t[:, None])
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale * dmat  # (LC, LC)
+        qs = q.to(tl.float32) * scale
+        num = inter[:, None] * tl.dot(qs, state_c, input_precision=PREC)
+        num += tl.dot(s.to(v.dtype), v, input_precision=PREC)
+        den = inter * tl.sum(qs * state_n[None, :], 1) + tl.sum(s, 1)
+        hval = num / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps)[:, None]
+        tl.store(H + bh * sh_bh + t[:, None] * sh_l + offs_v[None, :] * sh_d, hval.to(H.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_v[None, :])
+        blast = tl.sum(tl.where(offs_t == LC - 1, b, 0.0), 0)
+        a = blast - b + ig
+        m_new = tl.maximum(blast + state_m, tl.max(a, 0))
+        decay = tl.exp(blast + state_m - m_new)
+        wk = k.to(tl.float32) * tl.exp(a - m_new)[:, None]
+        state_c = decay * state_c + tl.dot(tl.trans(wk.to(v.dtype)), v, input_precision=PREC)
+        state_n = decay * state_n + tl.sum(wk, 0)
+        state_m = m_new
+
+
+def mlstm_fwd_triton(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64, block_v: int | None = None):
+    """Launch the forward; q, k (b, h, L, dqk), v (b, h, L, dv), i, f (b, h, L). Returns h (b, h, L, dv)."""
+    bsz, heads, length, dqk = q.shape
+    dv = v.shape[-1]
+    q3, k3, v3 = (x.reshape(bsz * heads, length, x.shape[-1]) for x in (q, k, v))
+    i2, f2 = i.reshape(bsz * heads, length), f.reshape(bsz * heads, length)
+    out = torch.empty((bsz * heads, length, dv), device=q.device, dtype=v.dtype)
+    dkp = max(16, triton.next_power_of_2(dqk))
+    bv = block_v or min(64, max(16, triton.next_power_of_2(dv)))
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (bsz * heads, triton.cdiv(dv, bv))
+    _mlstm_fwd_kernel[grid](
+        q3, k3, v3, i2, f2, out, length, dqk, dv, 1.0 / math.sqrt(dqk), eps,
+        *q3.stride(), *k3.stride(), *v3.stride(), *i2.stride(), *f2.stride(), *out.stride(),
+        LC=chunk, DKP=dkp, BV=bv, PREC=prec, num_warps=4 if dkp * bv <= 4096 else 8,
+    )
+    return out.view(bsz, heads, length, dv)
+
+
+class MLSTMChunkwise(torch.autograd.Function):
+    """Triton forward; backward by recomputing `mlstm_chunkwise_torch` under autograd."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, eps):
+        ctx.save_for_backward(q, k, v, i, f)
+        ctx.eps = eps
+        return mlstm_fwd_triton(q, k, v, i, f, eps)
+
+    @staticmethod
+    def backward(ctx, dh):
+        inputs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
+        with torch.enable_grad():
+            h = mlstm_chunkwise_torch(*inputs, eps=ctx.eps)
+            grads = torch.autograd.grad(h, inputs, dh)
+        return (*grads, None)
+
+
+def mlstm_triton(q, k, v, i, f, eps: float = 1e-6):
+    """Same contract as `kernels.mlstm.mlstm_parallel_ref`."""
+    return MLSTMChunkwise.apply(q, k, v, i, f, eps)
+
+
+__all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise"]

@@ -1,0 +1,404 @@
+"""Route-fused selective scan (Mamba-1 SSM) in Triton, forward and backward.
+
+Math (per batch b, path p, channel d, state n; t is the *step* along path p, and pos = paths[p, t] is the canonical
+token it visits):
+
+    Δ_t     = softplus(δ[pos] + bias_d)          (or δ[pos] + bias_d without softplus)
+    a_t     = exp(Δ_t · A[d, n])                 (computed as exp2(Δ_t · A·log2 e))
+    h_t     = a_t · h_{t-1} + Δ_t · B_t[n] · u_t  (h_{-1} = 0, fp32)
+    y_t     = Σ_n C_t[n] · h_t[n] + D_d · u_t
+    out[pos] += scale · y_t · silu(z[pos])        (scale = 1 for merge "sum", 1/P for "mean")
+
+The permutation is applied in the kernel's loads and stores: u[b, p, d, pos], not a permuted copy. Every path of a
+route runs in the same launch (grid axis 2); paths write disjoint slices of their own per-path gradients and, for the
+merged output, add into one fp32 buffer (plain stores when P = 1). Because the gate is per position it distributes
+over the path sum, so each path applies it before adding and no second pass over the output is needed.
+
+Inside a program the sequence is processed in chunks of T steps; a chunk is one `tl.associative_scan` of the pairs
+(a_t, Δ_t B_t u_t) under (a1, b1)∘(a2, b2) = (a1 a2, a2 b1 + b2), seeded with the carried state. The forward keeps the
+state at every chunk start (fp32, (batch, P, chunks, dim, N)) so the backward can recompute h chunk by chunk.
+
+Backward (adjoint g_t = ∂loss/∂h_t, dy_t = scale · dout[pos] · silu(z[pos])):
+
+    g_t    = C_t dy_t + a_{t+1} g_{t+1}          (a reverse associative scan, a_{t+1} loaded with shifted indices)
+    du_t   = Δ_t Σ_n g_t B_t + D dy_t
+    dΔ_t   = u_t Σ_n g_t B_t + Σ_n g_t A (h_t − Δ_t B_t u_t)        (a_t h_{t-1} = h_t − Δ_t B_t u_t: no division)
+    dA     = Σ_t g_t Δ_t (h_t − Δ_t B_t u_t),   dB_t = Σ_d g_t Δ_t u_t,   dC_t = Σ_d dy_t h_t,   dD = Σ_t dy_t u_t
+    dz     = scale · dout · y · silu'(z)
+
+dB, dC, dA, dD, dbias and dz are sums over programs and use fp32 atomics.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # max(x, 0) + log1p(exp(-|x|)), with log1p(w) = log(1 + w) · w / ((1 + w) − 1) (exact where 1 + w rounds).
+    w = tl.exp(-tl.abs(x))
+    one_w = 1.0 + w
+    denom = tl.where(one_w == 1.0, 1.0, one_w - 1.0)
+    l1p = tl.where(one_w == 1.0, w, tl.log(one_w) * (w / denom))
+    return tl.maximum(x, 0.0) + l1p
+
+
+@triton.jit
+def _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
+                      su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                      HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """u and Δ tiles (BD, T) in fp32 at the path's positions; returns (u, Δ, pre-softplus Δ)."""
+    m2 = mask_d[:, None] & mask_t[None, :]
+    u = tl.load(U + b64 * su_b + p * su_p + offs_d[:, None] * su_d + pos[None, :] * su_l, mask=m2, other=0.0)
+    dt = tl.load(DT + b64 * sdt_b + p * sdt_p + offs_d[:, None] * sdt_d + pos[None, :] * sdt_l, mask=m2, other=0.0)
+    dt = dt.to(tl.float32)
+    if HAS_DTB:
+        bias = tl.load(DTB + p * sdb_p + offs_d * sdb_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt = dt + bias[:, None]
+    dt_raw = dt
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(m2, dt, 0.0)  # masked steps: a = 1, Δ B u = 0, so the state passes through unchanged
+    return u.to(tl.float32), dt, dt_raw
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, OUT, HS, LAST,
+    L, DIM, NCHUNK, scale,
+    su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
+    sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_PATHS: tl.constexpr, ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+):
+    b64 = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    p = tl.program_id(2)
+    npaths = tl.num_programs(2)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < DIM
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    a2 = tl.load(A + p * sa_p + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n,
+                 mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.zeros((BD, NP), dtype=tl.float32)
+    hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
+    hs_off = offs_d[:, None] * NP + offs_n[None, :]
+    for c in range(0, NCHUNK):
+        if SAVE_STATES:
+            tl.store(hs_base + c * DIM * NP + hs_off, h, mask=mask_d[:, None])
+        t = c * T + offs_t
+        mask_t = t < L
+        if HAS_PATHS:
+            pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=mask_t, other=0)
+        else:
+            pos = t
+        u, dt, _ = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
+                                     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                                     HAS_DTB, SOFTPLUS)
+        mnt = mask_n[:, None] & mask_t[None, :]
+        bt = tl.load(Bm + b64 * sb_b + p * sb_p + offs_n[:, None] * sb_n + pos[None, :] * sb_l,
+                     mask=mnt, other=0.0).to(tl.float32)  # (NP, T)
+        ct = tl.load(Cm + b64 * sc_b + p * sc_p + offs_n[:, None] * sc_n + pos[None, :] * sc_l,
+                     mask=mnt, other=0.0).to(tl.float32)
+        a = tl.exp2(dt[:, None, :] * a2[:, :, None])  # (BD, NP, T)
+        bx = (dt * u)[:, None, :] * bt[None, :, :]
+        acum, hloc = tl.associative_scan((a, bx), 2, _combine)
+        hh = hloc + acum * h[:, :, None]
+        y = tl.sum(hh * ct[None, :, :], axis=1)  # (BD, T)
+        if HAS_D:
+            y += dvec[:, None] * u
+        m2 = mask_d[:, None] & mask_t[None, :]
+        if HAS_Z:
+            z = tl.load(Z + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2, other=0.0)
+            z = z.to(tl.float32)
+            y = y * (z * tl.sigmoid(z))
+        y = y * scale
+        optr = OUT + b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l
+        if ATOMIC:
+            tl.atomic_add(optr, y, mask=m2, sem="relaxed")
+        else:
+            tl.store(optr, y.to(OUT.dtype.element_ty), mask=m2)
+        h = tl.sum(tl.where(offs_t[None, None, :] == T - 1, hh, 0.0), axis=2)
+    if SAVE_LAST:
+        tl.store(LAST + ((b64 * npaths + p) * DIM) * NP + hs_off, h, mask=mask_d[:, None])
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, DOUT, HS,
+    DU, DDT, DA, DB, DC, DD, DDTB, DZ,
+    L, DIM, NCHUNK, scale,
+    su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
+    sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr,
+):
+    # Gradient layouts: DU, DDT (batch, P, dim, L) contiguous; DB, DC (batch, P, NP, L) fp32; DA (P, dim, NP) fp32;
+    # DD, DDTB (P, dim) fp32; DZ (batch, dim, L).
+    b64 = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    p = tl.program_id(2)
+    npaths = tl.num_programs(2)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < DIM
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    a_nat = tl.load(A + p * sa_p + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n,
+                    mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    a2 = a_nat * 1.4426950408889634
+    if HAS_D:
+        dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
+    g_carry = tl.zeros((BD, NP), dtype=tl.float32)
+    da_acc = tl.zeros((BD, NP), dtype=tl.float32)
+    dd_acc = tl.zeros((BD,), dtype=tl.float32)
+    ddtb_acc = tl.zeros((BD,), dtype=tl.float32)
+    hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
+    hs_off = offs_d[:, None] * NP + offs_n[None, :]
+    g_base = (b64 * npaths + p) * DIM * L  # DU / DDT are contiguous (batch, P, dim, L)
+    bc_base = (b64 * npaths + p) * NP * L  # DB / DC are contiguous (batch, P, NP, L)
+    for ci in range(0, NCHUNK):
+        c = NCHUNK - 1 - ci
+        t = c * T + offs_t
+        mask_t = t < L
+        mask_tn = (t + 1) < L
+        if HAS_PATHS:
+            pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=mask_t, other=0)
+            pos_n = tl.load(PATHS + p * sp_p + (t + 1) * sp_l, mask=mask_tn, other=0)
+        else:
+            pos = t
+            pos_n = t + 1
+        m2 = mask_d[:, None] & mask_t[None, :]
+        u, dt, dt_raw = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
+                                          su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                                          HAS_DTB, SOFTPLUS)
+        _, dt_n, _ = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos_n, mask_tn,
+                                       su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                                       HAS_DTB, SOFTPLUS)
+        mnt = mask_n[:, None] & mask_t[None, :]
+        bt = tl.load(Bm + b64 * sb_b + p * sb_p + offs_n[:, None] * sb_n + pos[None, :] * sb_l,
+                     mask=mnt, other=0.0).to(tl.float32)
+        ct = tl.load(Cm + b64 * sc_b + p * sc_p + offs_n[:, None] * sc_n + pos[None, :] * sc_l,
+                     mask=mnt, other=0.0).to(tl.float32)
+        dout = tl.load(DOUT + b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l, mask=m2, other=0.0)
+        dout = dout.to(tl.float32) * scale
+        if HAS_Z:
+            z = tl.load(Z + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2, other=0.0)
+            z = z.to(tl.float32)
+            sig = tl.sigmoid(z)
+            dy = dout * (z * sig)
+        else:
+            dy = dout
+        # recompute the chunk's states from the saved chunk-start state
+        h0 = tl.load(hs_base + c * DIM * NP + hs_off, mask=mask_d[:, None], other=0.0)
+        a = tl.exp2(dt[:, None, :] * a2[:, :, None])
+        bx = (dt * u)[:, None, :] * bt[None, :, :]
+        acum, hloc = tl.associative_scan((a, bx), 2, _combine)
+        hh = hloc + acum * h0[:, :, None]
+        if HAS_Z:
+            y = tl.sum(hh * ct[None, :, :], axis=1)
+            if HAS_D:
+                y += dvec[:, None] * u
+            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+            zptr = DZ + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
+            if ATOMIC_Z:
+                tl.atomic_add(zptr, dz, mask=m2, sem="relaxed")
+            else:
+                tl.store(zptr, dz.to(DZ.dtype.element_ty), mask=m2)
+        # reverse scan for the adjoint state
+        alpha = tl.exp2(dt_n[:, None, :] * a2[:, :, None])
+        cc = ct[None, :, :] * dy[:, None, :]
+        aprod, gloc = tl.associative_scan((alpha, cc), 2, _combine, reverse=True)
+        g = gloc + aprod * g_carry[:, :, None]
+        g_carry = tl.sum(tl.where(offs_t[None, None, :] == 0, g, 0.0), axis=2)
+        sum_gb = tl.sum(g * bt[None, :, :], axis=1)  # (BD, T)
+        du = dt * sum_gb
+        if HAS_D:
+            du += dvec[:, None] * dy
+            dd_acc += tl.sum(tl.where(m2, dy * u, 0.0), axis=1)
+        hb = hh - bx  # a_t h_{t-1}
+        ghb = g * hb
+        ddt = u * sum_gb + tl.sum(ghb * a_nat[:, :, None], axis=1)
+        da_acc += tl.sum(ghb * dt[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(m2, ddt, 0.0)
+        ddtb_acc += tl.sum(ddt, axis=1)
+        gptr = g_base + offs_d[:, None] * L + pos[None, :]
+        tl.store(DU + gptr, du.to(DU.dtype.element_ty), mask=m2)
+        tl.store(DDT + gptr, ddt.to(DDT.dtype.element_ty), mask=m2)
+        db = tl.sum(g * (dt * u)[:, None, :], axis=0)  # (NP, T)
+        dc = tl.sum(hh * dy[:, None, :], axis=0)
+        bcptr = bc_base + offs_n[:, None] * L + pos[None, :]
+        tl.atomic_add(DB + bcptr, db, mask=mnt, sem="relaxed")
+        tl.atomic_add(DC + bcptr, dc, mask=mnt, sem="relaxed")
+    md = mask_d[:, None] & mask_n[None, :]
+    tl.atomic_add(DA + (p * DIM + offs_d[:, None]) * NP + offs_n[None, :], da_acc, mask=md, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(DD + p * DIM + offs_d, dd_acc, mask=mask_d, sem="relaxed")
+    if HAS_DTB:
+        tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
+
+
+def _config(n_state: int, dim: int) -> tuple[int, int, int]:
+    """(BD channels, T steps, warps) per program: keep BD·NP·T near 4K fp32 values per live tile. Under Triton's
+    interpreter (CPU tests) the scan is a Python loop over every tile element, so tiles shrink to the problem."""
+    np2 = triton.next_power_of_2(n_state)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return min(8, triton.next_power_of_2(dim)), 8, 1
+    if np2 >= 16:
+        return 8, 32, 4
+    if np2 >= 4:
+        return 16, 64, 4
+    return 64, 64, 4
+
+
+def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
+    zs = z.stride() if z is not None else (0, 0, 0)
+    Ds = D.stride() if D is not None else (0, 0)
+    dbs = delta_bias.stride() if delta_bias is not None else (0, 0)
+    ps = paths.stride() if paths is not None else (0, 0)
+    return (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *Ds, *dbs, *zs, *ps)
+
+
+def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, save_last=False,
+                   config=None):
+    """Launch the forward; returns (out in u's dtype, chunk-start states or None, last state or None)."""
+    bsz, n_paths, dim, length = u.shape
+    n_state = A.shape[-1]
+    np2 = triton.next_power_of_2(n_state)
+    bd, chunk, warps = config or _config(n_state, dim)
+    nchunk = triton.cdiv(length, chunk)
+    atomic = n_paths > 1
+    out = (torch.zeros if atomic else torch.empty)((bsz, dim, length), device=u.device,
+                                                    dtype=torch.float32 if atomic else u.dtype)
+    hs = torch.empty((bsz, n_paths, nchunk, dim, np2), device=u.device, dtype=torch.float32) if save_states else out
+    last = torch.empty((bsz, n_paths, dim, np2), device=u.device, dtype=torch.float32) if save_last else out
+    dummy = out
+    grid = (bsz, triton.cdiv(dim, bd), n_paths)
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+        z if z is not None else dummy, paths if paths is not None else dummy, out, hs, last,
+        length, dim, nchunk, float(scale),
+        *_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *out.stride(),
+        N=n_state, NP=np2, BD=bd, T=chunk,
+        HAS_D=D is not None, HAS_DTB=delta_bias is not None, HAS_Z=z is not None, SOFTPLUS=bool(softplus),
+        HAS_PATHS=paths is not None, ATOMIC=atomic, SAVE_STATES=save_states, SAVE_LAST=save_last,
+        num_warps=warps,
+    )
+    return out.to(u.dtype), (hs if save_states else None), (last[..., :n_state] if save_last else None)
+
+
+def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, hs, config=None):
+    """Launch the backward; returns the gradients of (u, delta, A, B, C, D, z, delta_bias) (None where absent)."""
+    bsz, n_paths, dim, length = u.shape
+    n_state = A.shape[-1]
+    np2 = triton.next_power_of_2(n_state)
+    bd, chunk, warps = config or _config(n_state, dim)  # must match the forward's chunking of hs
+    nchunk = triton.cdiv(length, chunk)
+    assert hs.shape[2] == nchunk, "chunk-start states were saved with another chunk length"
+    dev = u.device
+    f32 = torch.float32
+    du = torch.empty((bsz, n_paths, dim, length), device=dev, dtype=u.dtype)
+    ddt = torch.empty((bsz, n_paths, dim, length), device=dev, dtype=delta.dtype)
+    da = torch.zeros((n_paths, dim, np2), device=dev, dtype=f32)
+    db = torch.zeros((bsz, n_paths, np2, length), device=dev, dtype=f32)
+    dc = torch.zeros((bsz, n_paths, np2, length), device=dev, dtype=f32)
+    dd = torch.zeros((n_paths, dim), device=dev, dtype=f32)
+    ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
+    atomic_z = n_paths > 1
+    dz = None
+    if z is not None:
+        dz = (torch.zeros if atomic_z else torch.empty)(z.shape, device=dev, dtype=f32 if atomic_z else z.dtype)
+        if tuple(dz.stride()) != tuple(z.stride()):
+            z = z.contiguous()
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    grid = (bsz, triton.cdiv(dim, bd), n_paths)
+    dummy = da
+    _scan_bwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+        z if z is not None else dummy, paths if paths is not None else dummy, dout, hs,
+        du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy,
+        length, dim, nchunk, float(scale),
+        *_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *dout.stride(),
+        N=n_state, NP=np2, BD=bd, T=chunk,
+        HAS_D=D is not None, HAS_DTB=delta_bias is not None, HAS_Z=z is not None, SOFTPLUS=bool(softplus),
+        HAS_PATHS=paths is not None, ATOMIC_Z=atomic_z,
+        num_warps=warps,
+    )
+    return (du, ddt, da[..., :n_state].to(A.dtype), db[:, :, :n_state].to(B.dtype), dc[:, :, :n_state].to(C.dtype),
+            dd.to(D.dtype) if D is not None else None, dz.to(z.dtype) if dz is not None else None,
+            ddtb.to(delta_bias.dtype) if delta_bias is not None else None)
+
+
+class SelectiveScanPaths(torch.autograd.Function):
+    """Autograd wrapper; tensors as in `kernels.route_scan.selective_scan_paths_ref`, paths as int32 (P, L) or None."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, config=None):
+        need_grad = any(ctx.needs_input_grad[:8])
+        out, hs, _ = scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states=need_grad,
+                                    config=config)
+        if need_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, paths, hs)
+        ctx.softplus, ctx.scale, ctx.config = softplus, scale, config
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, z, delta_bias, paths, hs = ctx.saved_tensors
+        grads = scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, ctx.softplus, ctx.scale, hs,
+                               config=ctx.config)
+        du, ddt, da, db, dc, dd, dz, ddtb = grads
+        return du, ddt, da, db, dc, dd, dz, ddtb, None, None, None, None
+
+
+def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                paths=None, merge="sum", *, config=None):
+    """Same contract as `kernels.route_scan.selective_scan_paths_ref`; one launch for all paths. `config` = (BD
+    channels, T steps, warps) overrides the tile choice (benchmark sweeps)."""
+    n_paths = u.shape[1]
+    scale = 1.0 if merge == "sum" else 1.0 / n_paths
+    if paths is not None:
+        paths = paths.to(device=u.device, dtype=torch.int32).contiguous()
+    A = A.float()  # fp32 state: A is always read in fp32
+    return SelectiveScanPaths.apply(u, delta, A, B, C, D, z, delta_bias, paths, bool(delta_softplus), scale, config)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False):
+    """`selective_scan_ref` semantics for one path: u (batch, dim, L), B/C (batch, N, L) or (batch, 1, N, L)."""
+    if B.dim() == 4:
+        B, C = B[:, 0], C[:, 0]
+    args = (u.unsqueeze(1), delta.unsqueeze(1), A.float().unsqueeze(0), B.unsqueeze(1), C.unsqueeze(1),
+            D.unsqueeze(0) if D is not None else None, z,
+            delta_bias.unsqueeze(0) if delta_bias is not None else None)
+    out = SelectiveScanPaths.apply(*args, None, bool(delta_softplus), 1.0)
+    if not return_last_state:
+        return out
+    with torch.no_grad():
+        _, _, last = scan_paths_fwd(*args, None, bool(delta_softplus), 1.0, save_states=False, save_last=True)
+    return out, last[:, 0]
+
+
+__all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "LOG2E"]

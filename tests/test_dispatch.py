@@ -1,0 +1,101 @@
+"""kernels.dispatch: backend choice, forced backends, errors, and the scoped report of which path ran."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from _scan_oracle import rel_err, scan_paths_loop  # noqa: E402
+from kernels import dispatch  # noqa: E402
+from kernels.dispatch import KernelUnavailableError, available_backends, record_kernel_paths  # noqa: E402
+
+
+def small_paths_inputs(n_paths=2, dim=3, n_state=4, length=19, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(2, n_paths, dim, length, generator=g)
+    delta = torch.randn(2, n_paths, dim, length, generator=g) * 0.5
+    A = -(torch.rand(n_paths, dim, n_state, generator=g) + 0.5)
+    B, C = (torch.randn(2, n_paths, n_state, length, generator=g) for _ in range(2))
+    D, bias = torch.randn(n_paths, dim, generator=g), torch.randn(n_paths, dim, generator=g) * 0.3
+    z = torch.randn(2, dim, length, generator=g)
+    paths = torch.stack([torch.arange(length), torch.arange(length).flip(0)])[:n_paths]
+    return (u, delta, A, B, C, D, z, bias), paths
+
+
+def test_reference_paths_matches_oracle():
+    pytest.importorskip("kernels.selective_scan", reason="the single-path reference is another module's job")
+    args, paths = small_paths_inputs()
+    from kernels.route_scan import selective_scan_paths_ref
+
+    got = selective_scan_paths_ref(*[a.double() for a in args], delta_softplus=True, paths=paths, merge="mean")
+    want = scan_paths_loop(*args, delta_softplus=True, paths=paths, merge="mean")
+    assert rel_err(got, want) < 1e-12
+
+
+def test_auto_on_cpu_is_reference_and_is_reported():
+    pytest.importorskip("kernels.selective_scan", reason="the single-path reference is another module's job")
+    args, paths = small_paths_inputs()
+    with record_kernel_paths() as used:
+        dispatch.selective_scan_paths(*args, delta_softplus=True, paths=paths)
+    assert used == {"selective_scan_paths": "reference"}
+
+
+def test_forced_triton_runs_under_interpreter_and_matches(monkeypatch):
+    pytest.importorskip("triton", reason="triton is not installed")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args, paths = small_paths_inputs()
+    with record_kernel_paths() as outer:
+        with record_kernel_paths() as inner:
+            got = dispatch.selective_scan_paths(*args, delta_softplus=True, paths=paths, backend="triton")
+    assert inner == outer == {"selective_scan_paths": "triton"}
+    assert rel_err(got, scan_paths_loop(*args, delta_softplus=True, paths=paths)) < 1e-5
+
+
+def test_record_is_scoped():
+    with record_kernel_paths() as used:
+        pass
+    pytest.importorskip("kernels.mlstm", reason="the mLSTM reference is another module's job")
+    q = torch.randn(1, 1, 5, 4)
+    dispatch.mlstm(q, q, q, torch.zeros(1, 1, 5), torch.zeros(1, 1, 5), backend="reference")
+    assert used == {}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+def test_forced_backends_refuse_with_actionable_message(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    args, paths = small_paths_inputs()
+    with pytest.raises(KernelUnavailableError, match="TRITON_INTERPRET=1"):
+        dispatch.selective_scan_paths(*args, paths=paths, backend="triton")
+    with pytest.raises(KernelUnavailableError, match="CUDA device"):
+        dispatch.selective_scan(args[0][:, 0], args[1][:, 0], args[2][0], args[3][:, 0], args[4][:, 0],
+                                backend="mamba_ssm")
+    with pytest.raises(KernelUnavailableError, match="no 'mamba_ssm' backend"):
+        q = torch.randn(1, 1, 4, 4)
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0], backend="mamba_ssm")
+    assert available_backends("cpu", "selective_scan") == ("reference",)
+
+
+def test_fp64_inputs_refuse_triton_but_auto_falls_back(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args, paths = small_paths_inputs()
+    args = tuple(a.double() for a in args)
+    with pytest.raises(KernelUnavailableError, match="float64"):
+        dispatch.selective_scan_paths(*args, paths=paths, backend="triton")
+
+
+def test_bad_names_say_what_exists():
+    args, paths = small_paths_inputs()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dispatch.selective_scan_paths(*args, paths=paths, backend="cuda")
+    with pytest.raises(ValueError, match="merge must be one of"):
+        dispatch.selective_scan_paths(*args, paths=paths, merge="max")
+    with pytest.raises(ValueError, match="unknown op"):
+        available_backends("cpu", "attention")
+    with pytest.raises(ValueError, match="delta must have shape"):
+        dispatch.selective_scan_paths(args[0], args[1][:, :1], *args[2:], paths=paths)
