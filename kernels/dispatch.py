@@ -30,13 +30,7 @@ from typing import Iterator
 
 import torch
 
-try:
-    from kernels.errors import KernelUnavailableError
-except ImportError:  # pragma: no cover - only while kernels.errors is being written
-    from blocks.errors import NasError
-
-    class KernelUnavailableError(NasError, RuntimeError):
-        """A requested kernel backend cannot run here."""
+from kernels.errors import KernelUnavailableError
 
 
 BACKENDS = ("triton", "mamba_ssm", "reference")
@@ -125,8 +119,9 @@ def _resolve(op: str, backend: str | None, tensors: tuple[torch.Tensor, ...], ke
     if reason is None and backend != "reference":
         reason = kernel_ok
     if reason is not None:
-        raise KernelUnavailableError(f"backend {backend!r} cannot run {op}: {reason}. "
-                                     f"Available here: {available_backends(device, op)}; pass backend='auto'.")
+        raise KernelUnavailableError(f"{backend} ({op})", reason,
+                                     f"available here: {available_backends(device, op)}; pass backend='auto' "
+                                     "or 'reference'")
     return backend
 
 

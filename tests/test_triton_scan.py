@@ -58,11 +58,12 @@ def route(kind, n_paths, length, side=None):
     return torch.stack([torch.randperm(length, generator=g) for _ in range(n_paths)])
 
 
-def check_against_oracle(inputs, softplus, paths, merge, dtype):
+def check_against_oracle(inputs, softplus, paths, merge, dtype, config=None):
     """Run kernel, same-dtype loop and float64 oracle with one upstream gradient; assert the stated rule."""
     leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
-    out = selective_scan_paths_triton(*leaves, delta_softplus=softplus, paths=paths, merge=merge)
-    assert out.dtype == inputs[0].dtype and out.shape == inputs[6].shape if inputs[6] is not None else True
+    out = selective_scan_paths_triton(*leaves, delta_softplus=softplus, paths=paths, merge=merge, config=config)
+    assert out.dtype == inputs[0].dtype
+    assert out.shape == (inputs[0].shape[0], inputs[0].shape[2], inputs[0].shape[3])
     ref_leaves = [x.detach().double().requires_grad_(True) if x is not None else None for x in inputs]
     ref = scan_paths_loop(*ref_leaves, delta_softplus=softplus, paths=paths, merge=merge)
     same_leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
@@ -84,31 +85,44 @@ def check_against_oracle(inputs, softplus, paths, merge, dtype):
 CASES = [  # (P, dim, N, L, route, softplus, merge, with D/z/bias)
     (1, 5, 3, 37, "identity", True, "sum", True),
     (1, 4, 16, 70, "identity", False, "sum", False),  # several chunks, no optional inputs
-    (2, 5, 4, 41, "bi", True, "mean", True),
-    (4, 6, 1, 49, "cross", True, "sum", True),  # N = 1, VMamba-style cross route on a 7×7 grid
+    (2, 5, 4, 23, "bi", True, "mean", True),
+    (4, 6, 1, 25, "cross", True, "sum", True),  # N = 1, VMamba-style cross route on a 5×5 grid
     (3, 3, 5, 29, "random", False, "mean", True),
 ]
 
 
+# interpreter tiles are small so that several channel blocks and stretches are exercised; None = the default tiles
+VARIANTS = {"seq": ("seq", 8, 8, 1), "chunk": ("chunk", 4, 8, 1)}
+GPU_VARIANTS = {"seq": None, "chunk": ("chunk", 8, 32, 4)}
+
+
+def variant_config(variant):
+    return GPU_VARIANTS[variant] if torch.cuda.is_available() else VARIANTS[variant]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("n_paths,dim,n_state,length,kind,softplus,merge,opt", CASES)
-def test_paths_match_oracle(n_paths, dim, n_state, length, kind, softplus, merge, opt):
+def test_paths_match_oracle(n_paths, dim, n_state, length, kind, softplus, merge, opt, variant):
     inputs = make_inputs(2, n_paths, dim, n_state, length, with_d=opt, with_z=opt, with_bias=opt)
-    check_against_oracle(inputs, softplus, route(kind, n_paths, length, side=7), merge, torch.float32)
+    config = variant_config(variant)
+    check_against_oracle(inputs, softplus, route(kind, n_paths, length, side=5), merge, torch.float32, config)
 
 
-def test_strided_inputs_match_contiguous():
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_strided_inputs_match_contiguous(variant):
     """u shared by every path (an expanded view, stride 0) and channel-last memory need no copies."""
+    config = variant_config(variant)
     bsz, n_paths, dim, n_state, length = 2, 2, 4, 4, 33
     u_base = torch.randn(bsz, length, dim, device=DEV)  # (B, L, C) memory
     u = u_base.transpose(1, 2).unsqueeze(1).expand(bsz, n_paths, dim, length)
     rest = make_inputs(bsz, n_paths, dim, n_state, length)[1:]
     paths = route("bi", n_paths, length)
-    got = selective_scan_paths_triton(u, *rest, delta_softplus=True, paths=paths)
-    want = selective_scan_paths_triton(u.contiguous(), *rest, delta_softplus=True, paths=paths)
+    got = selective_scan_paths_triton(u, *rest, delta_softplus=True, paths=paths, config=config)
+    want = selective_scan_paths_triton(u.contiguous(), *rest, delta_softplus=True, paths=paths, config=config)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
     leaf = u_base.clone().requires_grad_(True)
     selective_scan_paths_triton(leaf.transpose(1, 2).unsqueeze(1).expand_as(u), *rest, delta_softplus=True,
-                                paths=paths).sum().backward()
+                                paths=paths, config=config).sum().backward()
     ref_leaf = u_base.double().requires_grad_(True)
     scan_paths_loop(ref_leaf.transpose(1, 2).unsqueeze(1).expand_as(u), *[x.double() if x is not None else None
                                                                            for x in rest],
@@ -142,7 +156,8 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
     pytest.param((16, 2, 384, 16, 197, "bi"), id="vim_ti_bi"),
     pytest.param((4, 4, 96, 1, 3136, "cross"), id="vmamba_t_stage1_cross4"),
 ])
-def test_real_shapes_gpu(shape, dtype):
+@pytest.mark.parametrize("variant", sorted(GPU_VARIANTS))
+def test_real_shapes_gpu(shape, dtype, variant):
     bsz, n_paths, dim, n_state, length, kind = shape
     inputs = make_inputs(bsz, n_paths, dim, n_state, length, dtype=dtype)
-    check_against_oracle(inputs, True, route(kind, n_paths, length, side=56), "mean", dtype)
+    check_against_oracle(inputs, True, route(kind, n_paths, length, side=56), "mean", dtype, GPU_VARIANTS[variant])

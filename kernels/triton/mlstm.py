@@ -160,8 +160,12 @@ class MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         inputs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
+        length = inputs[0].shape[2]
+        # few, long stretches: each Python-level chunk costs a dozen launches, and a stretch of ≤1024 steps keeps the
+        # per-head (chunk × chunk) matrices small
+        chunk = 64 * triton.cdiv(length if length <= 1024 else triton.cdiv(length, 16), 64)
         with torch.enable_grad():
-            h = mlstm_chunkwise_torch(*inputs, eps=ctx.eps)
+            h = mlstm_chunkwise_torch(*inputs, eps=ctx.eps, chunk=chunk)
             grads = torch.autograd.grad(h, inputs, dh)
         return (*grads, None)
 

@@ -32,27 +32,15 @@ dB, dC, dA, dD, dbias and dz are sums over programs and use fp32 atomics.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .scan_common import _combine, _softplus  # noqa: F401
+
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _softplus(x):
-    # max(x, 0) + log1p(exp(-|x|)), with log1p(w) = log(1 + w) · w / ((1 + w) − 1) (exact where 1 + w rounds).
-    w = tl.exp(-tl.abs(x))
-    one_w = 1.0 + w
-    denom = tl.where(one_w == 1.0, 1.0, one_w - 1.0)
-    l1p = tl.where(one_w == 1.0, w, tl.log(one_w) * (w / denom))
-    return tl.maximum(x, 0.0) + l1p
 
 
 @triton.jit
@@ -260,17 +248,26 @@ def _scan_bwd_kernel(
         tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
 
 
-def _config(n_state: int, dim: int) -> tuple[int, int, int]:
-    """(BD channels, T steps, warps) per program: keep BD·NP·T near 4K fp32 values per live tile. Under Triton's
-    interpreter (CPU tests) the scan is a Python loop over every tile element, so tiles shrink to the problem."""
+class ScanConfig(NamedTuple):
+    """How a launch tiles the work: `variant` "seq" (state in registers, one step at a time; see
+    selective_scan_seq.py) or "chunk" (associative scan over T-step tiles); `bd` channels per program; `steps` = the
+    checkpoint stretch (seq) or tile length (chunk), which the forward and backward must share; `warps`."""
+
+    variant: str
+    bd: int
+    steps: int
+    warps: int
+
+
+def default_config(n_state: int, dim: int) -> ScanConfig:
+    """Tile choice from the H100 sweep in benchmarks/RESULTS.md. Under Triton's interpreter (CPU tests) every tile
+    element costs Python time, so tiles shrink to the problem."""
     np2 = triton.next_power_of_2(n_state)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return min(8, triton.next_power_of_2(dim)), 8, 1
+        return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if np2 >= 16:
-        return 8, 32, 4
-    if np2 >= 4:
-        return 16, 64, 4
-    return 64, 64, 4
+        return ScanConfig("seq", 16, 16, 2)
+    return ScanConfig("seq", 64, 16, 2)
 
 
 def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
@@ -281,30 +278,44 @@ def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
     return (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *Ds, *dbs, *zs, *ps)
 
 
+def _empty_like_layout(shape, ref: torch.Tensor, dtype, zero: bool, channel_last: bool) -> torch.Tensor:
+    """A (..., dim, L) buffer whose memory is (..., L, dim) when `channel_last` (the inputs' own layout)."""
+    make = torch.zeros if zero else torch.empty
+    if not channel_last:
+        return make(shape, device=ref.device, dtype=dtype)
+    return make((*shape[:-2], shape[-1], shape[-2]), device=ref.device, dtype=dtype).transpose(-1, -2)
+
+
+def _channel_last(x: torch.Tensor) -> bool:
+    return x.stride(-2) == 1 and x.stride(-1) != 1
+
+
 def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, save_last=False,
                    config=None):
-    """Launch the forward; returns (out in u's dtype, chunk-start states or None, last state or None)."""
+    """Launch the forward; returns (out in u's dtype, checkpoint states or None, last state or None)."""
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
-    bd, chunk, warps = config or _config(n_state, dim)
-    nchunk = triton.cdiv(length, chunk)
+    cfg = ScanConfig(*config) if config else default_config(n_state, dim)
+    nchunk = triton.cdiv(length, cfg.steps)
     atomic = n_paths > 1
-    out = (torch.zeros if atomic else torch.empty)((bsz, dim, length), device=u.device,
-                                                    dtype=torch.float32 if atomic else u.dtype)
-    hs = torch.empty((bsz, n_paths, nchunk, dim, np2), device=u.device, dtype=torch.float32) if save_states else out
-    last = torch.empty((bsz, n_paths, dim, np2), device=u.device, dtype=torch.float32) if save_last else out
+    seq = cfg.variant == "seq"
+    out = _empty_like_layout((bsz, dim, length), u, torch.float32 if atomic else u.dtype, atomic,
+                             seq and _channel_last(delta))
+    f32 = torch.float32
+    hs = torch.empty((bsz, n_paths, nchunk, dim, np2), device=u.device, dtype=f32) if save_states else out
+    last = torch.empty((bsz, n_paths, dim, np2), device=u.device, dtype=f32) if save_last else out
     dummy = out
-    grid = (bsz, triton.cdiv(dim, bd), n_paths)
-    _scan_fwd_kernel[grid](
+    kernel = _scan_fwd_seq_kernel if seq else _scan_fwd_kernel
+    kernel[(bsz, triton.cdiv(dim, cfg.bd), n_paths)](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
         z if z is not None else dummy, paths if paths is not None else dummy, out, hs, last,
         length, dim, nchunk, float(scale),
         *_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *out.stride(),
-        N=n_state, NP=np2, BD=bd, T=chunk,
+        N=n_state, NP=np2, BD=cfg.bd, T=cfg.steps,
         HAS_D=D is not None, HAS_DTB=delta_bias is not None, HAS_Z=z is not None, SOFTPLUS=bool(softplus),
         HAS_PATHS=paths is not None, ATOMIC=atomic, SAVE_STATES=save_states, SAVE_LAST=save_last,
-        num_warps=warps,
+        num_warps=cfg.warps,
     )
     return out.to(u.dtype), (hs if save_states else None), (last[..., :n_state] if save_last else None)
 
@@ -314,38 +325,44 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
-    bd, chunk, warps = config or _config(n_state, dim)  # must match the forward's chunking of hs
-    nchunk = triton.cdiv(length, chunk)
-    assert hs.shape[2] == nchunk, "chunk-start states were saved with another chunk length"
-    dev = u.device
-    f32 = torch.float32
-    du = torch.empty((bsz, n_paths, dim, length), device=dev, dtype=u.dtype)
-    ddt = torch.empty((bsz, n_paths, dim, length), device=dev, dtype=delta.dtype)
+    cfg = ScanConfig(*config) if config else default_config(n_state, dim)
+    nchunk = triton.cdiv(length, cfg.steps)
+    if hs.shape[2] != nchunk:
+        raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
+    seq = cfg.variant == "seq"
+    dev, f32 = u.device, torch.float32
+    cl = seq and _channel_last(delta)
+    du = _empty_like_layout((bsz, n_paths, dim, length), u, u.dtype, False, cl)
+    ddt = _empty_like_layout((bsz, n_paths, dim, length), u, delta.dtype, False, cl)
+    db = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, seq and _channel_last(B))
+    dc = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, seq and _channel_last(B))
     da = torch.zeros((n_paths, dim, np2), device=dev, dtype=f32)
-    db = torch.zeros((bsz, n_paths, np2, length), device=dev, dtype=f32)
-    dc = torch.zeros((bsz, n_paths, np2, length), device=dev, dtype=f32)
     dd = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     atomic_z = n_paths > 1
     dz = None
     if z is not None:
-        dz = (torch.zeros if atomic_z else torch.empty)(z.shape, device=dev, dtype=f32 if atomic_z else z.dtype)
+        dz = _empty_like_layout(tuple(z.shape), z, f32 if atomic_z else z.dtype, atomic_z, cl and _channel_last(z))
         if tuple(dz.stride()) != tuple(z.stride()):
             z = z.contiguous()
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    grid = (bsz, triton.cdiv(dim, bd), n_paths)
+            dz = dz.contiguous()
+    if not seq and dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    grid = (bsz, triton.cdiv(dim, cfg.bd), n_paths)
     dummy = da
-    _scan_bwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-        z if z is not None else dummy, paths if paths is not None else dummy, dout, hs,
-        du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy,
-        length, dim, nchunk, float(scale),
-        *_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *dout.stride(),
-        N=n_state, NP=np2, BD=bd, T=chunk,
-        HAS_D=D is not None, HAS_DTB=delta_bias is not None, HAS_Z=z is not None, SOFTPLUS=bool(softplus),
-        HAS_PATHS=paths is not None, ATOMIC_Z=atomic_z,
-        num_warps=warps,
-    )
+    common = (length, dim, nchunk, float(scale), *_common_args(u, delta, A, B, C, D, z, delta_bias, paths),
+              *dout.stride())
+    opts = dict(N=n_state, NP=np2, BD=cfg.bd, T=cfg.steps, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
+                HAS_Z=z is not None, SOFTPLUS=bool(softplus), HAS_PATHS=paths is not None, ATOMIC_Z=atomic_z,
+                num_warps=cfg.warps)
+    inputs = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+              z if z is not None else dummy, paths if paths is not None else dummy, dout, hs)
+    outs = (du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy)
+    if seq:
+        scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, cfg.bd, np2), device=dev, dtype=f32)
+        _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, *common, *du.stride(), *db.stride(), **opts)
+    else:
+        _scan_bwd_kernel[grid](*inputs, *outs, *common, **opts)
     return (du, ddt, da[..., :n_state].to(A.dtype), db[:, :, :n_state].to(B.dtype), dc[:, :, :n_state].to(C.dtype),
             dd.to(D.dtype) if D is not None else None, dz.to(z.dtype) if dz is not None else None,
             ddtb.to(delta_bias.dtype) if delta_bias is not None else None)
@@ -376,7 +393,7 @@ class SelectiveScanPaths(torch.autograd.Function):
 def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 paths=None, merge="sum", *, config=None):
     """Same contract as `kernels.route_scan.selective_scan_paths_ref`; one launch for all paths. `config` = (BD
-    channels, T steps, warps) overrides the tile choice (benchmark sweeps)."""
+    "seq"|"chunk", channels, steps, warps) overrides the tile choice (benchmark sweeps)."""
     n_paths = u.shape[1]
     scale = 1.0 if merge == "sum" else 1.0 / n_paths
     if paths is not None:
@@ -401,4 +418,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return out, last[:, 0]
 
 
-__all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "LOG2E"]
+from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel  # noqa: E402 (needs the helpers above)
+
+__all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E"]
