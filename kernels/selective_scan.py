@@ -20,7 +20,7 @@ chunk from its carried state and emits y.  That is 2T + nc Python steps instead 
 every factor is a product of exp(delta*A) <= 1 (for delta >= 0, A <= 0), so nothing can overflow.  We measured the
 alternative "log-space cumsum + causal mask" form: it needs a (batch, dim, T, T, N) decay tensor per chunk (T times
 the exp work of a scan) and loses float32 accuracy to the cancellation S_t - S_s (about 10x the error here); it was
-2-6x slower on CPU (fwd+bwd, batch 8, dim 64-192, L 64-1024).  Against the per-step loop this form is 1.4-2.9x faster
+2-6x slower on CPU (fwd+bwd, batch 8, dim 64-192, L 64-1024).  Against the per-step loop this form is 1.4-2.6x faster
 on 2 CPU cores (benchmarks/RESULTS.md); both are bound by the same batch*dim*L*N exps at large sizes.
 Autograd memory is O(batch*dim*L*N), like the per-step loop; no L x L or T x T x N intermediate is kept.
 Per-step slices are taken with ``unbind`` (whose backward is one ``stack``), not indexing: indexing a big tensor
