@@ -35,9 +35,12 @@ from kernels.errors import KernelUnavailableError
 
 BACKENDS = ("triton", "mamba_ssm", "reference")
 OPS = ("selective_scan", "selective_scan_paths", "mlstm")
+# "auto" takes the fastest measured path first (benchmarks/RESULTS.md, H100): mamba-ssm's kernel beats our Triton scan
+# for one direction (1.3× at L=197) and its copy-based composition beats the fused route kernel in fwd+bwd, so it
+# leads where installed; Triton leads where mamba-ssm is absent; the chunkwise mLSTM forward beats the parallel form.
 AUTO_ORDER = {
-    "selective_scan": ("triton", "mamba_ssm", "reference"),
-    "selective_scan_paths": ("triton", "reference"),
+    "selective_scan": ("mamba_ssm", "triton", "reference"),
+    "selective_scan_paths": ("mamba_ssm", "triton", "reference"),
     "mlstm": ("triton", "reference"),
 }
 SUPPORTED = {

@@ -93,7 +93,7 @@ CASES = [  # (P, dim, N, L, route, softplus, merge, with D/z/bias)
 
 # interpreter tiles are small so that several channel blocks and stretches are exercised; None = the default tiles
 VARIANTS = {"seq": ("seq", 8, 8, 1), "chunk": ("chunk", 4, 8, 1)}
-GPU_VARIANTS = {"seq": None, "chunk": ("chunk", 8, 32, 4)}
+GPU_VARIANTS = {"seq": ("seq", 16, 16, 2), "chunk": None}  # None = the default (chunk) tiles
 
 
 def variant_config(variant):

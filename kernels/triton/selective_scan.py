@@ -10,9 +10,11 @@ token it visits):
     out[pos] += scale · y_t · silu(z[pos])        (scale = 1 for merge "sum", 1/P for "mean")
 
 The permutation is applied in the kernel's loads and stores: u[b, p, d, pos], not a permuted copy. Every path of a
-route runs in the same launch (grid axis 2); paths write disjoint slices of their own per-path gradients and, for the
-merged output, add into one fp32 buffer (plain stores when P = 1). Because the gate is per position it distributes
-over the path sum, so each path applies it before adding and no second pass over the output is needed.
+route runs in the same launch: one program per (batch, channel block) walks the paths in turn, adding each path's
+output into an fp32 buffer and writing the merged result in the output dtype on the last path (no atomics, no
+zero-fill, no cast pass; deterministic). Because the gate is per position it distributes over the path sum, so each
+path applies it before adding and no second pass over the output is needed. Paths write disjoint slices of their own
+per-path gradients; dz is merged the same way.
 
 Inside a program the sequence is processed in chunks of T steps; a chunk is one `tl.associative_scan` of the pairs
 (a_t, Δ_t B_t u_t) under (a1, b1)∘(a2, b2) = (a1 a2, a2 b1 + b2), seeded with the carried state. The forward keeps the
@@ -64,188 +66,207 @@ def _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
 
 @triton.jit
 def _scan_fwd_kernel(
-    U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, OUT, HS, LAST,
-    L, DIM, NCHUNK, scale,
+    U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, OUT, HS, LAST, ACC,
+    L, DIM, NCHUNK, scale, NPATHS,
     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
     sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
     sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+    PATH_LOOP: tl.constexpr,
 ):
     b64 = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    p = tl.program_id(2)
-    npaths = tl.num_programs(2)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    mask_d = offs_d < DIM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_t = tl.arange(0, T)
-    a2 = tl.load(A + p * sa_p + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n,
-                 mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_D:
-        dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
-    h = tl.zeros((BD, NP), dtype=tl.float32)
-    hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
-    hs_off = offs_d[:, None] * NP + offs_n[None, :]
-    for c in range(0, NCHUNK):
-        if SAVE_STATES:
-            tl.store(hs_base + c * DIM * NP + hs_off, h, mask=mask_d[:, None])
-        t = c * T + offs_t
-        mask_t = t < L
-        if HAS_PATHS:
-            pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=mask_t, other=0)
-        else:
-            pos = t
-        u, dt, _ = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
-                                     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
-                                     HAS_DTB, SOFTPLUS)
-        mnt = mask_n[:, None] & mask_t[None, :]
-        bt = tl.load(Bm + b64 * sb_b + p * sb_p + offs_n[:, None] * sb_n + pos[None, :] * sb_l,
-                     mask=mnt, other=0.0).to(tl.float32)  # (NP, T)
-        ct = tl.load(Cm + b64 * sc_b + p * sc_p + offs_n[:, None] * sc_n + pos[None, :] * sc_l,
-                     mask=mnt, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, None, :] * a2[:, :, None])  # (BD, NP, T)
-        bx = (dt * u)[:, None, :] * bt[None, :, :]
-        acum, hloc = tl.associative_scan((a, bx), 2, _combine)
-        hh = hloc + acum * h[:, :, None]
-        y = tl.sum(hh * ct[None, :, :], axis=1)  # (BD, T)
+    npaths = NPATHS
+    n_iter = NPATHS if PATH_LOOP else 1
+    for pi in range(0, n_iter):  # PATH_LOOP: one program walks every path, adding in an fp32 buffer
+        p = tl.program_id(2) + pi
+        offs_d = pid_d * BD + tl.arange(0, BD)
+        mask_d = offs_d < DIM
+        offs_n = tl.arange(0, NP)
+        mask_n = offs_n < N
+        offs_t = tl.arange(0, T)
+        a2 = tl.load(A + p * sa_p + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
         if HAS_D:
-            y += dvec[:, None] * u
-        m2 = mask_d[:, None] & mask_t[None, :]
-        if HAS_Z:
-            z = tl.load(Z + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2, other=0.0)
-            z = z.to(tl.float32)
-            y = y * (z * tl.sigmoid(z))
-        y = y * scale
-        optr = OUT + b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l
-        if ATOMIC:
-            tl.atomic_add(optr, y, mask=m2, sem="relaxed")
-        else:
-            tl.store(optr, y.to(OUT.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where(offs_t[None, None, :] == T - 1, hh, 0.0), axis=2)
-    if SAVE_LAST:
-        tl.store(LAST + ((b64 * npaths + p) * DIM) * NP + hs_off, h, mask=mask_d[:, None])
+            dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
+        h = tl.zeros((BD, NP), dtype=tl.float32)
+        hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
+        hs_off = offs_d[:, None] * NP + offs_n[None, :]
+        for c in range(0, NCHUNK):
+            if SAVE_STATES:
+                tl.store(hs_base + c * DIM * NP + hs_off, h, mask=mask_d[:, None])
+            t = c * T + offs_t
+            mask_t = t < L
+            if HAS_PATHS:
+                pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=mask_t, other=0)
+            else:
+                pos = t
+            u, dt, _ = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
+                                         su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                                         HAS_DTB, SOFTPLUS)
+            mnt = mask_n[:, None] & mask_t[None, :]
+            bt = tl.load(Bm + b64 * sb_b + p * sb_p + offs_n[:, None] * sb_n + pos[None, :] * sb_l,
+                         mask=mnt, other=0.0).to(tl.float32)  # (NP, T)
+            ct = tl.load(Cm + b64 * sc_b + p * sc_p + offs_n[:, None] * sc_n + pos[None, :] * sc_l,
+                         mask=mnt, other=0.0).to(tl.float32)
+            a = tl.exp2(dt[:, None, :] * a2[:, :, None])  # (BD, NP, T)
+            bx = (dt * u)[:, None, :] * bt[None, :, :]
+            acum, hloc = tl.associative_scan((a, bx), 2, _combine)
+            hh = hloc + acum * h[:, :, None]
+            y = tl.sum(hh * ct[None, :, :], axis=1)  # (BD, T)
+            if HAS_D:
+                y += dvec[:, None] * u
+            m2 = mask_d[:, None] & mask_t[None, :]
+            if HAS_Z:
+                z = tl.load(Z + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2, other=0.0)
+                z = z.to(tl.float32)
+                y = y * (z * tl.sigmoid(z))
+            y = y * scale
+            ooff = b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l
+            if ATOMIC:
+                tl.atomic_add(OUT + ooff, y, mask=m2, sem="relaxed")
+            elif PATH_LOOP:
+                if pi > 0:
+                    y += tl.load(ACC + ooff, mask=m2, other=0.0)
+                if pi == n_iter - 1:
+                    tl.store(OUT + ooff, y.to(OUT.dtype.element_ty), mask=m2)
+                else:
+                    tl.store(ACC + ooff, y, mask=m2)
+            else:
+                tl.store(OUT + ooff, y.to(OUT.dtype.element_ty), mask=m2)
+            h = tl.sum(tl.where(offs_t[None, None, :] == T - 1, hh, 0.0), axis=2)
+        if SAVE_LAST:
+            tl.store(LAST + ((b64 * npaths + p) * DIM) * NP + hs_off, h, mask=mask_d[:, None])
 
 
 @triton.jit
 def _scan_bwd_kernel(
     U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, DOUT, HS,
-    DU, DDT, DA, DB, DC, DD, DDTB, DZ,
-    L, DIM, NCHUNK, scale,
+    DU, DDT, DA, DB, DC, DD, DDTB, DZ, DZACC,
+    L, DIM, NCHUNK, scale, NPATHS,
     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
     sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
     sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr,
+    HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr, PATH_LOOP: tl.constexpr,
 ):
     # Gradient layouts: DU, DDT (batch, P, dim, L) contiguous; DB, DC (batch, P, NP, L) fp32; DA (P, dim, NP) fp32;
     # DD, DDTB (P, dim) fp32; DZ (batch, dim, L).
     b64 = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    p = tl.program_id(2)
-    npaths = tl.num_programs(2)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    mask_d = offs_d < DIM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_t = tl.arange(0, T)
-    a_nat = tl.load(A + p * sa_p + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n,
-                    mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-    a2 = a_nat * 1.4426950408889634
-    if HAS_D:
-        dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
-    g_carry = tl.zeros((BD, NP), dtype=tl.float32)
-    da_acc = tl.zeros((BD, NP), dtype=tl.float32)
-    dd_acc = tl.zeros((BD,), dtype=tl.float32)
-    ddtb_acc = tl.zeros((BD,), dtype=tl.float32)
-    hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
-    hs_off = offs_d[:, None] * NP + offs_n[None, :]
-    g_base = (b64 * npaths + p) * DIM * L  # DU / DDT are contiguous (batch, P, dim, L)
-    bc_base = (b64 * npaths + p) * NP * L  # DB / DC are contiguous (batch, P, NP, L)
-    for ci in range(0, NCHUNK):
-        c = NCHUNK - 1 - ci
-        t = c * T + offs_t
-        mask_t = t < L
-        mask_tn = (t + 1) < L
-        if HAS_PATHS:
-            pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=mask_t, other=0)
-            pos_n = tl.load(PATHS + p * sp_p + (t + 1) * sp_l, mask=mask_tn, other=0)
-        else:
-            pos = t
-            pos_n = t + 1
-        m2 = mask_d[:, None] & mask_t[None, :]
-        u, dt, dt_raw = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
-                                          su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
-                                          HAS_DTB, SOFTPLUS)
-        _, dt_n, _ = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos_n, mask_tn,
-                                       su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
-                                       HAS_DTB, SOFTPLUS)
-        mnt = mask_n[:, None] & mask_t[None, :]
-        bt = tl.load(Bm + b64 * sb_b + p * sb_p + offs_n[:, None] * sb_n + pos[None, :] * sb_l,
-                     mask=mnt, other=0.0).to(tl.float32)
-        ct = tl.load(Cm + b64 * sc_b + p * sc_p + offs_n[:, None] * sc_n + pos[None, :] * sc_l,
-                     mask=mnt, other=0.0).to(tl.float32)
-        dout = tl.load(DOUT + b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l, mask=m2, other=0.0)
-        dout = dout.to(tl.float32) * scale
-        if HAS_Z:
-            z = tl.load(Z + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2, other=0.0)
-            z = z.to(tl.float32)
-            sig = tl.sigmoid(z)
-            dy = dout * (z * sig)
-        else:
-            dy = dout
-        # recompute the chunk's states from the saved chunk-start state
-        h0 = tl.load(hs_base + c * DIM * NP + hs_off, mask=mask_d[:, None], other=0.0)
-        a = tl.exp2(dt[:, None, :] * a2[:, :, None])
-        bx = (dt * u)[:, None, :] * bt[None, :, :]
-        acum, hloc = tl.associative_scan((a, bx), 2, _combine)
-        hh = hloc + acum * h0[:, :, None]
-        if HAS_Z:
-            y = tl.sum(hh * ct[None, :, :], axis=1)
-            if HAS_D:
-                y += dvec[:, None] * u
-            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-            zptr = DZ + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
-            if ATOMIC_Z:
-                tl.atomic_add(zptr, dz, mask=m2, sem="relaxed")
-            else:
-                tl.store(zptr, dz.to(DZ.dtype.element_ty), mask=m2)
-        # reverse scan for the adjoint state
-        alpha = tl.exp2(dt_n[:, None, :] * a2[:, :, None])
-        cc = ct[None, :, :] * dy[:, None, :]
-        aprod, gloc = tl.associative_scan((alpha, cc), 2, _combine, reverse=True)
-        g = gloc + aprod * g_carry[:, :, None]
-        g_carry = tl.sum(tl.where(offs_t[None, None, :] == 0, g, 0.0), axis=2)
-        sum_gb = tl.sum(g * bt[None, :, :], axis=1)  # (BD, T)
-        du = dt * sum_gb
+    npaths = NPATHS
+    n_iter = NPATHS if PATH_LOOP else 1
+    for pi in range(0, n_iter):  # PATH_LOOP: one program walks every path, adding in an fp32 buffer
+        p = tl.program_id(2) + pi
+        offs_d = pid_d * BD + tl.arange(0, BD)
+        mask_d = offs_d < DIM
+        offs_n = tl.arange(0, NP)
+        mask_n = offs_n < N
+        offs_t = tl.arange(0, T)
+        a_nat = tl.load(A + p * sa_p + offs_d[:, None] * sa_d + offs_n[None, :] * sa_n,
+                        mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        a2 = a_nat * 1.4426950408889634
         if HAS_D:
-            du += dvec[:, None] * dy
-            dd_acc += tl.sum(tl.where(m2, dy * u, 0.0), axis=1)
-        hb = hh - bx  # a_t h_{t-1}
-        ghb = g * hb
-        ddt = u * sum_gb + tl.sum(ghb * a_nat[:, :, None], axis=1)
-        da_acc += tl.sum(ghb * dt[:, None, :], axis=2)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(dt_raw)
-        ddt = tl.where(m2, ddt, 0.0)
-        ddtb_acc += tl.sum(ddt, axis=1)
-        gptr = g_base + offs_d[:, None] * L + pos[None, :]
-        tl.store(DU + gptr, du.to(DU.dtype.element_ty), mask=m2)
-        tl.store(DDT + gptr, ddt.to(DDT.dtype.element_ty), mask=m2)
-        db = tl.sum(g * (dt * u)[:, None, :], axis=0)  # (NP, T)
-        dc = tl.sum(hh * dy[:, None, :], axis=0)
-        bcptr = bc_base + offs_n[:, None] * L + pos[None, :]
-        tl.atomic_add(DB + bcptr, db, mask=mnt, sem="relaxed")
-        tl.atomic_add(DC + bcptr, dc, mask=mnt, sem="relaxed")
-    md = mask_d[:, None] & mask_n[None, :]
-    tl.atomic_add(DA + (p * DIM + offs_d[:, None]) * NP + offs_n[None, :], da_acc, mask=md, sem="relaxed")
-    if HAS_D:
-        tl.atomic_add(DD + p * DIM + offs_d, dd_acc, mask=mask_d, sem="relaxed")
-    if HAS_DTB:
-        tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
+            dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
+        g_carry = tl.zeros((BD, NP), dtype=tl.float32)
+        da_acc = tl.zeros((BD, NP), dtype=tl.float32)
+        dd_acc = tl.zeros((BD,), dtype=tl.float32)
+        ddtb_acc = tl.zeros((BD,), dtype=tl.float32)
+        hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
+        hs_off = offs_d[:, None] * NP + offs_n[None, :]
+        g_base = (b64 * npaths + p) * DIM * L  # DU / DDT are contiguous (batch, P, dim, L)
+        bc_base = (b64 * npaths + p) * NP * L  # DB / DC are contiguous (batch, P, NP, L)
+        for ci in range(0, NCHUNK):
+            c = NCHUNK - 1 - ci
+            t = c * T + offs_t
+            mask_t = t < L
+            mask_tn = (t + 1) < L
+            if HAS_PATHS:
+                pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=mask_t, other=0)
+                pos_n = tl.load(PATHS + p * sp_p + (t + 1) * sp_l, mask=mask_tn, other=0)
+            else:
+                pos = t
+                pos_n = t + 1
+            m2 = mask_d[:, None] & mask_t[None, :]
+            u, dt, dt_raw = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
+                                              su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                                              HAS_DTB, SOFTPLUS)
+            _, dt_n, _ = _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos_n, mask_tn,
+                                           su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                                           HAS_DTB, SOFTPLUS)
+            mnt = mask_n[:, None] & mask_t[None, :]
+            bt = tl.load(Bm + b64 * sb_b + p * sb_p + offs_n[:, None] * sb_n + pos[None, :] * sb_l,
+                         mask=mnt, other=0.0).to(tl.float32)
+            ct = tl.load(Cm + b64 * sc_b + p * sc_p + offs_n[:, None] * sc_n + pos[None, :] * sc_l,
+                         mask=mnt, other=0.0).to(tl.float32)
+            dout = tl.load(DOUT + b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l, mask=m2, other=0.0)
+            dout = dout.to(tl.float32) * scale
+            if HAS_Z:
+                z = tl.load(Z + b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2, other=0.0)
+                z = z.to(tl.float32)
+                sig = tl.sigmoid(z)
+                dy = dout * (z * sig)
+            else:
+                dy = dout
+            # recompute the chunk's states from the saved chunk-start state
+            h0 = tl.load(hs_base + c * DIM * NP + hs_off, mask=mask_d[:, None], other=0.0)
+            a = tl.exp2(dt[:, None, :] * a2[:, :, None])
+            bx = (dt * u)[:, None, :] * bt[None, :, :]
+            acum, hloc = tl.associative_scan((a, bx), 2, _combine)
+            hh = hloc + acum * h0[:, :, None]
+            if HAS_Z:
+                y = tl.sum(hh * ct[None, :, :], axis=1)
+                if HAS_D:
+                    y += dvec[:, None] * u
+                dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+                zoff = b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
+                if ATOMIC_Z:
+                    tl.atomic_add(DZ + zoff, dz, mask=m2, sem="relaxed")
+                elif PATH_LOOP:
+                    if pi > 0:
+                        dz += tl.load(DZACC + zoff, mask=m2, other=0.0)
+                    if pi == n_iter - 1:
+                        tl.store(DZ + zoff, dz.to(DZ.dtype.element_ty), mask=m2)
+                    else:
+                        tl.store(DZACC + zoff, dz, mask=m2)
+                else:
+                    tl.store(DZ + zoff, dz.to(DZ.dtype.element_ty), mask=m2)
+            # reverse scan for the adjoint state
+            alpha = tl.exp2(dt_n[:, None, :] * a2[:, :, None])
+            cc = ct[None, :, :] * dy[:, None, :]
+            aprod, gloc = tl.associative_scan((alpha, cc), 2, _combine, reverse=True)
+            g = gloc + aprod * g_carry[:, :, None]
+            g_carry = tl.sum(tl.where(offs_t[None, None, :] == 0, g, 0.0), axis=2)
+            sum_gb = tl.sum(g * bt[None, :, :], axis=1)  # (BD, T)
+            du = dt * sum_gb
+            if HAS_D:
+                du += dvec[:, None] * dy
+                dd_acc += tl.sum(tl.where(m2, dy * u, 0.0), axis=1)
+            hb = hh - bx  # a_t h_{t-1}
+            ghb = g * hb
+            ddt = u * sum_gb + tl.sum(ghb * a_nat[:, :, None], axis=1)
+            da_acc += tl.sum(ghb * dt[:, None, :], axis=2)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            ddt = tl.where(m2, ddt, 0.0)
+            ddtb_acc += tl.sum(ddt, axis=1)
+            gptr = g_base + offs_d[:, None] * L + pos[None, :]
+            tl.store(DU + gptr, du.to(DU.dtype.element_ty), mask=m2)
+            tl.store(DDT + gptr, ddt.to(DDT.dtype.element_ty), mask=m2)
+            db = tl.sum(g * (dt * u)[:, None, :], axis=0)  # (NP, T)
+            dc = tl.sum(hh * dy[:, None, :], axis=0)
+            bcptr = bc_base + offs_n[:, None] * L + pos[None, :]
+            tl.atomic_add(DB + bcptr, db, mask=mnt, sem="relaxed")
+            tl.atomic_add(DC + bcptr, dc, mask=mnt, sem="relaxed")
+        md = mask_d[:, None] & mask_n[None, :]
+        tl.atomic_add(DA + (p * DIM + offs_d[:, None]) * NP + offs_n[None, :], da_acc, mask=md, sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(DD + p * DIM + offs_d, dd_acc, mask=mask_d, sem="relaxed")
+        if HAS_DTB:
+            tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
 
 
 class ScanConfig(NamedTuple):
@@ -260,14 +281,15 @@ class ScanConfig(NamedTuple):
 
 
 def default_config(n_state: int, dim: int) -> ScanConfig:
-    """Tile choice from the H100 sweep in benchmarks/RESULTS.md. Under Triton's interpreter (CPU tests) every tile
-    element costs Python time, so tiles shrink to the problem."""
+    """Tile choice from the H100 runs in benchmarks/RESULTS.md: the chunked variant; the step-sequential one was
+    slower there (its later steps' loads do not issue ahead of the earlier steps' stores, see gpu_notes.md). Under
+    Triton's interpreter (CPU tests) every tile element costs Python time, so tiles shrink to the problem."""
     np2 = triton.next_power_of_2(n_state)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if np2 >= 16:
-        return ScanConfig("seq", 16, 16, 2)
-    return ScanConfig("seq", 64, 16, 2)
+        return ScanConfig("chunk", 4, 32, 2)
+    return ScanConfig("chunk", 32, 64, 2)
 
 
 def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
@@ -298,24 +320,28 @@ def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, 
     np2 = triton.next_power_of_2(n_state)
     cfg = ScanConfig(*config) if config else default_config(n_state, dim)
     nchunk = triton.cdiv(length, cfg.steps)
-    atomic = n_paths > 1
     seq = cfg.variant == "seq"
+    path_loop = not seq and n_paths > 1  # chunk kernel: one program per (batch, channels) walks every path
+    atomic = n_paths > 1 and not path_loop
     out = _empty_like_layout((bsz, dim, length), u, torch.float32 if atomic else u.dtype, atomic,
-                             seq and _channel_last(delta))
+                             _channel_last(delta))
+    acc = _empty_like_layout((bsz, dim, length), u, torch.float32, False, _channel_last(delta)) if path_loop else out
     f32 = torch.float32
     hs = torch.empty((bsz, n_paths, nchunk, dim, np2), device=u.device, dtype=f32) if save_states else out
     last = torch.empty((bsz, n_paths, dim, np2), device=u.device, dtype=f32) if save_last else out
     dummy = out
+    grid = (bsz, triton.cdiv(dim, cfg.bd), 1 if path_loop else n_paths)
     kernel = _scan_fwd_seq_kernel if seq else _scan_fwd_kernel
-    kernel[(bsz, triton.cdiv(dim, cfg.bd), n_paths)](
+    extra = {} if seq else dict(PATH_LOOP=path_loop)
+    kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
         z if z is not None else dummy, paths if paths is not None else dummy, out, hs, last,
-        length, dim, nchunk, float(scale),
+        *(() if seq else (acc,)), length, dim, nchunk, float(scale), *(() if seq else (n_paths,)),
         *_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *out.stride(),
         N=n_state, NP=np2, BD=cfg.bd, T=cfg.steps,
         HAS_D=D is not None, HAS_DTB=delta_bias is not None, HAS_Z=z is not None, SOFTPLUS=bool(softplus),
         HAS_PATHS=paths is not None, ATOMIC=atomic, SAVE_STATES=save_states, SAVE_LAST=save_last,
-        num_warps=cfg.warps,
+        num_warps=cfg.warps, **extra,
     )
     return out.to(u.dtype), (hs if save_states else None), (last[..., :n_state] if save_last else None)
 
@@ -339,19 +365,17 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     da = torch.zeros((n_paths, dim, np2), device=dev, dtype=f32)
     dd = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
-    atomic_z = n_paths > 1
-    dz = None
+    path_loop = not seq and n_paths > 1
+    atomic_z = n_paths > 1 and not path_loop
+    dz = dzacc = None
     if z is not None:
-        dz = _empty_like_layout(tuple(z.shape), z, f32 if atomic_z else z.dtype, atomic_z, cl and _channel_last(z))
-        if tuple(dz.stride()) != tuple(z.stride()):
-            z = z.contiguous()
-            dz = dz.contiguous()
-    if not seq and dout.stride(-1) != 1:
-        dout = dout.contiguous()
-    grid = (bsz, triton.cdiv(dim, cfg.bd), n_paths)
+        dz = _empty_like_layout(tuple(z.shape), z, f32 if atomic_z else z.dtype, atomic_z, _channel_last(z))
+        if tuple(dz.stride()) != tuple(z.stride()):  # Z and DZ share strides in the kernels
+            z, dz = z.contiguous(), dz.contiguous()
+        dzacc = torch.empty_like(dz, dtype=f32) if path_loop else dz
+    grid = (bsz, triton.cdiv(dim, cfg.bd), 1 if path_loop else n_paths)
     dummy = da
-    common = (length, dim, nchunk, float(scale), *_common_args(u, delta, A, B, C, D, z, delta_bias, paths),
-              *dout.stride())
+    strides = (*_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *dout.stride())
     opts = dict(N=n_state, NP=np2, BD=cfg.bd, T=cfg.steps, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
                 HAS_Z=z is not None, SOFTPLUS=bool(softplus), HAS_PATHS=paths is not None, ATOMIC_Z=atomic_z,
                 num_warps=cfg.warps)
@@ -360,9 +384,11 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     outs = (du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy)
     if seq:
         scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, cfg.bd, np2), device=dev, dtype=f32)
-        _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, *common, *du.stride(), *db.stride(), **opts)
+        _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, length, dim, nchunk, float(scale), *strides,
+                                   *du.stride(), *db.stride(), **opts)
     else:
-        _scan_bwd_kernel[grid](*inputs, *outs, *common, **opts)
+        _scan_bwd_kernel[grid](*inputs, *outs, dzacc if dzacc is not None else dummy, length, dim, nchunk,
+                               float(scale), n_paths, *strides, PATH_LOOP=path_loop, **opts)
     return (du, ddt, da[..., :n_state].to(A.dtype), db[:, :, :n_state].to(B.dtype), dc[:, :, :n_state].to(C.dtype),
             dd.to(D.dtype) if D is not None else None, dz.to(z.dtype) if dz is not None else None,
             ddtb.to(delta_bias.dtype) if delta_bias is not None else None)
