@@ -99,3 +99,19 @@ def test_bad_names_say_what_exists():
         available_backends("cpu", "attention")
     with pytest.raises(ValueError, match="delta must have shape"):
         dispatch.selective_scan_paths(args[0], args[1][:, :1], *args[2:], paths=paths)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+@pytest.mark.parametrize("backend", ["triton", "mamba_ssm"])
+def test_gpu_backends_agree_with_reference(backend):
+    if backend == "mamba_ssm":
+        pytest.importorskip("mamba_ssm", reason="mamba-ssm is not installed on this GPU machine")
+    args, paths = small_paths_inputs(dim=16, n_state=16, length=197)
+    args = tuple(a.cuda() for a in args)
+    with record_kernel_paths() as used:
+        got = dispatch.selective_scan_paths(*args, delta_softplus=True, paths=paths.cuda(), merge="mean",
+                                            backend=backend)
+    assert used == {"selective_scan_paths": backend}
+    want = scan_paths_loop(*args, delta_softplus=True, paths=paths.cuda(), merge="mean")
+    assert rel_err(got, want) < 1e-4
