@@ -32,11 +32,11 @@ def make_inputs(bsz, heads, length, dqk, dv, dtype=torch.float32, seed=0):
     return [x.to(DEV).to(dtype) for x in (q, k, v, i, f)]
 
 
-def check(inputs, dtype):
+def check(inputs, dtype, backward="recompute"):
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     ref_leaves = [x.detach().double().requires_grad_(True) for x in inputs]
     same_leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = mlstm_triton(*leaves)
+    out = mlstm_triton(*leaves, backward=backward)
     ref = mlstm_parallel_loop(*ref_leaves)
     same = mlstm_parallel_loop(*same_leaves, dtype=dtype)
     dh = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(ref.device)
@@ -50,9 +50,10 @@ def check(inputs, dtype):
         assert e_kernel <= 2 * e_same + ATOL[dtype], f"{name}: {e_kernel:.2e} > 2 × {e_same:.2e} + {ATOL[dtype]}"
 
 
+@pytest.mark.parametrize("backward", ["recompute", "triton"])
 @pytest.mark.parametrize("length,dqk,dv", [(45, 12, 20), (16, 8, 8), (70, 16, 24)])
-def test_mlstm_matches_parallel(length, dqk, dv):
-    check(make_inputs(2, 2, length, dqk, dv), torch.float32)
+def test_mlstm_matches_parallel(length, dqk, dv, backward):
+    check(make_inputs(2, 2, length, dqk, dv), torch.float32, backward)
 
 
 def test_chunkwise_torch_twin_is_exact():
@@ -62,6 +63,7 @@ def test_chunkwise_torch_twin_is_exact():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+@pytest.mark.parametrize("backward", ["recompute", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_vil_tiny_shape_gpu(dtype):
-    check(make_inputs(8, 4, 197, 96, 96, dtype=dtype), dtype)
+def test_vil_tiny_shape_gpu(dtype, backward):
+    check(make_inputs(8, 4, 197, 96, 96, dtype=dtype), dtype, backward)

@@ -78,9 +78,9 @@ def mlstm_chunkwise_torch(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64):
 
 @triton.jit
 def _mlstm_fwd_kernel(
-    Q, K, V, I, Fg, H, L, DQK, DV, scale, eps,
+    Q, K, V, I, Fg, H, MROW, DEN, L, DQK, DV, scale, eps,
     sq_bh, sq_l, sq_d, sk_bh, sk_l, sk_d, sv_bh, sv_l, sv_d, si_bh, si_l, sf_bh, sf_l, sh_bh, sh_l, sh_d,
-    LC: tl.constexpr, DKP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    LC: tl.constexpr, DKP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SAVE_STATS: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     pid_v = tl.program_id(1)
@@ -119,6 +119,9 @@ def _mlstm_fwd_kernel(
         hval = num / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps)[:, None]
         tl.store(H + bh * sh_bh + t[:, None] * sh_l + offs_v[None, :] * sh_d, hval.to(H.dtype.element_ty),
                  mask=mask_t[:, None] & mask_v[None, :])
+        if SAVE_STATS:  # per-row stabiliser and denominator for the Triton backward (every dv block has the same)
+            tl.store(MROW + bh * L + t, m_t, mask=mask_t & (pid_v == 0))
+            tl.store(DEN + bh * L + t, den, mask=mask_t & (pid_v == 0))
         blast = tl.sum(tl.where(offs_t == LC - 1, b, 0.0), 0)
         a = blast - b + ig
         m_new = tl.maximum(blast + state_m, tl.max(a, 0))
@@ -129,8 +132,10 @@ def _mlstm_fwd_kernel(
         state_m = m_new
 
 
-def mlstm_fwd_triton(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64, block_v: int | None = None):
-    """Launch the forward; q, k (b, h, L, dqk), v (b, h, L, dv), i, f (b, h, L). Returns h (b, h, L, dv)."""
+def mlstm_fwd_triton(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64, block_v: int | None = None,
+                     save_stats: bool = False):
+    """Launch the forward; q, k (b, h, L, dqk), v (b, h, L, dv), i, f (b, h, L). Returns h (b, h, L, dv), and with
+    `save_stats` also the per-row stabiliser m and signed denominator (b·h, L) fp32 that the Triton backward needs."""
     bsz, heads, length, dqk = q.shape
     dv = v.shape[-1]
     q3, k3, v3 = (x.reshape(bsz * heads, length, x.shape[-1]) for x in (q, k, v))
@@ -140,25 +145,37 @@ def mlstm_fwd_triton(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64, block_v:
     bv = block_v or min(64, max(16, triton.next_power_of_2(dv)))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (bsz * heads, triton.cdiv(dv, bv))
+    stats = torch.empty((2, bsz * heads, length), device=q.device, dtype=torch.float32) if save_stats else out
     _mlstm_fwd_kernel[grid](
-        q3, k3, v3, i2, f2, out, length, dqk, dv, 1.0 / math.sqrt(dqk), eps,
+        q3, k3, v3, i2, f2, out, stats[0], stats[1], length, dqk, dv, 1.0 / math.sqrt(dqk), eps,
         *q3.stride(), *k3.stride(), *v3.stride(), *i2.stride(), *f2.stride(), *out.stride(),
-        LC=chunk, DKP=dkp, BV=bv, PREC=prec, num_warps=4 if dkp * bv <= 4096 else 8,
+        LC=chunk, DKP=dkp, BV=bv, PREC=prec, SAVE_STATS=save_stats, num_warps=4 if dkp * bv <= 4096 else 8,
     )
-    return out.view(bsz, heads, length, dv)
+    h = out.view(bsz, heads, length, dv)
+    return (h, stats[0], stats[1]) if save_stats else h
 
 
 class MLSTMChunkwise(torch.autograd.Function):
-    """Triton forward; backward by recomputing `mlstm_chunkwise_torch` under autograd."""
+    """Triton forward; backward either by the Triton tile kernels of `mlstm_bwd.py` ("triton") or by recomputing
+    `mlstm_chunkwise_torch` under autograd ("recompute")."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, eps):
+    def forward(ctx, q, k, v, i, f, eps, backward):
+        ctx.eps, ctx.mode = eps, backward
+        if backward == "triton":
+            h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, save_stats=True)
+            ctx.save_for_backward(q, k, v, i, f, h, m, den)
+            return h
         ctx.save_for_backward(q, k, v, i, f)
-        ctx.eps = eps
         return mlstm_fwd_triton(q, k, v, i, f, eps)
 
     @staticmethod
     def backward(ctx, dh):
+        if ctx.mode == "triton":
+            from .mlstm_bwd import mlstm_bwd_triton
+
+            q, k, v, i, f, h, m, den = ctx.saved_tensors
+            return (*mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, ctx.eps), None, None)
         inputs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
         length = inputs[0].shape[2]
         # few, long stretches: each Python-level chunk costs a dozen launches, and a stretch of ≤1024 steps keeps the
@@ -167,12 +184,18 @@ class MLSTMChunkwise(torch.autograd.Function):
         with torch.enable_grad():
             h = mlstm_chunkwise_torch(*inputs, eps=ctx.eps, chunk=chunk)
             grads = torch.autograd.grad(h, inputs, dh)
-        return (*grads, None)
+        return (*grads, None, None)
 
 
-def mlstm_triton(q, k, v, i, f, eps: float = 1e-6):
-    """Same contract as `kernels.mlstm.mlstm_parallel_ref`."""
-    return MLSTMChunkwise.apply(q, k, v, i, f, eps)
+BACKWARDS = ("recompute", "triton")
+
+
+def mlstm_triton(q, k, v, i, f, eps: float = 1e-6, backward: str = "recompute"):
+    """Same contract as `kernels.mlstm.mlstm_parallel_ref`. `backward`: "recompute" (PyTorch chunkwise under
+    autograd; measured on the H100) or "triton" (tile kernels; tested under the interpreter, not yet timed on a GPU)."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}; got {backward!r}")
+    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward)
 
 
 __all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise"]
