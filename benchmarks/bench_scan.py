@@ -46,10 +46,10 @@ WORKLOADS = {
     "vim_ti_1248": dict(bsz=4, dim=384, length=6085, n_state=16, route="bi", gate=True, merge="mean"),
     "vmamba_t_s1": dict(bsz=128, dim=96, length=3136, n_state=1, route="cross4", gate=False, merge="sum", side=56),
 }
-CONFIGS = {  # (variant, BD, steps, warps) tried per workload; the best fwd+bwd is reported and used. Earlier sweeps
-    # (benchmarks/gpu_notes.md) left one per state size, which keeps a run's Triton compile time short.
-    16: [("chunk", 4, 32, 2)],
-    1: [("chunk", 32, 64, 2)],
+CONFIGS = {  # (variant, BD, steps, warps): the default run uses the first (earlier sweeps, benchmarks/gpu_notes.md,
+    # picked it; one config keeps a run's Triton compile time short); --sweep tries all and keeps the best fwd+bwd
+    16: [("chunk", 4, 32, 2), ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2), ("seq", 8, 16, 1)],
+    1: [("chunk", 32, 64, 2), ("chunk", 64, 64, 4), ("seq", 64, 16, 2), ("seq", 32, 16, 1)],
 }
 
 
@@ -187,7 +187,8 @@ def check_same(a: torch.Tensor, b: torch.Tensor, what: str) -> str:
     return f"{what}: rel. diff {err:.1e}"
 
 
-def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes: list[str]) -> list[list]:
+def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes: list[str],
+                   sweep: bool = False) -> list[list]:
     paths = route_paths(w["route"], w["length"], w.get("side")).cuda()
     inv = torch.argsort(paths, dim=1)
     n_paths = paths.shape[0]
@@ -203,7 +204,7 @@ def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes:
     # tile sweep on fwd+bwd; fwd and bwd share the chunking, so one config serves both
     best = None
     xg, leaves = with_grad(x)
-    for cfg in CONFIGS[16 if w["n_state"] >= 16 else 1][: (2 if reps < 20 else None)]:
+    for cfg in CONFIGS[16 if w["n_state"] >= 16 else 1][: (None if sweep else 1)]:
         try:
             t = median_ms(fwd_bwd(lambda: ours(xg, cfg), leaves), warmup=3, reps=max(5, reps // 4))
         except Exception as exc:  # a tile that does not compile is skipped, and said so
@@ -285,6 +286,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few repetitions, small sweep (smoke run)")
     ap.add_argument("--only", nargs="*", default=None, help="workload names")
     ap.add_argument("--out", default=None, help="write the markdown tables here too")
+    ap.add_argument("--sweep", action="store_true", help="try every tile in CONFIGS (each costs Triton compiles)")
     args = ap.parse_args()
     reps = 5 if args.quick else 20
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -297,7 +299,7 @@ def main() -> None:
     for name, w in WORKLOADS.items():
         if args.only and name not in args.only:
             continue
-        rows += bench_workload(name, w, bw, rate, reps, notes)
+        rows += bench_workload(name, w, bw, rate, reps, notes, sweep=args.sweep)
         print(rows[-1], notes[-1], flush=True)  # partial progress, in case the run is cut off
     rows += bench_single(bw, rate, reps, notes)
     header = ["workload", "variant", "fwd ms", "fwd+bwd ms", "baseline/ours fwd", "baseline/ours fwd+bwd",
