@@ -1,0 +1,202 @@
+"""Selective-SSM (Mamba-1 / S6) token mixer run along the paths of a route: Vim's bidirectional block and VMamba's SS2D.
+
+Math (E = d_inner = int(expand·dim), N = d_state, R = dt_rank, P = number of paths, K = conv width):
+
+    [x ; z] = in_proj(u)                                   x, z: (B, L, E)   (z only when gated)
+    per path p, in canonical order:
+        causal1d: x'_p = scatter_p( SiLU( causal_dwconv1d_p( gather_p(x) ) ) )   (Vim v2: a conv per path;
+                  Vim v1, conv_per_path=False: ONE conv run along the first path, its output shared by all paths)
+        dw2d:     x'_p = SiLU( dwconv2d(x) ) for every p   (one 3×3 depthwise conv on each token grid, VMamba;
+                  class tokens have no neighbours and pass through the conv unchanged)
+        [δ ; B ; C] = x'_p · W_x,p                         δ: R channels, B, C: N (shared by all E channels)
+        Δ = softplus(δ · W_dt,p + b_dt,p)                  (the bias and softplus are applied inside the scan)
+        y_p = S6 scan of x'_p along path p with A_p = −exp(A_log,p), skip D_p, scattered back to canonical order
+    y = mean_p y_p (Vim, `merge="mean"`: the code's /2) or Σ_p y_p (VMamba, `merge="sum"`)
+    y = LayerNorm(y) if out_norm;   y = y ⊙ SiLU(z) if gated;   out = out_proj(y)
+
+Gating commutes with the merge (z is per canonical token), so without out_norm the gate is fused into the scan call.
+`path_params="shared_except_A"` (Vim v1) keeps one x_proj/dt_proj/D for all paths and an A per path.
+
+Initialisation follows Vim / Mamba: dt_proj.weight ~ U(±R^−½); dt_proj.bias = softplus⁻¹(Δ₀), Δ₀ log-uniform in
+[1e-3, 1e-1] clamped ≥ 1e-4 (for every path; Vim's official code zeroes the *backward* dt bias by accident, so its
+backward Δ starts at softplus(0) ≈ 0.69 — not reproduced here); A_log = log(1..N); D = 1; in_proj / x_proj / convs
+use PyTorch's default bounds (U(±1/√fan_in)); Linear biases 0; out_proj.weight ~ U(±1/√E) / √depth.
+
+Parameters are stacked per path (leading dim P, or 1 when shared), so the per-block count is exactly
+in_proj + out_proj + per path [conv E·K + E, x_proj E(R+2N), dt_proj RE + E, A_log EN, D E] (+ 2E for out_norm).
+
+`is_causal` is True: with `conv="causal1d"` every output at path step t depends only on steps ≤ t of that path. The
+`dw2d` conv mixes 3×3 grid neighbours before the scan, so that variant is causal only up to the conv's footprint
+(as in VMamba).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from ..layout import MixContext, grid_apply
+from .base import MIXERS, MixerParams, TokenMixer
+
+
+class SSMParams(MixerParams):
+    """Defaults are Vim's block (bimamba v2, divide-out)."""
+
+    d_state: int = Field(16, ge=1)
+    expand: float = Field(2.0, gt=0)
+    dt_rank: int | Literal["auto"] = "auto"
+    conv: Literal["causal1d", "dw2d"] = "causal1d"
+    conv_size: int | None = None
+    conv_bias: bool = True
+    conv_per_path: bool = True
+    path_params: Literal["separate", "shared_except_A"] = "separate"
+    gate: bool = True
+    out_norm: bool = False
+    merge: Literal["mean", "sum"] = "mean"
+    proj_bias: bool = False
+
+
+class SSMMixer(TokenMixer):
+    Params = SSMParams
+
+    def __init__(self, dim: int, *, params: SSMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
+                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+        super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
+                         kernel_backend=kernel_backend, device=device, dtype=dtype)
+        if n_paths < 1:
+            raise ValueError(f"n_paths must be >= 1, got {n_paths}")
+        if isinstance(params.dt_rank, int) and params.dt_rank < 1:
+            raise ValueError(f"dt_rank must be >= 1 or 'auto', got {params.dt_rank}")
+        fk = {"device": device, "dtype": dtype}
+        p = params
+        E = self.d_inner = int(p.expand * dim)
+        if E < 1:
+            raise ValueError(f"expand={p.expand} gives d_inner={E} for dim={dim}")
+        N = self.d_state = p.d_state
+        R = self.dt_rank = math.ceil(dim / 16) if p.dt_rank == "auto" else p.dt_rank
+        K = self.conv_size = p.conv_size if p.conv_size is not None else (4 if p.conv == "causal1d" else 3)
+        if K < 1 or (p.conv == "dw2d" and K % 2 == 0):
+            raise ValueError(f"conv_size must be >= 1 (and odd for dw2d to keep the grid size); got {K}")
+        P = n_paths
+        Pq = P if p.path_params == "separate" else 1  # paths holding their own x_proj / dt_proj / D
+
+        self.in_proj = nn.Linear(dim, E * (2 if p.gate else 1), bias=p.proj_bias, **fk)
+        if p.conv == "causal1d":
+            Pc = P if p.conv_per_path else 1
+            self.conv_weight = nn.Parameter(torch.empty(Pc, E, K, **fk))
+            self.conv_bias = nn.Parameter(torch.empty(Pc, E, **fk)) if p.conv_bias else None
+            self.conv2d = None
+        else:
+            self.conv_weight = self.conv_bias = None
+            self.conv2d = nn.Conv2d(E, E, K, padding=K // 2, groups=E, bias=p.conv_bias, **fk)
+        self.x_proj_weight = nn.Parameter(torch.empty(Pq, R + 2 * N, E, **fk))
+        self.dt_proj_weight = nn.Parameter(torch.empty(Pq, E, R, **fk))
+        self.dt_proj_bias = nn.Parameter(torch.empty(Pq, E, **fk))
+        self.A_log = nn.Parameter(torch.empty(P, E, N, **fk))
+        self.D = nn.Parameter(torch.empty(Pq, E, **fk))
+        self.out_norm = nn.LayerNorm(E, **fk) if p.out_norm else None
+        self.out_proj = nn.Linear(E, dim, bias=p.proj_bias, **fk)
+        self.reset_parameters()
+
+    @classmethod
+    def is_causal(cls, params: MixerParams) -> bool:
+        return True
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
+        E, N, R, K = self.d_inner, self.d_state, self.dt_rank, self.conv_size
+        self.in_proj.reset_parameters()
+        if self.in_proj.bias is not None:
+            self.in_proj.bias.zero_()
+        if self.conv_weight is not None:
+            bound = 1.0 / math.sqrt(K)  # PyTorch's Conv1d default for a depthwise conv (fan_in = K)
+            self.conv_weight.uniform_(-bound, bound)
+            if self.conv_bias is not None:
+                self.conv_bias.uniform_(-bound, bound)
+        else:
+            self.conv2d.reset_parameters()
+        self.x_proj_weight.uniform_(-(E ** -0.5), E ** -0.5)
+        self.dt_proj_weight.uniform_(-(R ** -0.5), R ** -0.5)
+        dt = torch.exp(torch.rand_like(self.dt_proj_bias) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        a = torch.arange(1, N + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(a).expand_as(self.A_log))
+        self.D.fill_(1.0)
+        if self.out_norm is not None:
+            self.out_norm.reset_parameters()
+        bound = E ** -0.5
+        self.out_proj.weight.uniform_(-bound, bound)
+        self.out_proj.weight.div_(math.sqrt(self.depth))
+        if self.out_proj.bias is not None:
+            self.out_proj.bias.zero_()
+
+    def _causal_conv(self, x: Tensor, c: int) -> Tensor:
+        """Causal depthwise conv of `x` (B, E, L) in path order with conv `c`, then SiLU."""
+        L = x.shape[-1]
+        w = self.conv_weight[c].unsqueeze(1)  # (E, 1, K)
+        b = None if self.conv_bias is None else self.conv_bias[c]
+        y = F.conv1d(x, w, b, padding=self.conv_size - 1, groups=self.d_inner)[..., :L]
+        return F.silu(y)
+
+    def _conv_paths(self, x: Tensor, ctx: MixContext) -> Tensor:
+        """Conv outputs in canonical order, stacked over paths: (B, P, E, L) (a broadcast view when shared)."""
+        P = self.n_paths
+        if self.conv2d is not None:
+            u = F.silu(grid_apply(x, ctx.layout, self.conv2d)).transpose(1, 2)  # (B, E, L)
+            return u.unsqueeze(1).expand(-1, P, -1, -1)
+        if not self.params.conv_per_path:  # Vim v1: one conv along the first path, shared
+            path = ctx.paths[0]
+            u = self._causal_conv(path.gather(x).transpose(1, 2), 0).index_select(-1, path.inverse)
+            return u.unsqueeze(1).expand(-1, P, -1, -1)
+        outs = [self._causal_conv(path.gather(x).transpose(1, 2), i).index_select(-1, path.inverse)
+                for i, path in enumerate(ctx.paths)]
+        return torch.stack(outs, 1)
+
+    def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
+        if len(ctx.paths) != self.n_paths:
+            raise ValueError(f"this SSM mixer was built for {self.n_paths} path(s); the context gives "
+                             f"{len(ctx.paths)} ({[p.name for p in ctx.paths]})")
+        if x.dim() != 3 or x.shape[1] != ctx.layout.length:
+            raise ValueError(f"x must be (batch, {ctx.layout.length}, {self.dim}); got {tuple(x.shape)}")
+        E, N, R, P = self.d_inner, self.d_state, self.dt_rank, self.n_paths
+        xz = self.in_proj(x)
+        x_in, z = (xz[..., :E], xz[..., E:]) if self.params.gate else (xz, None)
+        u = self._conv_paths(x_in, ctx)  # (B, P, E, L)
+        Wx = self.x_proj_weight.expand(P, -1, -1)
+        x_dbl = torch.einsum("bpel,pje->bpjl", u, Wx)  # (B, P, R+2N, L)
+        delta = torch.einsum("bprl,per->bpel", x_dbl[:, :, :R], self.dt_proj_weight.expand(P, -1, -1))
+        Bm = x_dbl[:, :, R:R + N].contiguous()
+        Cm = x_dbl[:, :, R + N:].contiguous()
+        A = -torch.exp(_atleast_f32(self.A_log))
+        D = _atleast_f32(self.D.expand(P, -1))
+        delta_bias = _atleast_f32(self.dt_proj_bias.expand(P, -1))
+        paths = torch.stack([p.index.to(x.device) for p in ctx.paths])
+        fuse_gate = self.params.gate and self.out_norm is None
+        from kernels.dispatch import selective_scan_paths
+
+        y = selective_scan_paths(
+            u.contiguous(), delta.contiguous(), A, Bm, Cm, D,
+            z=z.transpose(1, 2).contiguous() if fuse_gate else None,
+            delta_bias=delta_bias, delta_softplus=True, paths=paths, merge=self.params.merge,
+            backend=None if self.kernel_backend == "auto" else self.kernel_backend,
+        ).transpose(1, 2)  # (B, L, E)
+        if self.out_norm is not None:
+            y = self.out_norm(y)
+            if self.params.gate:
+                y = y * F.silu(z)
+        return self.out_proj(y)
+
+
+def _atleast_f32(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+MIXERS.register("ssm", SSMMixer)
+
+__all__ = ["SSMMixer", "SSMParams"]
