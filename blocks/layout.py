@@ -56,13 +56,13 @@ class TokenLayout:
     @cached_property
     def grid_positions(self) -> tuple[int, ...]:
         """Canonical position of each grid token, grid tokens numbered in raster order over segments."""
-        return tuple(self.sequence_positions(list(range(self.n_grid))))
+        return tuple(_canonical_grid_positions(self))
 
     def sequence_positions(self, grid_order: list[int]) -> list[int]:
         """Canonical positions visited by a path that walks grid tokens in `grid_order`, class tokens at their slots."""
         if len(grid_order) != self.n_grid:
             raise ValueError(f"an order must visit all {self.n_grid} grid tokens, got {len(grid_order)}")
-        grid_pos = _canonical_grid_positions(self)
+        grid_pos = self.grid_positions
         out: list[int] = []
         slots = list(zip(self.cls_slots, self.cls_positions))
         k = 0
