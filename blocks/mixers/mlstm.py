@@ -1,0 +1,183 @@
+"""The Vision-LSTM (ViL v2) mLSTM layer, without the block's pre-LayerNorm and residual.
+
+    [x_m, z] = split(proj_up(x))                          # E = int(expand · dim) each
+    c        = SiLU(conv(x_m))                             # dw2d: depthwise k×k per token grid (class tokens pass
+                                                           #   through); causal1d: depthwise causal conv along the path
+    q, k, v  = BlockDiag_q(c), BlockDiag_k(c), BlockDiag_v(x_m)     # qkv_block × qkv_block blocks (+ bias)
+    ĩ, f̃     = igate(cat(q, k, v)), fgate(cat(q, k, v))             # one scalar per head and token
+    h̃        = OutNorm(mLSTM cell(q, k, v, ĩ, f̃) along the path)    # per-head LayerNorm over DH = E / heads
+    y        = proj_down((h̃ + skip ⊙ c) ⊙ SiLU(z))
+
+The cell runs along each path of `ctx.paths` (gather → cell → scatter). With one path (ViL's alternating route) the
+layer is ViL's: parameters 6D² + 109D + 8 at the defaults (ViL's 6D² + 111D + 8 minus the block LN). With n_paths > 1
+(a parallel route) the q/k/v projections, the gates and the output norm are per path, and the path outputs (after the
+skip) are averaged before the SiLU(z) gate (which is per token, so the order does not matter).
+
+Causality: the cell is causal along the path. With `conv="causal1d"` (ViL v1) the whole layer is causal along the path.
+The default `conv="dw2d"` (ViL v2) is a 2-D conv over the token grid, so a token's q/k already see its grid neighbours
+on both sides: the layer is then causal only in its cell, by design. Note also that ViL runs its 2-D conv on the
+*flipped* grid for reversed blocks; here the conv always runs on the canonical grid, which equals ViL's up to rotating
+the kernel by 180° (a checkpoint converter flips the kernel for reversed blocks).
+
+Differences from ViL's parametrisation: the output-norm weight is stored directly (init 1), not as 1 + w (w = 0).
+Init ("original" in vision_lstm2.py): proj_up and q/k/v weights N(0, √(2/(5D))); proj_down N(0, 2/√D); gate weights
+0, forget bias linspace(3, 6) over heads, input bias N(0, 0.1); skip 1; conv PyTorch default; other biases 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from kernels.dispatch import mlstm as mlstm_cell
+
+from ..layout import MixContext, grid_apply
+from .base import MIXERS, MixerParams, TokenMixer
+
+
+class MLSTMParams(MixerParams):
+    expand: float = Field(2.0, gt=0)
+    heads: int = Field(4, ge=1)
+    qkv_block: int = Field(4, ge=1)
+    conv: Literal["dw2d", "causal1d"] = "dw2d"
+    conv_size: int | None = Field(None, ge=1)  # None: 3 for dw2d, 4 for causal1d
+    bias: bool = True  # ViL v2; v1 has no bias in proj_up / q,k,v / out-norm / proj_down
+
+
+class BlockDiagonal(nn.Module):
+    """xLSTM's LinearHeadwiseExpand: channels in groups of `block`, each group mapped by its own block×block matrix."""
+
+    def __init__(self, dim: int, block: int, bias: bool, device=None, dtype=None) -> None:
+        super().__init__()
+        self.n_blocks, self.block = dim // block, block
+        self.weight = nn.Parameter(torch.empty(self.n_blocks, block, block, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], self.n_blocks, self.block)
+        # out[..., g, o] = Σ_i x[..., g, i] · W[g, o, i]
+        y = torch.einsum("...gi,goi->...go", x, self.weight).reshape(shape)
+        return y + self.bias if self.bias is not None else y
+
+
+class _PathCell(nn.Module):
+    """What is per path in a parallel route: q/k/v projections, gates and the output norm."""
+
+    def __init__(self, inner: int, p: MLSTMParams, device=None, dtype=None) -> None:
+        super().__init__()
+        fk = dict(device=device, dtype=dtype)
+        self.q = BlockDiagonal(inner, p.qkv_block, p.bias, **fk)
+        self.k = BlockDiagonal(inner, p.qkv_block, p.bias, **fk)
+        self.v = BlockDiagonal(inner, p.qkv_block, p.bias, **fk)
+        self.igate = nn.Linear(3 * inner, p.heads, **fk)
+        self.fgate = nn.Linear(3 * inner, p.heads, **fk)
+        self.norm_weight = nn.Parameter(torch.ones(inner, **fk))
+        self.norm_bias = nn.Parameter(torch.zeros(inner, **fk)) if p.bias else None
+
+
+class MLSTM(TokenMixer):
+    Params = MLSTMParams
+
+    def __init__(self, dim: int, *, params: MLSTMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
+                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+        super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
+                         kernel_backend=kernel_backend, device=device, dtype=dtype)
+        p = params
+        inner = int(p.expand * dim)
+        if inner % p.qkv_block or inner % p.heads:
+            raise ValueError(f"mlstm: inner width int(expand*dim) = {inner} (dim={dim}, expand={p.expand}) must be "
+                             f"divisible by qkv_block={p.qkv_block} and heads={p.heads}")
+        self.inner, self.num_heads, self.head_dim = inner, p.heads, inner // p.heads
+        self.conv_size = p.conv_size if p.conv_size is not None else (3 if p.conv == "dw2d" else 4)
+        if p.conv == "dw2d" and self.conv_size % 2 == 0:
+            raise ValueError(f"mlstm: a dw2d conv_size must be odd to keep the grid size, got {self.conv_size}")
+        fk = dict(device=device, dtype=dtype)
+        self.proj_up = nn.Linear(dim, 2 * inner, bias=p.bias, **fk)
+        if p.conv == "dw2d":
+            self.conv = nn.Conv2d(inner, inner, self.conv_size, padding=self.conv_size // 2, groups=inner, **fk)
+        else:
+            self.conv = nn.Conv1d(inner, inner, self.conv_size, groups=inner, **fk)  # left-padded in forward
+        self.cells = nn.ModuleList(_PathCell(inner, p, **fk) for _ in range(max(1, n_paths)))
+        self.skip = nn.Parameter(torch.ones(inner, **fk))
+        self.proj_down = nn.Linear(inner, dim, bias=p.bias, **fk)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        small = math.sqrt(2 / (5 * self.dim))
+        nn.init.normal_(self.proj_up.weight, std=small)
+        nn.init.normal_(self.proj_down.weight, std=2 / math.sqrt(self.dim))
+        for lin in (self.proj_up, self.proj_down):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        self.conv.reset_parameters()
+        for cell in self.cells:
+            for bd in (cell.q, cell.k, cell.v):
+                nn.init.normal_(bd.weight, std=small)
+                if bd.bias is not None:
+                    nn.init.zeros_(bd.bias)
+            nn.init.zeros_(cell.igate.weight)
+            nn.init.normal_(cell.igate.bias, std=0.1)
+            nn.init.zeros_(cell.fgate.weight)
+            with torch.no_grad():
+                cell.fgate.bias.copy_(torch.linspace(3.0, 6.0, self.num_heads))
+            nn.init.ones_(cell.norm_weight)
+            if cell.norm_bias is not None:
+                nn.init.zeros_(cell.norm_bias)
+        nn.init.ones_(self.skip)
+
+    @classmethod
+    def is_causal(cls, params: MLSTMParams) -> bool:
+        return True
+
+    def _causal_conv(self, x: Tensor) -> Tensor:  # (B, L, E) in path order
+        y = F.conv1d(F.pad(x.transpose(1, 2), (self.conv_size - 1, 0)), self.conv.weight, self.conv.bias,
+                     groups=self.inner)
+        return y.transpose(1, 2)
+
+    def _run_cell(self, cell: _PathCell, xm: Tensor, c: Tensor) -> Tensor:
+        """xm, c: (B, L, E) in path order → normalised cell output + skip, (B, L, E) in path order."""
+        B, L, E = xm.shape
+        H, DH = self.num_heads, self.head_dim
+        q, k, v = cell.q(c), cell.k(c), cell.v(xm)
+        qkv = torch.cat((q, k, v), dim=-1)
+        ig, fg = cell.igate(qkv), cell.fgate(qkv)  # (B, L, H)
+
+        def heads(t: Tensor) -> Tensor:
+            return t.reshape(B, L, H, DH).transpose(1, 2).contiguous()
+
+        backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
+        h = mlstm_cell(heads(q), heads(k), heads(v), ig.transpose(1, 2).contiguous(),
+                       fg.transpose(1, 2).contiguous(), backend=backend)  # (B, H, L, DH)
+        h = F.layer_norm(h, (DH,), eps=1e-5).transpose(1, 2).reshape(B, L, E)
+        h = h * cell.norm_weight
+        if cell.norm_bias is not None:
+            h = h + cell.norm_bias
+        return h + self.skip * c
+
+    def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
+        if not ctx.paths:
+            raise ValueError("mlstm needs at least one path in the MixContext")
+        if len(self.cells) > 1 and len(ctx.paths) != len(self.cells):
+            raise ValueError(f"mlstm was built for n_paths={len(self.cells)} but got {len(ctx.paths)} paths")
+        xm, z = self.proj_up(x).chunk(2, dim=-1)
+        c_canon = F.silu(grid_apply(xm, ctx.layout, self.conv)) if self.params.conv == "dw2d" else None
+        out = None
+        for j, path in enumerate(ctx.paths):
+            cell = self.cells[j if len(self.cells) > 1 else 0]
+            idx, inv = path.index.to(x.device), path.inverse.to(x.device)
+            xm_p = xm.index_select(1, idx)
+            c_p = c_canon.index_select(1, idx) if c_canon is not None else F.silu(self._causal_conv(xm_p))
+            h = self._run_cell(cell, xm_p, c_p).index_select(1, inv)
+            out = h if out is None else out + h
+        if len(ctx.paths) > 1:
+            out = out / len(ctx.paths)
+        return self.proj_down(out * F.silu(z))
+
+
+MIXERS.register("mlstm", MLSTM)

@@ -1,0 +1,265 @@
+"""gated_conv (MambaOut), attention (DeiT/timm) and mlstm (ViL) mixers: parameter counts, equivalence with timm /
+direct computations, gradients, and causality along single paths. CPU only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blocks.layout import MixContext, TokenLayout
+from blocks.mixers.attention import Attention
+from blocks.mixers.base import MIXERS
+from blocks.mixers.gated_conv import GatedConv
+from blocks.mixers.mlstm import MLSTM
+from blocks.routes import path_index
+from kernels.dispatch import record_kernel_paths
+
+LAYOUT = TokenLayout(segments=((4, 4),), cls_slots=(8,))
+PATHS = ("raster", "raster_rev", "column", "snake")
+
+
+def ctx_for(layout: TokenLayout, *paths: str) -> MixContext:
+    return MixContext(layout=layout, paths=tuple(path_index(p, layout) for p in paths))
+
+
+def build(name: str, dim: int, n_paths: int = 1, dtype=torch.float32, **params):
+    cls = MIXERS.get(name)
+    return cls(dim, params=cls.Params(**params), n_paths=n_paths, dtype=dtype)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- registration, counts
+
+
+def test_registered_and_causality_flags():
+    assert MIXERS.get("gated_conv") is GatedConv
+    assert MIXERS.get("attention") is Attention
+    assert MIXERS.get("mlstm") is MLSTM
+    assert not GatedConv.is_causal(GatedConv.Params())
+    assert not Attention.is_causal(Attention.Params())
+    assert Attention.is_causal(Attention.Params(causal=True))
+    assert MLSTM.is_causal(MLSTM.Params())
+
+
+@pytest.mark.parametrize("dim", [48, 96])
+def test_gated_conv_param_count(dim):
+    m = build("gated_conv", dim)
+    h, c, k = int(8 / 3 * dim), dim, 7
+    assert h == {48: 128, 96: 256}[dim]
+    assert n_params(m) == dim * 2 * h + 2 * h + k * k * c + c + h * dim + dim
+
+
+def test_gated_conv_matches_timm_mambaout_block_count():
+    mambaout = pytest.importorskip("timm.models.mambaout")
+    for dim in (48, 96):
+        blk = mambaout.GatedConvBlock(dim)
+        ln = sum(p.numel() for p in blk.norm.parameters())
+        assert n_params(build("gated_conv", dim)) == n_params(blk) - ln
+
+
+def test_attention_param_count_deit_tiny():
+    D = 192
+    m = build("attention", D)
+    assert m.num_heads == 3
+    assert n_params(m) == 4 * D * D + 4 * D
+
+
+def test_attention_rejects_bad_head_dim():
+    with pytest.raises(ValueError, match=r"dim=100.*head_dim=64"):
+        build("attention", 100)
+
+
+def test_mlstm_param_counts():
+    D = 192
+    assert n_params(build("mlstm", D)) == 6 * D * D + 109 * D + 8  # ViL v2 block minus its LN (2D)
+    # ViL v1 (no biases, causal conv1d k=4): 6D² + 87D + 8 including its weight-only LN (D)
+    assert n_params(build("mlstm", D, conv="causal1d", bias=False)) == 6 * D * D + 86 * D + 8
+    # parallel route: q/k/v (15E), gates (24E + 8) and out-norm (2E) per path, E = 2D
+    assert n_params(build("mlstm", D, n_paths=2)) == 6 * D * D + 109 * D + 8 + 82 * D + 8
+
+
+def test_mlstm_init():
+    m = build("mlstm", 32)
+    cell = m.cells[0]
+    assert torch.allclose(cell.fgate.bias, torch.linspace(3.0, 6.0, 4))
+    assert cell.fgate.weight.abs().sum() == 0 and cell.igate.weight.abs().sum() == 0
+    assert torch.all(m.skip == 1) and torch.all(cell.norm_weight == 1)
+
+
+# ---------------------------------------------------------------------------------------------- forward, gradients
+
+
+CASES = [
+    ("gated_conv", {}, ("raster",), 1),
+    ("attention", {"head_dim": 8}, ("raster",), 1),
+    ("attention", {"head_dim": 8, "causal": True}, ("raster", "raster_rev"), 1),
+    ("mlstm", {}, ("raster",), 1),
+    ("mlstm", {"conv": "causal1d", "bias": False}, ("raster_rev",), 1),
+    ("mlstm", {}, ("raster", "raster_rev", "column", "column_rev"), 4),
+]
+
+
+@pytest.mark.parametrize("name,params,paths,n_paths", CASES)
+def test_shapes_finite_and_all_params_get_grads(name, params, paths, n_paths):
+    torch.manual_seed(0)
+    m = build(name, 32, n_paths=n_paths, **params)
+    x = torch.randn(2, LAYOUT.length, 32, requires_grad=True)
+    y = m(x, ctx_for(LAYOUT, *paths))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    (y.square().sum()).backward()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{name}: no gradient reaches {pname}"
+
+
+def test_mlstm_uses_dispatched_cell():
+    m = build("mlstm", 16)
+    with record_kernel_paths() as used:
+        m(torch.randn(1, LAYOUT.length, 16), ctx_for(LAYOUT, "raster"))
+    assert used == {"mlstm": "reference"}
+
+
+# ---------------------------------------------------------------------------------------------- equivalences
+
+
+def test_attention_matches_timm():
+    timm_layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(0)
+    D = 192
+    ours = build("attention", D)
+    ref = timm_layers.Attention(D, num_heads=3, qkv_bias=True)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, LAYOUT.length, D)
+    # the route is ignored by non-causal attention
+    y = ours(x, ctx_for(LAYOUT, "column_rev"))
+    torch.testing.assert_close(y, ref(x), rtol=0, atol=1e-6)
+
+
+def test_causal_attention_averages_paths():
+    torch.manual_seed(0)
+    m = build("attention", 16, head_dim=4, causal=True, dtype=torch.float64)
+    x = torch.randn(2, LAYOUT.length, 16, dtype=torch.float64)
+    both = m(x, ctx_for(LAYOUT, "raster", "column_rev"))
+    single = (m(x, ctx_for(LAYOUT, "raster")) + m(x, ctx_for(LAYOUT, "column_rev"))) / 2
+    torch.testing.assert_close(both, single)
+
+
+def _gated_conv_nhwc(m: GatedConv, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The MambaOut block body written on an NHWC image (no LN, no residual)."""
+    B, L, C = x.shape
+    img = x.reshape(B, h, w, C)
+    g, i, c = torch.split(F.linear(img, m.fc1.weight, m.fc1.bias), m.split_sizes, dim=-1)
+    c = F.conv2d(c.permute(0, 3, 1, 2), m.conv.weight, m.conv.bias, padding=m.conv.padding,
+                 groups=m.conv_channels).permute(0, 2, 3, 1)
+    y = F.linear(F.gelu(g) * torch.cat((i, c), dim=-1), m.fc2.weight, m.fc2.bias)
+    return y.reshape(B, L, C)
+
+
+def _perturb_biases(m: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+
+
+def test_gated_conv_matches_nhwc_without_class_tokens():
+    torch.manual_seed(0)
+    layout = TokenLayout(segments=((5, 6),))
+    m = build("gated_conv", 24, dtype=torch.float64)
+    _perturb_biases(m)
+    x = torch.randn(2, layout.length, 24, dtype=torch.float64)
+    torch.testing.assert_close(m(x, ctx_for(layout, "snake")), _gated_conv_nhwc(m, x, 5, 6))
+
+
+def test_gated_conv_matches_timm_mambaout_block():
+    mambaout = pytest.importorskip("timm.models.mambaout")
+    torch.manual_seed(0)
+    dim, h, w = 48, 5, 6
+    blk = mambaout.GatedConvBlock(dim).double().eval()
+    m = build("gated_conv", dim, dtype=torch.float64)
+    _perturb_biases(m)
+    blk.load_state_dict({**m.state_dict(), **{f"norm.{k}": v for k, v in blk.norm.state_dict().items()}})
+    img = torch.randn(2, h, w, dim, dtype=torch.float64)
+    layout = TokenLayout(segments=((h, w),))
+    ours = m(blk.norm(img).reshape(2, h * w, dim), ctx_for(layout, "raster"))
+    torch.testing.assert_close(ours, (blk(img) - img).reshape(2, h * w, dim))
+
+
+def test_gated_conv_class_tokens_bypass_conv():
+    """Grid tokens match the NHWC computation (no class token in their neighbourhood); class tokens skip the conv."""
+    torch.manual_seed(0)
+    layout = TokenLayout(segments=((4, 4), (2, 3)), cls_slots=(0, 8, 22))
+    m = build("gated_conv", 24, dtype=torch.float64)
+    _perturb_biases(m)
+    x = torch.randn(2, layout.length, 24, dtype=torch.float64)
+    y = m(x, ctx_for(layout, "raster"))
+    grid = torch.tensor(layout.grid_positions)
+    xg = x[:, grid]
+    torch.testing.assert_close(y[:, grid[:16]], _gated_conv_nhwc(m, xg[:, :16], 4, 4))
+    torch.testing.assert_close(y[:, grid[16:]], _gated_conv_nhwc(m, xg[:, 16:], 2, 3))
+    cls = list(layout.cls_positions)
+    g, i, c = torch.split(m.fc1(x[:, cls]), m.split_sizes, dim=-1)
+    torch.testing.assert_close(y[:, cls], m.fc2(F.gelu(g) * torch.cat((i, c), dim=-1)))
+
+
+def test_mlstm_dw2d_class_tokens_bypass_conv():
+    """With the 2-D conv a class token's c is SiLU(x_m) of itself, and grid tokens do not see it through the conv."""
+    torch.manual_seed(0)
+    m = build("mlstm", 16, dtype=torch.float64)
+    _perturb_biases(m)
+    # a head class token is first on the raster path: the causal cell sees only itself, so if the conv left it alone
+    # no grid token can reach it
+    head = TokenLayout(segments=((4, 4),), cls_slots=(0,))
+    ctx = ctx_for(head, "raster")
+    x = torch.randn(1, head.length, 16, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 1:] += torch.randn_like(x2[:, 1:])
+    assert torch.equal(m(x2, ctx)[:, 0], m(x, ctx)[:, 0])
+    # a middle class token reaches grid tokens only through the cell (after it), never via a conv neighbourhood
+    ctx = ctx_for(LAYOUT, "raster")
+    cls_pos = LAYOUT.cls_positions[0]
+    x = torch.randn(1, LAYOUT.length, 16, dtype=torch.float64)
+    x3 = x.clone()
+    x3[:, cls_pos] += 1.0
+    d = (m(x3, ctx) - m(x, ctx)).abs().amax(dim=(0, 2))
+    assert torch.all(d[:cls_pos] == 0) and torch.all(d[cls_pos:] > 0)
+
+
+# ---------------------------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name,params", [
+    ("attention", {"head_dim": 4, "causal": True}),
+    ("mlstm", {"conv": "causal1d"}),  # dw2d mlstm is causal only in its cell (its 2-D conv sees both sides)
+])
+def test_causal_along_path(name, params, path):
+    torch.manual_seed(0)
+    m = build(name, 16, dtype=torch.float64, **params)
+    _perturb_biases(m)
+    ctx = ctx_for(LAYOUT, path)
+    pidx = ctx.paths[0]
+    x = torch.randn(1, LAYOUT.length, 16, dtype=torch.float64)
+    y = pidx.gather(m(x, ctx))
+    for t in (0, 5, 8, 12, LAYOUT.length - 1):
+        x2 = x.clone()
+        x2[:, pidx.index[t]] += torch.randn(16, dtype=torch.float64)
+        d = (pidx.gather(m(x2, ctx)) - y).abs().amax(dim=(0, 2))
+        assert torch.all(d[:t] == 0), f"{name} {path}: perturbing step {t} changed earlier steps"
+        assert torch.all(d[t:] > 0), f"{name} {path}: perturbing step {t} did not reach later steps"
+
+
+def test_mlstm_dw2d_is_not_causal_along_path():
+    """Documented: the v2 2-D conv lets a token see its grid neighbours on both sides of the path."""
+    torch.manual_seed(0)
+    m = build("mlstm", 16, dtype=torch.float64)
+    layout = TokenLayout(segments=((4, 4),))
+    ctx = ctx_for(layout, "raster")
+    x = torch.randn(1, layout.length, 16, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 5] += 1.0
+    assert (m(x2, ctx) - m(x, ctx))[:, 1].abs().max() > 0  # token 1 sees its lower neighbour 5 through the conv
