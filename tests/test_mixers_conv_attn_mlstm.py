@@ -263,3 +263,66 @@ def test_mlstm_dw2d_is_not_causal_along_path():
     x2 = x.clone()
     x2[:, 5] += 1.0
     assert (m(x2, ctx) - m(x, ctx))[:, 1].abs().max() > 0  # token 1 sees its lower neighbour 5 through the conv
+
+
+# ---------------------------------------------------------------------------------------------- ViL oracle
+
+
+def _vil_layer(m: MLSTM, x: torch.Tensor, h: int, w: int, reverse: bool, conv_weight: torch.Tensor) -> torch.Tensor:
+    """ViL v2's ViLLayer written from the reference notes: flip for reversed blocks, 2-D conv on the grid view of the
+    (flipped) sequence, full block-diagonal matrices, GroupNorm output norm and the plain (unstabilised) xLSTM loop."""
+    cell = m.cells[0]
+    B, L, _ = x.shape
+    E, NH = m.inner, m.num_heads
+    DH = E // NH
+    if reverse:
+        x = x.flip(1)
+    xm, z = F.linear(x, m.proj_up.weight, m.proj_up.bias).chunk(2, dim=-1)
+    c = F.conv2d(xm.transpose(1, 2).reshape(B, E, h, w), conv_weight, m.conv.bias, padding=1, groups=E)
+    c = F.silu(c.reshape(B, E, L).transpose(1, 2))
+
+    def bd(mod, t):
+        return t @ torch.block_diag(*mod.weight).T + mod.bias
+
+    q, k, v = bd(cell.q, c), bd(cell.k, c), bd(cell.v, xm)
+    qkv = torch.cat((q, k, v), dim=-1)
+    ig, fg = cell.igate(qkv), cell.fgate(qkv)
+    out = torch.zeros(B, L, NH, DH, dtype=x.dtype)
+    for b in range(B):
+        for hd in range(NH):
+            sl = slice(hd * DH, (hd + 1) * DH)
+            mem, nrm = torch.zeros(DH, DH, dtype=x.dtype), torch.zeros(DH, dtype=x.dtype)
+            for t in range(L):
+                i_t, f_t = torch.exp(ig[b, t, hd]), torch.sigmoid(fg[b, t, hd])
+                kt = k[b, t, sl] / DH**0.5
+                mem = f_t * mem + i_t * torch.outer(kt, v[b, t, sl])
+                nrm = f_t * nrm + i_t * kt
+                qt = q[b, t, sl]
+                out[b, t, hd] = mem.T @ qt / torch.clamp(torch.abs(nrm @ qt), min=1.0)
+    ht = F.group_norm(out.reshape(B * L, E), NH, cell.norm_weight, cell.norm_bias, eps=1e-5).reshape(B, L, E)
+    y = F.linear((ht + m.skip * c) * F.silu(z), m.proj_down.weight, m.proj_down.bias)
+    return y.flip(1) if reverse else y
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mlstm_matches_vil_layer(reverse):
+    """raster = ViL's forward block exactly; raster_rev = ViL's reversed block with the 3×3 kernel rotated by 180°
+    (ViL convolves the flipped grid; we convolve the canonical one)."""
+    torch.manual_seed(0)
+    h, w, D = 3, 4, 16
+    m = build("mlstm", D, dtype=torch.float64)
+    _perturb_biases(m)
+    with torch.no_grad():
+        for cell in m.cells:
+            cell.igate.weight.normal_(0, 0.1)
+            cell.fgate.weight.normal_(0, 0.1)
+            cell.norm_weight.normal_(1, 0.1)
+        m.skip.normal_(1, 0.1)
+    layout = TokenLayout(segments=((h, w),))
+    x = torch.randn(2, h * w, D, dtype=torch.float64)
+    vil_kernel = m.conv.weight.detach().clone()
+    if reverse:
+        with torch.no_grad():
+            m.conv.weight.copy_(vil_kernel.flip(2, 3))
+    ours = m(x, ctx_for(layout, "raster_rev" if reverse else "raster"))
+    torch.testing.assert_close(ours, _vil_layer(m, x, h, w, reverse, vil_kernel), rtol=1e-5, atol=1e-5)
