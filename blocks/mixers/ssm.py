@@ -136,27 +136,23 @@ class SSMMixer(TokenMixer):
         if self.out_proj.bias is not None:
             self.out_proj.bias.zero_()
 
-    def _causal_conv(self, x: Tensor, c: int) -> Tensor:
-        """Causal depthwise conv of `x` (B, E, L) in path order with conv `c`, then SiLU."""
-        L = x.shape[-1]
+    def _causal_conv(self, x: Tensor, path, c: int) -> Tensor:
+        """Causal depthwise conv `c` of `x` (B, L, E) along `path`, then SiLU; returned in canonical order (B, L, E)."""
+        L = x.shape[1]
         w = self.conv_weight[c].unsqueeze(1)  # (E, 1, K)
         b = None if self.conv_bias is None else self.conv_bias[c]
-        y = F.conv1d(x, w, b, padding=self.conv_size - 1, groups=self.d_inner)[..., :L]
-        return F.silu(y)
+        y = F.conv1d(path.gather(x).transpose(1, 2), w, b, padding=self.conv_size - 1, groups=self.d_inner)
+        return F.silu(y[..., :L]).transpose(1, 2).index_select(1, path.inverse)
 
     def _conv_paths(self, x: Tensor, ctx: MixContext) -> Tensor:
-        """Conv outputs in canonical order, stacked over paths: (B, P, E, L) (a broadcast view when shared)."""
+        """Conv outputs in canonical order, stacked over paths, channel-last: (B, P, L, E) (a stride-0 broadcast over
+        P when one conv output serves every path)."""
         P = self.n_paths
         if self.conv2d is not None:
-            u = F.silu(grid_apply(x, ctx.layout, self.conv2d)).transpose(1, 2)  # (B, E, L)
-            return u.unsqueeze(1).expand(-1, P, -1, -1)
+            return F.silu(grid_apply(x, ctx.layout, self.conv2d)).unsqueeze(1).expand(-1, P, -1, -1)
         if not self.params.conv_per_path:  # Vim v1: one conv along the first path, shared
-            path = ctx.paths[0]
-            u = self._causal_conv(path.gather(x).transpose(1, 2), 0).index_select(-1, path.inverse)
-            return u.unsqueeze(1).expand(-1, P, -1, -1)
-        outs = [self._causal_conv(path.gather(x).transpose(1, 2), i).index_select(-1, path.inverse)
-                for i, path in enumerate(ctx.paths)]
-        return torch.stack(outs, 1)
+            return self._causal_conv(x, ctx.paths[0], 0).unsqueeze(1).expand(-1, P, -1, -1)
+        return torch.stack([self._causal_conv(x, path, i) for i, path in enumerate(ctx.paths)], 1)
 
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         if len(ctx.paths) != self.n_paths:
@@ -167,12 +163,13 @@ class SSMMixer(TokenMixer):
         E, N, R, P = self.d_inner, self.d_state, self.dt_rank, self.n_paths
         xz = self.in_proj(x)
         x_in, z = (xz[..., :E], xz[..., E:]) if self.params.gate else (xz, None)
-        u = self._conv_paths(x_in, ctx)  # (B, P, E, L)
-        Wx = self.x_proj_weight.expand(P, -1, -1)
-        x_dbl = torch.einsum("bpel,pje->bpjl", u, Wx)  # (B, P, R+2N, L)
-        delta = torch.einsum("bprl,per->bpel", x_dbl[:, :, :R], self.dt_proj_weight.expand(P, -1, -1))
-        Bm = x_dbl[:, :, R:R + N].contiguous()
-        Cm = x_dbl[:, :, R + N:].contiguous()
+        # Everything stays channel-last in memory ((…, L, E), what token-wise Linear layers produce); the scan gets
+        # (…, E, L) views of it, which the fused kernel reads through strides (much faster for column routes).
+        u = self._conv_paths(x_in, ctx)  # (B, P, L, E)
+        x_dbl = torch.einsum("bple,pje->bplj", u, self.x_proj_weight.expand(P, -1, -1))  # (B, P, L, R+2N)
+        delta = torch.einsum("bplr,per->bple", x_dbl[..., :R], self.dt_proj_weight.expand(P, -1, -1))
+        Bm = x_dbl[..., R:R + N].transpose(-1, -2)  # (B, P, N, L)
+        Cm = x_dbl[..., R + N:].transpose(-1, -2)
         A = -torch.exp(_atleast_f32(self.A_log))
         D = _atleast_f32(self.D.expand(P, -1))
         delta_bias = _atleast_f32(self.dt_proj_bias.expand(P, -1))
@@ -181,8 +178,8 @@ class SSMMixer(TokenMixer):
         from kernels.dispatch import selective_scan_paths
 
         y = selective_scan_paths(
-            u.contiguous(), delta.contiguous(), A, Bm, Cm, D,
-            z=z.transpose(1, 2).contiguous() if fuse_gate else None,
+            u.transpose(-1, -2), delta.transpose(-1, -2), A, Bm, Cm, D,
+            z=z.transpose(1, 2) if fuse_gate else None,
             delta_bias=delta_bias, delta_softplus=True, paths=paths, merge=self.params.merge,
             backend=None if self.kernel_backend == "auto" else self.kernel_backend,
         ).transpose(1, 2)  # (B, L, E)
