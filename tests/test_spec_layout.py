@@ -1,0 +1,81 @@
+"""ArchSpec identity (JSON round trip, hash stable across processes, normalisation), layouts and route paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blocks import ORDERS, ROUTES, ArchSpec, TokenLayout, get_preset, list_presets
+from blocks.routes import path_index, readout_sees_grid
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_json_round_trip(name):
+    spec = get_preset(name)
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec and again.id == spec.id
+
+
+def test_hash_is_stable_across_processes():
+    names = ["vim_tiny", "vmamba_tiny", "test_vil"]
+    code = "import blocks, json; print(json.dumps([blocks.get_preset(n).id for n in %r]))" % names
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout
+    assert json.loads(out) == [get_preset(n).id for n in names]
+
+
+def test_equal_models_have_equal_ids():
+    base = get_preset("test_deit")  # fully visible attention: the route cannot change the model
+    assert base.route is None
+    assert base.with_overrides({"route": "cross4"}).id == base.id
+    vim = get_preset("test_vim")
+    explicit = vim.with_overrides({"mixer.params": {"d_state": 16}, "route": {"paths": ["raster", "raster_rev"]}})
+    assert explicit.id == vim.id  # defaults filled in, shorthand expanded
+    assert vim.with_overrides({"readout": "head"}).id != vim.id
+
+
+def test_changing_a_component_name_drops_its_old_params():
+    vim = get_preset("test_vim")
+    swapped = vim.with_overrides({"mixer.name": "mlstm"})
+    assert swapped.mixer.name == "mlstm" and "d_state" not in swapped.mixer.params
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 6), w=st.integers(1, 6), slots=st.sampled_from(["none", "head", "middle", "tail", "double"]),
+       path=st.sampled_from([o + r for o in ORDERS.names() for r in ("", "_rev")]))
+def test_paths_are_permutations_and_invert(h, w, slots, path):
+    J = h * w
+    cls = {"none": (), "head": (0,), "middle": (J // 2,), "tail": (J,), "double": (0, J)}[slots]
+    layout = TokenLayout(((h, w),), cls)
+    p = path_index(path, layout)
+    assert sorted(p.index.tolist()) == list(range(layout.length))
+    x = torch.randn(1, layout.length, 3)
+    assert torch.equal(p.scatter(p.gather(x)), x)
+
+
+def test_class_tokens_keep_their_slot_on_every_order():
+    layout = TokenLayout(((3, 4),), (6,))  # middle token after 6 grid tokens
+    for order in ORDERS.names():
+        fwd = path_index(order, layout).index.tolist()
+        rev = path_index(order + "_rev", layout).index.tolist()
+        assert fwd.index(6) == 6 and rev == fwd[::-1]  # Vim: the reversed path reads the same sequence backwards
+
+
+def test_column_order_with_segments():
+    layout = TokenLayout(((1, 1), (2, 2)))
+    assert path_index("column", layout).index.tolist() == [0, 1, 3, 2, 4]
+    assert path_index("snake", layout).index.tolist() == [0, 1, 2, 4, 3]
+
+
+def test_readout_visibility():
+    layout = TokenLayout(((2, 2),), (0,))
+    assert readout_sees_grid(ROUTES.get("uni"), layout, 4) == [False]
+    assert readout_sees_grid(ROUTES.get("bi"), layout, 4) == [True]
+    assert readout_sees_grid(ROUTES.get("alternating"), layout, 2) == [True]
+    assert readout_sees_grid(ROUTES.get("alternating"), layout, 1) == [False]
