@@ -17,9 +17,9 @@ from .spec import ArchSpec, Component
 from .tokenizers import TOKENIZERS
 
 
-def _params(axis: str, comp: Component, model: type[BaseModel]) -> Component:
+def _params(axis: str, comp: Component, model: type[BaseModel], canonical=lambda p: p) -> Component:
     try:
-        p = model.model_validate(comp.params)
+        p = canonical(model.model_validate(comp.params))
     except ValidationError as e:
         bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors())
         allowed = ", ".join(f"{k}={f.default!r}" for k, f in model.model_fields.items())
@@ -29,7 +29,7 @@ def _params(axis: str, comp: Component, model: type[BaseModel]) -> Component:
 
 def normalize_spec(spec: ArchSpec) -> ArchSpec:
     mixer_cls = MIXERS.get(spec.mixer.name)
-    mixer = _params("mixer", spec.mixer, mixer_cls.Params)
+    mixer = _params("mixer", spec.mixer, mixer_cls.Params, mixer_cls.canonical_params)
     tok_cls = TOKENIZERS.get(spec.tokenizer.name)
     tokenizer = _params("tokenizer", spec.tokenizer, tok_cls.Params)
     readout = READOUTS.get(spec.readout)

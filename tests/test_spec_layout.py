@@ -38,6 +38,8 @@ def test_equal_models_have_equal_ids():
     explicit = vim.with_overrides({"mixer.params": {"d_state": 16}, "route": {"paths": ["raster", "raster_rev"]}})
     assert explicit.id == vim.id  # defaults filled in, shorthand expanded
     assert vim.with_overrides({"readout": "head"}).id != vim.id
+    vm = get_preset("test_vmamba")  # 2-D conv: conv_per_path cannot change the model
+    assert vm.with_overrides({"mixer.params.conv_per_path": False}).id == vm.id
 
 
 def test_changing_a_component_name_drops_its_old_params():

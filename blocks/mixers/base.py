@@ -47,6 +47,12 @@ class TokenMixer(nn.Module):
     def is_causal(cls, params: MixerParams) -> bool:
         raise NotImplementedError
 
+    @classmethod
+    def canonical_params(cls, params: MixerParams) -> MixerParams:
+        """Params with choices that cannot change the model set to one canonical value (so equal models hash
+        equal). Default: unchanged."""
+        return params
+
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:  # (B, L, C) → (B, L, C)
         raise NotImplementedError
 

@@ -104,6 +104,11 @@ class SSMMixer(TokenMixer):
         self.reset_parameters()
 
     @classmethod
+    def canonical_params(cls, params: MixerParams) -> MixerParams:
+        # conv_per_path only applies to the 1-D conv; the 2-D conv is shared by construction.
+        return params.model_copy(update={"conv_per_path": True}) if params.conv == "dw2d" else params
+
+    @classmethod
     def is_causal(cls, params: MixerParams) -> bool:
         return True
 
