@@ -1,0 +1,171 @@
+"""One trial: build the backbone from its `ArchSpec`, train it, evaluate every epoch, measure its cost.
+
+No Ray here (execute.py schedules trials; tests call `run_trial` directly). Recipe (DeiT / Vim style, scaled down):
+AdamW with no weight decay on 1-D parameters, class/position tokens and the SSM's A_log and D (as Mamba marks them);
+learning rate per step: linear warm-up from lr/warmup_steps to lr, then cosine to 0; bf16 autocast on CUDA only.
+Seeded: the initialisation and every stochastic layer draw from `torch.manual_seed(seed)`, the batch order from its
+own `torch.Generator(seed)`, so the same seed on the CPU gives identical metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks import ArchSpec, build_backbone
+from kernels.dispatch import record_kernel_paths
+
+from .data import Dataset
+from .errors import NasError, TrialDiverged
+from .measure import measure_cost
+
+ReportFn = Callable[[int, dict[str, float]], None]
+_NO_DECAY_NAMES = ("cls_token", "pos_embed", "A_log")  # plus every 1-D tensor and the SSM's skip D
+
+
+@dataclass
+class TrialResult:
+    spec_id: str
+    seed: int
+    metrics: list[dict[str, float]]  # one row per epoch: epoch, train_loss, val_loss, val_acc, lr, seconds
+    val_acc: float  # after the last epoch
+    params: int
+    cost: dict[str, Any]  # measure_cost's dict
+    kernel_paths: dict[str, str]  # {op: backend} for every dispatched kernel that ran
+    wall_seconds: float  # build + train + evaluate + measure
+    train_seconds: float  # training steps and evaluation only
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices and convs only."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        skip = p.ndim <= 1 or leaf in _NO_DECAY_NAMES or leaf == "D" or leaf.endswith("_token")
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, *, lr: float, total_steps: int, warmup_steps: int) -> float:
+    """Learning rate for optimiser step `step` (0-based): linear warm-up, then half a cosine down to 0."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _check_fits(spec: ArchSpec, data: Dataset) -> None:
+    if spec.num_classes != data.num_classes or spec.img_size != data.img_size:
+        raise NasError(
+            f"spec {spec.id} is built for img_size={spec.img_size}, num_classes={spec.num_classes} but data set "
+            f"{data.name!r} has img_size={data.img_size}, num_classes={data.num_classes}; use "
+            f"spec.with_overrides({{'img_size': {data.img_size}, 'num_classes': {data.num_classes}}})")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, amp: bool) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over (x, y)."""
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(-1) == yb).sum()
+    return float(loss_sum) / len(y), float(correct) / len(y)
+
+
+def _train_epoch(model, opt, sched, data: Dataset, batch_size: int, amp: bool, gen: torch.Generator,
+                 epoch: int) -> float:
+    model.train()
+    n = len(data.y_train)
+    order = torch.randperm(n, generator=gen).to(data.device)
+    loss_sum, seen = 0.0, 0
+    for step, i in enumerate(range(0, n, batch_size)):
+        idx = order[i:i + batch_size]
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(data.x_train[idx])
+        loss = F.cross_entropy(logits.float(), data.y_train[idx])
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrialDiverged(epoch, value, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum, seen = loss_sum + value * len(idx), seen + len(idx)
+    return loss_sum / seen
+
+
+def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+              warmup_epochs: float, seed: int, device: torch.device | str = "cpu", amp: bool | None = None,
+              report: ReportFn | None = None, kernel_backend: str = "auto",
+              measure: dict[str, Any] | None = None) -> TrialResult:
+    """Train `spec` on `data` and return its curves, final accuracy, cost and kernel paths.
+
+    `report(epoch, {train_loss, val_loss, val_acc, lr, seconds})` is called after every epoch (1-based), e.g. to
+    forward to Ray Tune. A NaN/inf loss raises `TrialDiverged`. `measure` is passed to `measure_cost`
+    (e.g. {"repeats": 5, "resolutions": [32, 64]}); `measure={"skip": True}` leaves cost empty.
+    """
+    t_wall = time.perf_counter()
+    dev = torch.device(device)
+    if amp is None:
+        amp = dev.type == "cuda"
+    if amp and dev.type != "cuda":
+        raise NasError(f"amp=True needs a CUDA device (device={dev}); pass amp=None or False on the CPU")
+    if epochs < 1 or batch_size < 1 or warmup_epochs < 0:
+        raise NasError(f"need epochs >= 1, batch_size >= 1, warmup_epochs >= 0; got {epochs}, {batch_size}, "
+                       f"{warmup_epochs}")
+    _check_fits(spec, data)
+    data = data if data.device == dev else Dataset(data.name, data.x_train.to(dev), data.y_train.to(dev),
+                                                   data.x_test.to(dev), data.y_test.to(dev), data.num_classes,
+                                                   data.img_size, data.knobs)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_backbone(spec, kernel_backend=kernel_backend, device=dev)
+    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_at(s, lr=1.0, total_steps=total, warmup_steps=warmup))
+    metrics: list[dict[str, float]] = []
+    train_seconds = 0.0
+    with record_kernel_paths() as used:
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            lr_now = opt.param_groups[0]["lr"]
+            train_loss = _train_epoch(model, opt, sched, data, batch_size, amp, gen, epoch)
+            val_loss, val_acc = evaluate(model, data.x_test, data.y_test, batch_size, amp)
+            if not math.isfinite(val_loss):
+                raise TrialDiverged(epoch, val_loss)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+                   "lr": lr_now, "seconds": seconds}
+            metrics.append(row)
+            if report is not None:
+                report(epoch, {k: v for k, v in row.items() if k != "epoch"})
+    opts = dict(measure or {})
+    cost = {} if opts.pop("skip", False) else measure_cost(model, spec.img_size, batch_size, dev, **opts)
+    return TrialResult(spec_id=spec.id, seed=seed, metrics=metrics, val_acc=metrics[-1]["val_acc"],
+                       params=sum(p.numel() for p in model.parameters()), cost=cost, kernel_paths=dict(used),
+                       wall_seconds=time.perf_counter() - t_wall, train_seconds=train_seconds, device=str(dev))
+
+
+__all__ = ["TrialResult", "evaluate", "lr_at", "param_groups", "run_trial"]
