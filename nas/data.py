@@ -155,13 +155,17 @@ def _curve_mask(p0: Tensor, p1: Tensor, g: torch.Generator, size: int) -> Tensor
     return flat.view(n, size, size)
 
 
-def _endpoints(g: torch.Generator, n: int, size: int, dev) -> tuple[Tensor, Tensor]:
-    """Two points 0.35..0.75·S apart, at least 2 px inside the border."""
-    a = _uniform(g, (n, 2), 2, size - 2, dev)
+def _away_from(a: Tensor, g: torch.Generator, size: int) -> Tensor:
+    """A point 0.35..0.75·S from each point of `a` (N, 2) in a random direction, kept 2 px inside the border."""
+    n, dev = a.shape[0], a.device
     angle = _uniform(g, (n,), 0, 2 * math.pi, dev)
     dist = _uniform(g, (n,), 0.35 * size, 0.75 * size, dev)
-    b = (a + dist[:, None] * torch.stack([angle.sin(), angle.cos()], 1)).clamp(2, size - 2)
-    return a, b
+    return (a + dist[:, None] * torch.stack([angle.sin(), angle.cos()], 1)).clamp(2, size - 2)
+
+
+def _endpoints(g: torch.Generator, n: int, size: int, dev) -> tuple[Tensor, Tensor]:
+    a = _uniform(g, (n, 2), 2, size - 2, dev)
+    return a, _away_from(a, g, size)
 
 
 def _touch(m1: Tensor, m2: Tensor) -> Tensor:
@@ -172,7 +176,8 @@ def _touch(m1: Tensor, m2: Tensor) -> Tensor:
 
 def _render_pathfinder(y: Tensor, size: int, distractors: int, g: torch.Generator) -> Tensor:
     """Positive (y=1): one curve joins the marked points A, B. Negative: A and B each start their own curve. Either
-    way the image holds 2 + `distractors` curves, none touching another, so ink and curve count give nothing away."""
+    way the image holds 2 + `distractors` curves of the same length distribution, none touching another, so ink,
+    curve count and the A–B distance give nothing away: only tracing the curve does."""
     n, dev = y.numel(), y.device
     img = torch.zeros((n, size, size), device=dev)
     todo = torch.ones(n, dtype=torch.bool, device=dev)
@@ -181,11 +186,13 @@ def _render_pathfinder(y: Tensor, size: int, distractors: int, g: torch.Generato
         if idx.numel() == 0:
             break
         m = idx.numel()
+        # A, B are drawn the same way for both labels (so their distance says nothing); so is every curve
         a, b = _endpoints(g, m, size, dev)
-        c, d = _endpoints(g, m, size, dev)
+        c, d = _away_from(a, g, size), _away_from(b, g, size)
+        p, q = _endpoints(g, m, size, dev)
         pos = (y[idx] == 1)[:, None]
-        first = _curve_mask(a, torch.where(pos, b, c), g, size)
-        second = _curve_mask(torch.where(pos, c, b), d, g, size)
+        first = _curve_mask(a, torch.where(pos, b, c), g, size)  # A→B, or A→C
+        second = _curve_mask(torch.where(pos, p, b), torch.where(pos, q, d), g, size)  # P→Q, or B→D
         curves = [first, second] + [_curve_mask(*_endpoints(g, m, size, dev), g, size) for _ in range(distractors)]
         bad = torch.zeros(m, dtype=torch.bool, device=dev)
         for i in range(len(curves)):

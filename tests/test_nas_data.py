@@ -111,3 +111,12 @@ def test_unknown_name_and_knobs_are_clear():
         make_dataset("shapes", seed=0, clutter=2, **SMALL)
     with pytest.raises(NasError, match="too many"):
         make_dataset("digits", seed=0, n_train=2000, n_test=10, img_size=8)
+
+
+def test_pathfinder_gives_no_ink_shortcut():
+    """Both labels draw the same number of curves of the same lengths: mean ink per label within 5%."""
+    d = make_dataset("pathfinder", seed=0, n_train=400, n_test=10, img_size=32)
+    x = d.x_train[:, 0]
+    ink = (x > x.min() + 0.1).float().flatten(1).sum(1)
+    pos, neg = float(ink[d.y_train == 1].mean()), float(ink[d.y_train == 0].mean())
+    assert abs(pos - neg) < 0.05 * neg
