@@ -186,13 +186,13 @@ def _render_pathfinder(y: Tensor, size: int, distractors: int, g: torch.Generato
         if idx.numel() == 0:
             break
         m = idx.numel()
-        # A, B are drawn the same way for both labels (so their distance says nothing); so is every curve
-        a, b = _endpoints(g, m, size, dev)
-        c, d = _away_from(a, g, size), _away_from(b, g, size)
-        p, q = _endpoints(g, m, size, dev)
-        pos = (y[idx] == 1)[:, None]
-        first = _curve_mask(a, torch.where(pos, b, c), g, size)  # A→B, or A→C
-        second = _curve_mask(torch.where(pos, p, b), torch.where(pos, q, d), g, size)  # P→Q, or B→D
+        # both labels draw the same two curves, A→X and Y→Z with X, Y ~ away(A), Z ~ away(Y); only the second
+        # marker differs: on X (the curve's other end, y=1) or on Y (another curve's start, y=0)
+        a, x = _endpoints(g, m, size, dev)
+        y0 = _away_from(a, g, size)
+        z = _away_from(y0, g, size)
+        b = torch.where((y[idx] == 1)[:, None], x, y0)  # the second marker
+        first, second = _curve_mask(a, x, g, size), _curve_mask(y0, z, g, size)
         curves = [first, second] + [_curve_mask(*_endpoints(g, m, size, dev), g, size) for _ in range(distractors)]
         bad = torch.zeros(m, dtype=torch.bool, device=dev)
         for i in range(len(curves)):
