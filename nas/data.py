@@ -3,12 +3,12 @@ ever downloaded.
 
     make_dataset("shapes", seed=0, n_train=512, n_test=256, img_size=32, position="uniform", clutter=0.3)
 
-| name           | what it tests                                                   | knobs                                   |
-|----------------|-----------------------------------------------------------------|-----------------------------------------|
-| `shapes`       | procedural classes (square, circle, ring, ...); position bias    | num_classes, position, clutter          |
-| `pathfinder`   | are two marked points joined by a drawn curve (long range)      | distractors                             |
-| `digits`       | scikit-learn's 8×8 handwritten digits, resized                  | (none)                                  |
-| `image_folder` | a local folder of class sub-folders, or CIFAR-10's pickles       | path                                    |
+| name           | what it tests                                                | knobs                          |
+|----------------|--------------------------------------------------------------|--------------------------------|
+| `shapes`       | procedural shapes (square, circle, ring, ...), position bias | num_classes, position, clutter |
+| `pathfinder`   | are two marked points joined by a drawn curve (long range)   | distractors                    |
+| `digits`       | scikit-learn's 8×8 handwritten digits, resized               | (none)                         |
+| `image_folder` | a local folder of class sub-folders, or CIFAR-10's pickles   | path                           |
 
 Images are (N, 3, S, S) float32, standardised per channel with the training split's statistics; labels are int64.
 The same seed on the same device gives the same tensors (CPU and CUDA random streams differ from each other).
@@ -89,7 +89,7 @@ def _m_cross(dy, dx, r): return ((dy.abs() <= r / 3) & (dx.abs() <= r)) | ((dx.a
 def _m_diamond(dy, dx, r): return dy.abs() + dx.abs() <= r
 def _m_hbar(dy, dx, r): return (dy.abs() <= r / 3) & (dx.abs() <= r)
 def _m_vbar(dy, dx, r): return (dx.abs() <= r / 3) & (dy.abs() <= r)
-def _m_frame(dy, dx, r): return (torch.maximum(dy.abs(), dx.abs()) <= r) & (torch.maximum(dy.abs(), dx.abs()) >= 0.6 * r)
+def _m_frame(dy, dx, r): return (torch.maximum(dy.abs(), dx.abs()) - 0.8 * r).abs() <= 0.2 * r
 def _m_x(dy, dx, r):
     return (((dy - dx).abs() <= r / 3) | ((dy + dx).abs() <= r / 3)) & (torch.maximum(dy.abs(), dx.abs()) <= r)
 
