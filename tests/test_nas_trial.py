@@ -48,11 +48,14 @@ def test_same_seed_same_metrics_other_seed_differs(tiny, preset):
 def test_report_called_every_epoch_with_the_metrics(tiny):
     calls = []
     res = run_trial(_spec("test_vim", tiny), tiny, seed=0, report=lambda e, m: calls.append((e, m)),
-                    **dict(FAST, epochs=3))
+                    **dict(FAST, epochs=3, measure={"repeats": 1, "warmup": 0}))
     assert [e for e, _ in calls] == [1, 2, 3]
     assert all(set(m) == {"train_loss", "val_loss", "val_acc", "lr", "seconds"} for _, m in calls)
     assert res.kernel_paths == {"selective_scan_paths": "reference"}  # the CPU path, recorded
     assert len(res.metrics) == 3 and res.val_acc == res.metrics[-1]["val_acc"]
+    assert res.cost["params"] == res.params and res.cost["flops_terms"]["selective_scan"] > 0
+    lrs = [m["lr"] for _, m in calls]  # epoch-start lr: mid-warm-up, then decaying along the cosine
+    assert lrs[0] < lrs[1] and lrs[2] < lrs[1] <= FAST["lr"]
 
 
 def test_huge_lr_or_poisoned_input_raises_trial_diverged(tiny):
@@ -78,6 +81,9 @@ def test_learns_an_easy_shapes_task():
 def test_mismatched_spec_and_data_is_a_clear_error(tiny):
     with pytest.raises(NasError, match="with_overrides"):
         run_trial(get_preset("test_deit"), tiny, seed=0, **FAST)
+    if not torch.cuda.is_available():
+        with pytest.raises(NasError, match="amp=True needs a CUDA device"):
+            run_trial(_spec("test_deit", tiny), tiny, seed=0, amp=True, **FAST)
 
 
 def test_schedule_and_decay_groups():
