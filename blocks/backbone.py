@@ -117,6 +117,11 @@ class Backbone(nn.Module):
         for s, dim in enumerate(spec.dims):
             self.feature_info.append(dict(num_chs=dim, reduction=reduction * 2 ** s, module=f"stages.{s}"))
         self._ctx_cache: dict = {}
+        # Token layout each stage sees: a conv3x3/s2/p1 downsample maps a side h to ceil(h / 2).
+        self.stage_layouts = [self.layout]
+        for _ in spec.dims[1:]:
+            h, w = self.stage_layouts[-1].segments[0]
+            self.stage_layouts.append(TokenLayout((((h + 1) // 2, (w + 1) // 2),)))
 
     def _init_weights(self) -> None:
         if self.cls_token is not None:
@@ -152,22 +157,19 @@ class Backbone(nn.Module):
         x = self._insert_class_tokens(self.tokenizer(x))
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        layout, hw = self.layout, self.segments[0]
+        hw = self.segments[0]
         i = 0
-        for stage in self.stages:
+        for stage, layout in zip(self.stages, self.stage_layouts):
             if stage.downsample is not None:
                 x, hw = stage.downsample(x, hw)
-                layout = TokenLayout((hw,))
             ctxs = self._contexts(layout, x.device)
             for block in stage.blocks:
                 x = block(x, ctxs[i])
                 i += 1
-        self._last_layout = layout
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        layout = getattr(self, "_last_layout", self.layout)
-        pooled = pool_features(x, self.readout, layout)
+        pooled = pool_features(x, self.readout, self.stage_layouts[-1])
         if self.readout.pool == "max":
             if pre_logits:
                 return self.head.pre_logits(pooled).amax(1)

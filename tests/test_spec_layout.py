@@ -81,3 +81,15 @@ def test_readout_visibility():
     assert readout_sees_grid(ROUTES.get("bi"), layout, 4) == [True]
     assert readout_sees_grid(ROUTES.get("alternating"), layout, 2) == [True]
     assert readout_sees_grid(ROUTES.get("alternating"), layout, 1) == [False]
+
+
+def test_stage_layouts_match_the_tokens_each_stage_sees():
+    from blocks import build_backbone
+
+    spec = get_preset("test_mambaout").with_overrides({"img_size": 36, "dims": [8, 16, 16], "depths": [1, 1, 1]})
+    model = build_backbone(spec)
+    seen = []
+    for stage in model.stages:
+        stage.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    model(torch.randn(1, 3, 36, 36))
+    assert seen == [layout.length for layout in model.stage_layouts] == [81, 25, 9]
