@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from kernels.triton.roofline import device_line, markdown_table, median_ms  # noqa: E402
+from kernels.triton.roofline import device_line, emit_report, median_ms  # noqa: E402
 
 RES = {224: 128, 1248: 4}  # resolution → inference batch
 
@@ -131,11 +131,7 @@ def main() -> None:
         rows = bench_mixer_cores(reps, notes)
         mode = "MIXER CORES ONLY (not whole backbones)"
     header = ["input", "model", "pass", "ms", "images/s", "kernel paths"]
-    text = (f"device: {device_line()}; mode: {mode}\n\n" + markdown_table(header, rows) + "\n\nnotes:\n"
-            + "\n".join(f"- {n}" for n in notes) + "\n")
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text)
+    emit_report(f"device: {device_line()}; mode: {mode}", header, rows, notes, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kernels.triton.mlstm import mlstm_triton  # noqa: E402
-from kernels.triton.roofline import device_line, markdown_table, median_ms  # noqa: E402
+from kernels.triton.roofline import device_line, emit_report, median_ms  # noqa: E402
 
 try:
     from kernels.mlstm import mlstm_parallel_ref
@@ -97,11 +97,7 @@ def main() -> None:
         del x
         torch.cuda.empty_cache()
     header = ["shape", "variant", "fwd ms", "fwd+bwd ms", "variant/ours fwd", "variant/ours fwd+bwd"]
-    text = (f"device: {device_line()}; {REF_NOTE}\n\n" + markdown_table(header, rows) + "\n\nnotes:\n"
-            + "\n".join(f"- {n}" for n in notes) + "\n")
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text)
+    emit_report(f"device: {device_line()}; {REF_NOTE}", header, rows, notes, args.out)
 
 
 if __name__ == "__main__":

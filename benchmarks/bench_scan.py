@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from kernels.triton.roofline import (copy_bandwidth_gbs, device_line, exp2_rate_per_s,  # noqa: E402
-                                     markdown_table, median_ms)
+                                     emit_report, median_ms)
 from kernels.triton.selective_scan import selective_scan_paths_triton  # noqa: E402
 
 try:
@@ -304,11 +304,7 @@ def main() -> None:
     rows += bench_single(bw, rate, reps, notes)
     header = ["workload", "variant", "fwd ms", "fwd+bwd ms", "baseline/ours fwd", "baseline/ours fwd+bwd",
               "floor/time fwd", "floor/time fwd+bwd", "fwd+bwd / fwd"]
-    text = "\n".join(head) + "\n\n" + markdown_table(header, rows) + "\n\nnotes:\n" + "\n".join(
-        f"- {n}" for n in notes) + "\n"
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text)
+    emit_report("\n".join(head), header, rows, notes, args.out)
 
 
 if __name__ == "__main__":

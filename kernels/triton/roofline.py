@@ -78,4 +78,15 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["median_ms", "copy_bandwidth_gbs", "exp2_rate_per_s", "device_line", "markdown_table"]
+def emit_report(preamble: str, header: list[str], rows: list[list[object]], notes: list[str],
+                out: str | None = None) -> str:
+    """Print a benchmark's table with its notes (and write it to `out`): the one report format of benchmarks/."""
+    text = f"{preamble}\n\n" + markdown_table(header, rows) + "\n\nnotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    return text
+
+
+__all__ = ["median_ms", "copy_bandwidth_gbs", "exp2_rate_per_s", "device_line", "markdown_table", "emit_report"]
