@@ -32,4 +32,9 @@ class TrialDiverged(NasError):
         self.epoch, self.loss, self.step = epoch, loss, step
 
 
-__all__ = ["InvalidSpecError", "NasError", "StoreError", "StudyConfigError", "TrialDiverged"]
+class BudgetError(StudyConfigError):
+    """A parameter budget that the chosen knob (width or depth) cannot meet within the tolerance; the message names
+    the budget, the closest count, the knob and its value, and suggests the other knob."""
+
+
+__all__ = ["BudgetError", "InvalidSpecError", "NasError", "StoreError", "StudyConfigError", "TrialDiverged"]
