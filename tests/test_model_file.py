@@ -8,11 +8,13 @@ import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from blocks import (ModelFileError, build_backbone, get_preset, load_backbone, read_model_file, save_backbone)
+from blocks import ArchSpec, ModelFileError, build_backbone, get_preset, load_backbone, read_model_file, save_backbone
 from blocks.model_file import FORMAT
+from nas.export import export_metadata, export_model_file
 
 FAMILIES = ["test_vim", "test_deit", "test_vil", "test_mambaout", "test_vmamba", "test_globalmamba"]
 
@@ -39,7 +41,6 @@ def test_metadata_round_trip_and_header(tmp_path):
     _, spec, path = _saved(tmp_path, metadata=meta)
     mf = read_model_file(path)
     assert mf.metadata == meta and mf.spec == spec
-    from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         header = f.metadata()
     assert header["format"] == FORMAT and header["spec_id"] == spec.id and json.loads(header["arch_spec"])
@@ -62,7 +63,6 @@ def test_tied_tensors_are_stored_once_and_restored(tmp_path):
         b0.norm1.weight.uniform_()
     b1.norm1.weight = b0.norm1.weight  # one Parameter under two names, like tied embeddings
     path = save_backbone(model, spec, tmp_path / "tied.safetensors")
-    from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         assert "stages.0.blocks.1.norm1.weight" not in f.keys()
         assert json.loads(f.metadata()["tied"]) == {"stages.0.blocks.1.norm1.weight": "stages.0.blocks.0.norm1.weight"}
@@ -157,8 +157,6 @@ def test_wrong_shapes_and_keys(tmp_path):
 
 
 def _rewrite_header(path, **changes: str) -> None:
-    from safetensors.torch import load_file
-    from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         header = dict(f.metadata())
     save_file(load_file(str(path)), str(path), metadata={**header, **changes})
@@ -172,3 +170,34 @@ def test_save_refuses_a_model_that_is_not_the_spec(tmp_path):
     with pytest.raises(ModelFileError, match=r"missing cls_token, .* \(\+\d+ more\); unexpected inner\.cls_token"):
         save_backbone(wrapper, spec, p)  # keys gain 'inner.': a file that could never load is not written
     assert not p.exists()
+
+
+# ---- export -------------------------------------------------------------------------------------------------------
+def test_export_adds_provenance_and_pairs_the_spec(tmp_path):
+    model, spec, src = _saved(tmp_path, "test_vil", metadata={"seed": "3"})
+    meta = export_metadata("cls_position", 7, {"top1": 0.8125})
+    assert meta == {"study": "cls_position", "trial": "7", "metric.top1": "0.8125"}
+    out = export_model_file(src, tmp_path / "export" / "model.json", meta)
+    assert out == tmp_path / "export" / "model.safetensors" and sorted(p.name for p in out.parent.iterdir()) == [
+        "model.json", "model.safetensors"]
+    assert ArchSpec.from_json((out.parent / "model.json").read_text()) == spec
+    mf = read_model_file(out)
+    assert mf.metadata == {"seed": "3", **meta} and mf.spec == spec
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), load_backbone(out)(x))
+
+    alone = export_model_file(src, tmp_path / "alone.safetensors", {"trial": "8"})
+    assert not alone.with_suffix(".json").exists() and read_model_file(alone).metadata["trial"] == "8"
+    export_model_file(alone, alone, {"trial": "9"}, pair=True)  # in place: metadata updated, spec paired
+    assert read_model_file(alone).metadata["trial"] == "9" and alone.with_suffix(".json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("alone")) == [
+        "alone.json", "alone.safetensors"]  # no partial file left
+
+
+def test_export_refuses_a_pickle_source_and_writes_nothing(tmp_path):
+    src = tmp_path / "trial.pt"
+    torch.save({"w": torch.zeros(1)}, src)
+    with pytest.raises(ModelFileError, match="pickle files are never loaded"):
+        export_model_file(src, tmp_path / "out.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial.pt"]
