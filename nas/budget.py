@@ -12,9 +12,10 @@ the last stage when there are fewer than three).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 from blocks import ArchSpec, InvalidSpecError, count_parameters
 
@@ -47,28 +48,30 @@ def match_budget(spec: ArchSpec, budget: int, *, tolerance: float = 0.02, solve:
     if budget < 1 or tolerance < 0:
         raise BudgetError(f"budget must be a positive parameter count and tolerance non-negative; got budget={budget}, "
                           f"tolerance={tolerance}", key="budget")
-    if solve == "width":
-        knob, make, start = _width_knob(spec)
-    elif solve == "depth":
-        knob, make, start = _depth_knob(spec)
-    else:
+    if solve not in ("width", "depth"):
         raise BudgetError(f"solve must be 'width' or 'depth', got {solve!r}", key="solve")
-    count = _counter(make)
-    u = _closest(count, budget, _first_guess(count, start, budget, solve))
-    best, params = make(u), count(u)
-    assert best is not None and params is not None  # _closest only returns valid knob values
+    knob = _width_knob(spec) if solve == "width" else _depth_knob(spec)
+    count = _counter(knob.make)
+    u = _closest(count, budget, _first_guess(count, knob.start, budget, solve))
+    best, params = knob.make(u), count(u)
+    if best is None or params is None:  # cannot happen: _closest returns only valid knob values
+        raise RuntimeError(f"budget search returned an invalid knob value {u}")
     err = (params - budget) / budget
-    value = best.dims if solve == "width" else best.depths[int(knob[len("depths["):-1])]
+    value = knob.value(best)
     if abs(err) > tolerance:
         other = "depth" if solve == "width" else "width"
-        raise BudgetError(f"budget {budget:,} parameters cannot be met within ±{tolerance:.1%} by {knob}: the closest, "
-                          f"{knob} = {value}, has {params:,} ({err:+.2%}); try solve={other!r} or a wider tolerance",
-                          key="budget")
-    return BudgetMatch(best, params, budget, err, knob, value)
+        raise BudgetError(f"budget {budget:,} parameters cannot be met within ±{tolerance:.1%} by {knob.name}: the "
+                          f"closest, {knob.name} = {value}, has {params:,} ({err:+.2%}); try solve={other!r} or a "
+                          "wider tolerance", key="budget")
+    return BudgetMatch(best, params, budget, err, knob.name, value)
 
 
 # ---- knobs: an integer u ≥ 1 → a validated spec (or None), the count non-decreasing in u -------------------------
-Make = Callable[[int], "ArchSpec | None"]
+class _Knob(NamedTuple):
+    name: str  # as logged: "dims", "depths[2]"
+    make: Callable[[int], ArchSpec | None]
+    start: int  # u of the given spec
+    value: Callable[[ArchSpec], int | tuple[int, ...]]  # what the knob reads on a spec
 
 
 def _try(spec: ArchSpec, overrides: dict) -> ArchSpec | None:
@@ -78,25 +81,22 @@ def _try(spec: ArchSpec, overrides: dict) -> ArchSpec | None:
         return None
 
 
-def _width_knob(spec: ArchSpec) -> tuple[str, Make, int]:
+def _width_knob(spec: ArchSpec) -> _Knob:
     d0 = spec.dims[0]
 
     def dims_at(width: int, step: int) -> list[int]:  # every stage scaled by width / d0, on the step grid
         return [max(step, round(d * width / d0 / step) * step) for d in spec.dims]
 
     step = _width_step(spec, dims_at)
-    return "dims", lambda u: _try(spec, {"dims": dims_at(u * step, step)}), max(1, round(d0 / step))
+    return _Knob("dims", lambda u: _try(spec, {"dims": dims_at(u * step, step)}), max(1, round(d0 / step)),
+                 lambda s: s.dims)
 
 
 def _width_step(spec: ArchSpec, dims_at: Callable[[int, int], list[int]]) -> int:
-    """The smallest step m such that the next two widths on its grid validate. A divisibility rule (dim % head_dim,
-    inner % heads) holds for two consecutive multiples m·k, m·(k+1) only if it holds for m, and the spec's own
-    widths already obey it, so only divisors of their gcd are tried."""
-    from math import gcd
-
-    g = 0
-    for d in spec.dims:
-        g = gcd(g, d)
+    """The smallest step m such that the next two widths on its grid, m·(k+1) and m·(k+2), validate (m·k is the spec's
+    own). A divisibility rule (dim % head_dim, inner % heads) holds for two consecutive multiples only if it holds
+    for m, and the spec's widths already obey it, so only divisors of their gcd are tried."""
+    g = math.gcd(*spec.dims)
     for m in (m for m in range(1, min(g, _MAX_STEP_PROBE) + 1) if g % m == 0):
         k = spec.dims[0] // m
         if all(_try(spec, {"dims": dims_at((k + j) * m, m)}) is not None for j in (1, 2)):
@@ -104,7 +104,7 @@ def _width_step(spec: ArchSpec, dims_at: Callable[[int, int], list[int]]) -> int
     return g
 
 
-def _depth_knob(spec: ArchSpec) -> tuple[str, Make, int]:
+def _depth_knob(spec: ArchSpec) -> _Knob:
     stage = 0 if spec.layout == "plain" else min(2, len(spec.depths) - 1)
 
     def make(u: int) -> ArchSpec | None:
@@ -112,11 +112,11 @@ def _depth_knob(spec: ArchSpec) -> tuple[str, Make, int]:
         depths[stage] = u
         return _try(spec, {"depths": depths}) if u <= _MAX_DEPTH else None
 
-    return f"depths[{stage}]", make, spec.depths[stage]
+    return _Knob(f"depths[{stage}]", make, spec.depths[stage], lambda s: s.depths[stage])
 
 
 # ---- search -------------------------------------------------------------------------------------------------------
-def _counter(make: Make) -> Callable[[int], int | None]:
+def _counter(make: Callable[[int], ArchSpec | None]) -> Callable[[int], int | None]:
     @lru_cache(maxsize=None)
     def count(u: int) -> int | None:
         s = make(u) if u >= 1 else None
