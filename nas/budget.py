@@ -52,7 +52,11 @@ def match_budget(spec: ArchSpec, budget: int, *, tolerance: float = 0.02, solve:
         raise BudgetError(f"solve must be 'width' or 'depth', got {solve!r}", key="solve")
     knob = _width_knob(spec) if solve == "width" else _depth_knob(spec)
     count = _counter(knob.make)
-    u = _closest(count, budget, _first_guess(count, knob.start, budget, solve))
+    guess = _first_guess(count, knob.start, budget, solve)
+    if solve == "depth" and guess > _MAX_DEPTH:  # the count is linear in depth: no need to build the model to know
+        raise BudgetError(f"budget {budget:,} parameters would need {knob.name} ≈ {guess:,}, more than {_MAX_DEPTH} "
+                          "blocks; try solve='width'", key="budget")
+    u = _closest(count, budget, guess)
     best, params = knob.make(u), count(u)
     if best is None or params is None:  # cannot happen: _closest returns only valid knob values
         raise RuntimeError(f"budget search returned an invalid knob value {u}")
@@ -135,7 +139,7 @@ def _first_guess(count: Callable[[int], int | None], start: int, budget: int, so
     c1 = count(start + 1)
     if c1 is None or c1 == c0:
         return start
-    return max(1, min(_MAX_DEPTH, start + round((budget - c0) / (c1 - c0))))
+    return max(1, start + round((budget - c0) / (c1 - c0)))
 
 
 def _valid_near(count: Callable[[int], int | None], u: int, lo: int, hi: int) -> int | None:
@@ -169,11 +173,12 @@ def _bracket(count: Callable[[int], int | None], budget: int, guess: int) -> tup
 
 
 def _closest(count: Callable[[int], int | None], budget: int, guess: int) -> int:
-    """Bisect the bracket, then pick the valid knob value closest to the budget among the crossing's neighbours."""
+    """Bisect the bracket down to the two valid knob values either side of the crossing; the count is monotone in
+    the knob, so the closer of those two is the closest of all."""
     lo, hi = _bracket(count, budget, guess)
     while hi - lo > 1 and (mid := _valid_near(count, (lo + hi) // 2, lo, hi)) is not None:
         lo, hi = (mid, hi) if count(mid) < budget else (lo, mid)
-    near = [v for v in range(max(1, lo - 2), min(hi, _MAX_KNOB) + 3) if count(v) is not None]
+    near = [v for v in (lo, hi) if 1 <= v <= _MAX_KNOB and count(v) is not None]
     if not near:
         raise BudgetError(f"no valid spec found near knob value {hi} while matching budget {budget:,}", key="budget")
     return min(near, key=lambda v: (abs(count(v) - budget), v))

@@ -86,6 +86,11 @@ def test_impossible_budget(solve, knob, other):
         assert words in str(e.value), str(e.value)
 
 
+def test_depth_beyond_reason_is_refused_without_building_it():
+    with pytest.raises(BudgetError, match=r"would need depths\[0\] ≈ [\d,]+, more than 1024 blocks; try solve='width'"):
+        match_budget(_spec("ssm"), 10**9, solve="depth")
+
+
 def test_bad_arguments():
     with pytest.raises(BudgetError, match="positive"):
         match_budget(_spec("ssm"), 0)
