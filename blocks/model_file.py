@@ -174,7 +174,8 @@ def _restore_tied(path: Path, tensors: dict[str, Tensor], tied_json: str | None)
     except json.JSONDecodeError:
         ok = False
     if not ok:
-        raise ModelFileError(f"{path}: header 'tied' must be JSON {{name: stored tensor name}}, got {tied_json[:200]!r}")
+        raise ModelFileError(f"{path}: header 'tied' must be JSON {{name: stored tensor name}}, "
+                             f"got {tied_json[:200]!r}")
     _check_names(path, tied)
     return {**tensors, **{alias: tensors[kept] for alias, kept in tied.items()}}
 

@@ -97,9 +97,9 @@ def _width_knob(spec: ArchSpec) -> _Knob:
 
 
 def _width_step(spec: ArchSpec, dims_at: Callable[[int, int], list[int]]) -> int:
-    """The smallest step m such that the next two widths on its grid, m·(k+1) and m·(k+2), validate (m·k is the spec's
-    own). A divisibility rule (dim % head_dim, inner % heads) holds for two consecutive multiples only if it holds
-    for m, and the spec's widths already obey it, so only divisors of their gcd are tried."""
+    """The smallest step m such that the next two widths on its grid, m·(k+1) and m·(k+2), validate (m·k is the
+    spec's own). A divisibility rule (dim % head_dim, inner % heads) holds for two consecutive multiples only if it
+    holds for m, and the spec's widths already obey it, so only divisors of their gcd are tried."""
     g = math.gcd(*spec.dims)
     for m in (m for m in range(1, min(g, _MAX_STEP_PROBE) + 1) if g % m == 0):
         k = spec.dims[0] // m

