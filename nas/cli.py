@@ -1,16 +1,283 @@
-"""`nas` command line. Today: `nas presets` builds every seed-paper preset and checks its parameter count against the
-published one (the platform's `nas run` / `show` / `export` come with the platform issue)."""
+"""`nas` command line: run a study, list and show studies, export a trial's model, check the presets.
+
+    nas run studies/cls_token_position.yaml      # train every cell, then print the ablation table
+    nas show cls_token_position                  # the table again, from the database
+    nas export cls_token_position -o best.safetensors
+
+Bad input (a malformed study, an unknown key or name, a value out of range, a missing data path, an unreachable
+database) prints one message naming the file, the key and what is allowed, and exits with code 2.
+"""
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+EXIT_BAD_INPUT = 2
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 150)
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True, width=None if sys.stderr.isatty() else 150).print(f"[red]error:[/red] {message}",
+                                                                          markup=True, highlight=False)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _db_url(db: str | None) -> str:
+    from nas.config import DEFAULT_DB_URL
+
+    return db or DEFAULT_DB_URL
+
+
+@app.command()
+def run(
+    study: str = typer.Argument(..., help="study file (studies/NAME.yaml) or its name"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the trials with estimated cost; "
+                                                           "run nothing, write nothing"),
+    db: Optional[str] = typer.Option(None, "--db", help="database URL (default: the study's storage.url, "
+                                                        "sqlite:///runs/nas.db)"),
+    address: Optional[str] = typer.Option(None, "--address", help="join an existing Ray cluster (e.g. auto or "
+                                                                   "HOST:6379)"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="apply one of the study's profiles (e.g. gpu)"),
+    set_: list[str] = typer.Option([], "--set", help="override a study key: --set train.epochs=3 (repeatable)"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="at most this many trials "
+                                                                                        "at once"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed trials of an earlier run again"),
+) -> None:
+    """Run (or resume) a study and print its ablation table. Finished trials are never repeated."""
+    from blocks import NasError
+    from nas.config import load_study
+
+    console = _console()
+    try:
+        sf = load_study(study, profile=profile, sets=set_, db_url=db, address=address)
+        from nas.execute import estimate_seconds, plan_study
+
+        with console.status("checking the study…") as status:
+            plan = plan_study(sf, progress=lambda msg: status.update(msg))
+    except NasError as e:
+        _fail(str(e))
+    st = plan.study
+    n = len(plan.cells) if st.kind == "grid" else st.search.n_trials
+    console.print(f"[bold]{st.name}[/bold]: {st.question or ''}  ({st.kind}, {n} trials, "
+                  f"search space {plan.space.name}, data {st.data.name} {st.data.img_size}², {len(st.seeds)} seed(s))")
+    if dry_run:
+        _print_plan(console, plan, estimate_seconds)
+        return
+    from nas.errors import StoreError
+    from nas.store import Store
+
+    try:
+        store = Store(st.storage.url)
+    except StoreError as e:
+        _fail(str(e))
+    _run_with_progress(console, plan, store, retry_failed=retry_failed, max_concurrent=max_concurrent)
+    _print_summary(console, store, st.name)
+
+
+def _print_plan(console: Console, plan, estimate) -> None:  # noqa: ANN001
+    st = plan.study
+    table = Table(title=f"{st.name}: trials (dry run, nothing written)")
+    if st.kind == "grid":
+        for col in ("#", *st.factors, "seed", "spec", "params", "est. CPU time"):
+            table.add_column(col, justify="right" if col in ("#", "seed", "params", "est. CPU time") else "left")
+        for i, c in enumerate(plan.cells):
+            pre = plan.preflight[c.spec.id]
+            table.add_row(str(i), *[c.levels[f] for f in st.factors], str(c.seed), c.spec.id, f"{pre['params']:,}",
+                          f"{estimate(plan, pre['forward_ms']):.0f} s")
+        console.print(table)
+        total = sum(estimate(plan, plan.preflight[c.spec.id]["forward_ms"]) for c in plan.cells)
+        console.print(f"{len(plan.cells)} trials, estimated {total / 60:.1f} CPU-minutes of training "
+                      "(from one forward pass per spec; a rough guide)")
+    else:
+        table.add_column("key")
+        table.add_column("choices")
+        for k, c in st.search.space.items():
+            table.add_row(k, str(c if isinstance(c, list) else c.model_dump()))
+        console.print(table)
+        console.print(f"{st.search.n_trials} trials sampled by {st.search.sampler}; objectives "
+                      f"{[(o.metric, o.resolved_direction) for o in st.objectives]}")
+
+
+def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa: ANN001
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nas.execute import run_study
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                        transient=False)
+    task = {"id": None}
+    state = {"failed": 0, "running": 0, "done": 0}
+
+    def queued(q: int, stale: int, done: int) -> None:
+        msg = f"{done} trial(s) already done, {q} to run"
+        if stale:
+            msg += f", {stale} stale trial(s) from an interrupted run re-queued"
+        console.print(msg)
+        task["id"] = progress.add_task("trials", total=q, info="")
+
+    def event(kind: str, info: dict) -> None:
+        if task["id"] is None:
+            return
+        if kind == "start":
+            state["running"] += 1
+        elif kind in ("complete", "stopped", "failed"):
+            state["running"] -= 1
+            state["done"] += 1
+            state["failed"] += kind == "failed"
+            progress.advance(task["id"])
+            if kind == "failed":
+                progress.console.print(f"[red]trial failed:[/red] {info.get('error', '')}", highlight=False)
+        text = f"running {state['running']}" + (f", [red]failed {state['failed']}[/red]" if state["failed"] else "")
+        if kind == "epoch" and info.get("val_acc") is not None:
+            text += f", last val_acc {100 * info['val_acc']:.1f}%"
+        progress.update(task["id"], info=text)
+
+    with progress:
+        out = run_study(plan, store, command=shlex.join(sys.argv), on_event=event, on_queued=queued, **kwargs)
+    console.print(f"{out.completed} trial(s) finished, {out.failed} failed, in {out.wall_seconds:.0f} s "
+                  f"(database: {out.url})" + (" — interrupted; run the same command to resume" if out.interrupted
+                                             else ""))
+
+
+def _print_summary(console: Console, store, name: str, metric: str = "val_acc") -> None:  # noqa: ANN001
+    from nas.summary import ablation_summary, ablation_table
+
+    info = store.study(name)
+    cfg = info["config"]
+    trials = store.trials(name)
+    if info["kind"] == "grid":
+        summ = ablation_summary(cfg, trials, metric)
+        paper = cfg.get("paper") or {}
+        console.print(ablation_table(summ, title=f"{name}: {cfg.get('question') or ''}\n{summ.metric} on "
+                                                 f"{cfg['data']['name']}, {len(cfg['seeds'])} seeds",
+                                     paper_metric=None))
+        if paper:
+            console.print(f"paper: {paper.get('source', '')} ({paper.get('metric', '')}). Our numbers come from a "
+                          "tiny model on a small data set: compare the ordering and the gaps, not the values.",
+                          highlight=False)
+    else:
+        _print_search(console, cfg, trials)
+    failed = [t for t in trials if t.state == "failed"]
+    for t in failed[:5]:
+        console.print(f"[red]failed trial {t.number}[/red] {t.levels}: {(t.error or '').splitlines()[0]}",
+                      highlight=False)
+
+
+def _print_search(console: Console, cfg: dict, trials) -> None:  # noqa: ANN001
+    objectives = [o["metric"] for o in cfg["objectives"]]
+    done = [t for t in trials if t.state == "complete"]
+    table = Table(title=f"{cfg['name']}: {len(done)} finished trials (best first by {objectives[0]})")
+    for col in ("trial", "choices", *objectives, "params"):
+        table.add_column(col)
+    rev = cfg["objectives"][0].get("direction", "maximize") != "minimize"
+    key = objectives[0]
+    done.sort(key=lambda t: (t.values.get(key) is None, -(t.values.get(key) or 0) if rev else
+                             (t.values.get(key) or 0)))
+    for t in done[:15]:
+        table.add_row(str(t.number), ", ".join(f"{k}={v}" for k, v in t.levels.items()),
+                      *[f"{t.values.get(o):.4g}" if t.values.get(o) is not None else "–" for o in objectives],
+                      f"{t.num_params:,}" if t.num_params else "–")
+    console.print(table)
+
+
+@app.command(name="list")
+def list_studies(db: Optional[str] = typer.Option(None, "--db", help="database URL")) -> None:
+    """Every study in the database: status, trials done / running / failed, best accuracy, last update."""
+    from nas.errors import StoreError
+    from nas.store import Store
+
+    try:
+        store = Store(_db_url(db), read_only=True)
+        rows = store.studies()
+    except StoreError as e:
+        _fail(str(e))
+    table = Table(title=f"studies in {_db_url(db)}")
+    for col in ("study", "kind", "status", "done", "running", "failed", "cells", "best val_acc", "updated"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["status"], str(r["complete"] + r["stopped"]), str(r["running"]),
+                      str(r["failed"] + r["stale"]), str(r["cells"]),
+                      "–" if r["best_val_acc"] is None else f"{100 * r['best_val_acc']:.1f}%",
+                      r["updated_at"].strftime("%Y-%m-%d %H:%M"))
+    _console().print(table)
+
+
+def _study_name(study: str) -> str:
+    p = Path(study)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        from nas.config import load_yaml
+
+        return str(load_yaml(p).get("name", p.stem))
+    return study
+
+
+@app.command()
+def show(
+    study: str = typer.Argument(..., help="study name (or its file)"),
+    db: Optional[str] = typer.Option(None, "--db", help="database URL"),
+    metric: str = typer.Option("val_acc", help="metric to summarise (val_acc, val_loss, throughput, params, flops)"),
+) -> None:
+    """Per factor level: n, mean, 95% CI over seeds, paired difference against the reference, the paper's value."""
+    from nas.errors import StoreError
+    from nas.store import Store
+
+    try:
+        store = Store(_db_url(db), read_only=True)
+        _print_summary(_console(), store, _study_name(study), metric)
+    except StoreError as e:
+        _fail(str(e))
+
+
+@app.command()
+def export(
+    study: str = typer.Argument(..., help="study name (or its file)"),
+    out: Path = typer.Option(..., "-o", "--out", help="output file (.safetensors; a .json beside it with --pair)"),
+    trial: Optional[int] = typer.Option(None, "--trial", help="trial number (default: the best finished trial)"),
+    db: Optional[str] = typer.Option(None, "--db", help="database URL"),
+    pair: bool = typer.Option(False, "--pair", help="also write the ArchSpec JSON beside the weights"),
+) -> None:
+    """Write a trial's model (safetensors weights + ArchSpec JSON in its header), loadable with
+    `blocks.load_backbone(path)` — no pickle anywhere."""
+    from nas.errors import StoreError
+    from nas.export import export_model_file
+    from nas.store import Store
+
+    try:
+        store = Store(_db_url(db), read_only=True)
+        name = _study_name(study)
+        info = store.study(name)
+        if trial is None:
+            done = [t for t in store.trials(name, states=("complete",)) if t.val_acc is not None]
+            if not done:
+                raise StoreError(f"study {name!r} has no finished trial to export")
+            chosen = max(done, key=lambda t: t.val_acc)
+        else:
+            chosen = store.trial(name, trial)
+        arts = [a for a in store.artifacts(chosen.id) if a["kind"] == "model"]
+        if not arts or not Path(arts[-1]["path"]).exists():
+            raise StoreError(f"trial {chosen.number} of {name!r} ({chosen.state}) has no model file" +
+                             (f" (expected {arts[-1]['path']})" if arts else ""))
+        meta = {"study": name, "trial": str(chosen.number), "seed": str(chosen.seed),
+                "val_acc": str(chosen.val_acc), "levels": ", ".join(f"{k}={v}" for k, v in chosen.levels.items()),
+                "question": info["question"]}
+        path = export_model_file(Path(arts[-1]["path"]), out, meta, pair=pair)
+    except StoreError as e:
+        _fail(str(e))
+    _console().print(f"trial {chosen.number} ({', '.join(f'{k}={v}' for k, v in chosen.levels.items())}, seed "
+                     f"{chosen.seed}, val_acc {100 * (chosen.val_acc or 0):.1f}%) → {path}")
 
 
 @app.command()

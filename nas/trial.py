@@ -42,9 +42,14 @@ class TrialResult:
     train_seconds: float  # training steps and evaluation only
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)  # only with keep_model=True
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        model, self.model = self.model, None
+        try:
+            return asdict(self)
+        finally:
+            self.model = model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -114,12 +119,13 @@ def _train_epoch(model, opt, sched, data: Dataset, batch_size: int, amp: bool, g
 def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
               warmup_epochs: float, seed: int, device: torch.device | str = "cpu", amp: bool | None = None,
               report: ReportFn | None = None, kernel_backend: str = "auto",
-              measure: dict[str, Any] | None = None) -> TrialResult:
+              measure: dict[str, Any] | None = None, keep_model: bool = False) -> TrialResult:
     """Train `spec` on `data` and return its curves, final accuracy, cost and kernel paths.
 
     `report(epoch, {train_loss, val_loss, val_acc, lr, seconds})` is called after every epoch (1-based), e.g. to
     forward to Ray Tune. A NaN/inf loss raises `TrialDiverged`. `measure` is passed to `measure_cost`
-    (e.g. {"repeats": 5, "resolutions": [32, 64]}); `measure={"skip": True}` leaves cost empty.
+    (e.g. {"repeats": 5, "resolutions": [32, 64]}); `measure={"skip": True}` leaves cost empty. `keep_model=True`
+    returns the trained model in `result.model` (to save it as the trial's model file).
     """
     t_wall = time.perf_counter()
     dev = torch.device(device)
@@ -165,7 +171,8 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
     cost = {} if opts.pop("skip", False) else measure_cost(model, spec.img_size, batch_size, dev, **opts)
     return TrialResult(spec_id=spec.id, seed=seed, metrics=metrics, val_acc=metrics[-1]["val_acc"],
                        params=sum(p.numel() for p in model.parameters()), cost=cost, kernel_paths=dict(used),
-                       wall_seconds=time.perf_counter() - t_wall, train_seconds=train_seconds, device=str(dev))
+                       wall_seconds=time.perf_counter() - t_wall, train_seconds=train_seconds, device=str(dev),
+                       model=model if keep_model else None)
 
 
 __all__ = ["TrialResult", "evaluate", "lr_at", "param_groups", "run_trial"]

@@ -1,0 +1,260 @@
+"""Search spaces and the study → trial mapping: which `ArchSpec` and seed each trial trains.
+
+A search space file (`search_spaces/NAME.yaml`) gives a base architecture (a preset plus overrides, or a full spec)
+and the choices studies may vary (dotted spec keys → allowed values or ranges). A study's `fixed` choices, then one
+trial's factor levels (grid) or sampled values (search) are applied on top; image size and class count come from the
+data; a parameter budget, if the study has one, then solves the width or depth.
+
+Grid cells are keyed by (study, spec id, seed): the key is what makes a resumed study skip finished work.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from blocks import ArchSpec, InvalidSpecError, NasError, get_preset
+
+from .config import SEARCH_SPACES_DIR, FloatRange, IntRange, Study, VariantFactor, _level_name, _unknown, load_yaml
+from .errors import StudyConfigError
+
+SEED_PARAM = "seed"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    path: str
+    description: str
+    base: dict[str, Any]  # an ArchSpec dict
+    choices: dict[str, Any]  # dotted key → list of allowed values or {low, high}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trial of a study: where it sits (factor levels or sampled values), its seed and its architecture."""
+    levels: dict[str, str]  # factor → level name (grid) or key → value as text (search)
+    seed: int
+    spec: ArchSpec
+    key: str
+    params: dict[str, Any]  # the Optuna parameters that name this trial
+    budget: dict[str, Any] = field(default_factory=dict)  # how the parameter budget was met, if any
+
+
+def load_search_space(name: str, *, file: str | None = None) -> SearchSpace:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SEARCH_SPACES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.yaml")) if SEARCH_SPACES_DIR.is_dir() else []
+        raise StudyConfigError(_unknown("search space", name, known) + f" (looked for {path})", file=file,
+                               key="search_space")
+    raw = load_yaml(path)
+    where = str(path)
+    extra = set(raw) - {"name", "description", "base", "choices"}
+    if extra:
+        raise StudyConfigError(f"unknown key {sorted(extra)[0]!r}; allowed: name, description, base, choices",
+                               file=where, key=sorted(extra)[0])
+    base_cfg = raw.get("base")
+    if not isinstance(base_cfg, dict) or not ({"preset", "spec"} & set(base_cfg)):
+        raise StudyConfigError("`base` must give `preset: NAME` (with optional `overrides:`) or `spec: {...}`",
+                               file=where, key="base")
+    try:
+        if "preset" in base_cfg:
+            base = get_preset(str(base_cfg["preset"])).to_dict()
+        else:
+            base = ArchSpec.from_dict(base_cfg["spec"]).to_dict()
+        base = apply_overrides(base, base_cfg.get("overrides") or {})
+        ArchSpec.from_dict(base)
+    except NasError as e:
+        raise StudyConfigError(str(e), file=where, key="base") from None
+    choices = raw.get("choices") or {}
+    if not isinstance(choices, dict):
+        raise StudyConfigError("`choices` must map dotted spec keys to lists of allowed values", file=where,
+                               key="choices")
+    return SearchSpace(str(raw.get("name", path.stem)), where, str(raw.get("description", "")), base, choices)
+
+
+def apply_overrides(spec_dict: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys into an ArchSpec dict, with list indices (`dims.0`). Renaming a component (`mixer.name`, or a
+    whole `mixer: {...}`) drops the old component's parameters unless they are given too."""
+    data = copy.deepcopy(spec_dict)
+    for key in sorted(overrides, key=lambda k: k.count(".")):
+        value = copy.deepcopy(overrides[key])
+        parts = key.split(".")
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            node = _child(node, p, key)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, key)
+            node[idx] = value
+            continue
+        if not isinstance(node, dict):
+            raise InvalidSpecError(f"cannot set {key!r}: {'.'.join(parts[:-1])} is a value, not a group")
+        if last == "name" and len(parts) == 2 and node.get("name") != value:
+            node["params"] = {}
+        if isinstance(value, dict) and isinstance(node.get(last), dict) and "name" in value and \
+                value.get("name") != node[last].get("name"):
+            value.setdefault("params", {})
+        node[last] = value
+    return data
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    if not isinstance(node, dict) or part not in node or not isinstance(node[part], (dict, list)):
+        known = sorted(node) if isinstance(node, dict) else []
+        raise InvalidSpecError(f"cannot set {key!r}: no group {part!r} here" +
+                               (f" (groups and keys: {', '.join(known)})" if known else ""))
+    return node[part]
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise InvalidSpecError(f"cannot set {key!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+# ------------------------------------------------------------------------------------------------ specs
+def trial_spec(study: Study, space: SearchSpace, overrides: dict[str, Any], *, img_size: int,
+               num_classes: int, file: str | None = None, where: str = "fixed") -> tuple[ArchSpec, dict[str, Any]]:
+    """The validated spec of one trial, and how its parameter budget was met ({} without a budget)."""
+    merged = {**study.fixed, **overrides, "img_size": img_size, "num_classes": num_classes}
+    try:
+        spec = ArchSpec.from_dict(apply_overrides(space.base, merged))
+    except NasError as e:
+        raise StudyConfigError(f"{e}", file=file, key=where) from None
+    if study.budget is None:
+        return spec, {}
+    from .budget import match_budget
+
+    try:
+        m = match_budget(spec, study.budget.params, tolerance=study.budget.tolerance, solve=study.budget.solve)
+    except NasError as e:
+        raise StudyConfigError(f"{e}", file=file, key="budget") from None
+    return m.spec, {"params": m.params, "relative_error": m.relative_error, "knob": m.knob, "value": m.value}
+
+
+def _check_choice(space: SearchSpace, key: str, value: Any, file: str | None, where: str) -> None:
+    allowed = space.choices.get(key)
+    if isinstance(allowed, list) and value not in allowed:
+        raise StudyConfigError(f"{value!r} is not allowed for {key!r} by search space {space.name!r}; allowed: "
+                               f"{', '.join(map(str, allowed))}", file=file, key=where)
+    if isinstance(allowed, dict) and isinstance(value, (int, float)):
+        lo, hi = allowed.get("low"), allowed.get("high")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise StudyConfigError(f"{value!r} for {key!r} is outside search space {space.name!r}'s range "
+                                   f"[{lo}, {hi}]", file=file, key=where)
+
+
+def level_overrides(study: Study, factor: str, level: str) -> dict[str, Any]:
+    levels = study.factors[factor]
+    if isinstance(levels, VariantFactor):
+        return dict(levels.levels[level])
+    value = next(v for v in levels if _level_name(v) == level)
+    return {factor: value}
+
+
+def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes: int,
+                file: str | None = None) -> list[Cell]:
+    """Every factor combination × every seed, each with its spec and idempotent key. Two levels that build the same
+    model are an error (the ablation could not tell them apart)."""
+    for key, value in study.fixed.items():
+        _check_choice(space, key, value, file, f"fixed.{key}")
+    names = list(study.factors)
+    cells: list[Cell] = []
+    seen: dict[str, dict[str, str]] = {}
+    for combo in product(*(study.level_names(f) for f in names)):
+        levels = dict(zip(names, combo))
+        overrides: dict[str, Any] = {}
+        for f, lv in levels.items():
+            for k, v in level_overrides(study, f, lv).items():
+                _check_choice(space, k, v, file, f"factors.{f}")
+                overrides[k] = v
+        where = "factors." + ",".join(f"{f}={lv}" for f, lv in levels.items())
+        spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes, file=file,
+                                  where=where)
+        if spec.id in seen:
+            raise StudyConfigError(f"levels {seen[spec.id]} and {levels} build the same model (spec {spec.id}); "
+                                   "drop one of them", file=file, key="factors")
+        seen[spec.id] = levels
+        for seed in study.seeds:
+            cells.append(Cell(levels, seed, spec, cell_key(study.name, spec.id, seed),
+                              {**levels, SEED_PARAM: seed}, budget))
+    return cells
+
+
+def cell_key(study_name: str, spec_id: str, seed: int) -> str:
+    return f"{study_name}/{spec_id}/s{seed}"
+
+
+def grid_distributions(study: Study) -> dict[str, Any]:
+    """Optuna distributions naming a grid cell: one categorical per factor plus the seed."""
+    import optuna
+
+    dists: dict[str, Any] = {f: optuna.distributions.CategoricalDistribution(study.level_names(f))
+                             for f in study.factors}
+    dists[SEED_PARAM] = optuna.distributions.CategoricalDistribution(list(study.seeds))
+    return dists
+
+
+def search_distributions(study: Study) -> dict[str, Any]:
+    """Optuna distributions of a sampled search (lists of non-scalars are offered by their YAML text)."""
+    import optuna
+
+    assert study.search is not None
+    dists: dict[str, Any] = {}
+    for key, c in study.search.space.items():
+        if isinstance(c, IntRange):
+            dists[key] = optuna.distributions.IntDistribution(c.low, c.high, step=c.step, log=c.log)
+        elif isinstance(c, FloatRange):
+            dists[key] = optuna.distributions.FloatDistribution(c.low, c.high, log=c.log)
+        else:
+            dists[key] = optuna.distributions.CategoricalDistribution([_level_name(v) for v in c])
+    return dists
+
+
+def search_overrides(study: Study, params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled Optuna parameters → spec overrides (categorical values mapped back from their text)."""
+    import yaml
+
+    assert study.search is not None
+    out: dict[str, Any] = {}
+    for key, c in study.search.space.items():
+        v = params[key]
+        if isinstance(c, list):
+            v = next((x for x in c if _level_name(x) == v), yaml.safe_load(v) if isinstance(v, str) else v)
+        if key in ("dims", "depths") and isinstance(v, int):
+            v = [v]
+        out[key] = v
+    return out
+
+
+def search_cell(study: Study, space: SearchSpace, params: dict[str, Any], *, img_size: int,
+                num_classes: int) -> Cell:
+    overrides = search_overrides(study, params)
+    spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes, where="search")
+    seed = study.seeds[0]
+    return Cell({k: _level_name(v) for k, v in params.items()}, seed, spec, cell_key(study.name, spec.id, seed),
+                dict(params), budget)
+
+
+def cell_from_params(study: Study, space: SearchSpace, params: dict[str, Any], *, img_size: int,
+                     num_classes: int) -> Cell:
+    """Rebuild a trial's cell from its Optuna parameters (what a Ray worker receives)."""
+    if study.kind == "search":
+        return search_cell(study, space, params, img_size=img_size, num_classes=num_classes)
+    levels = {f: str(params[f]) for f in study.factors}
+    overrides: dict[str, Any] = {}
+    for f, lv in levels.items():
+        overrides.update(level_overrides(study, f, lv))
+    spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes)
+    seed = int(params[SEED_PARAM])
+    return Cell(levels, seed, spec, cell_key(study.name, spec.id, seed), {**levels, SEED_PARAM: seed}, budget)
+
+
+__all__ = ["Cell", "SearchSpace", "apply_overrides", "cell_from_params", "cell_key", "expand_grid",
+           "grid_distributions", "load_search_space", "search_cell", "search_distributions", "trial_spec"]
