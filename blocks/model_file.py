@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def _check_magic(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(9)
     n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
-    if head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8 and not head.startswith(b"PK\x03\x04"):
+    if head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8:
         return
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
         kind = "a torch.save zip archive" if head.startswith(b"PK") else "a pickle"
@@ -147,7 +148,7 @@ def _check_magic(path: Path) -> None:
     raise ModelFileError(f"{path}: not a safetensors file (no 8-byte header length followed by a JSON header)")
 
 
-def _check_names(path: Path, names) -> None:
+def _check_names(path: Path, names: Iterable[str]) -> None:
     bad = [n for n in names if not isinstance(n, str) or not _NAME.fullmatch(n) or ".." in n]
     if bad:
         raise ModelFileError(f"{path}: tensor name(s) {bad[:_MAX_LISTED]!r} are not dotted parameter paths "
