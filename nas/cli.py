@@ -334,5 +334,16 @@ def version() -> None:
     print(f"visionseq-nas {v('visionseq-nas')}, torch {torch.__version__}, python {sys.version.split()[0]}")
 
 
+def _register_extensions() -> None:
+    """`nas dashboard` and `nas report` live with the dashboard (dashboard/commands.py)."""
+    try:
+        from dashboard.commands import register
+    except ImportError:
+        return
+    register(app)
+
+
+_register_extensions()
+
 if __name__ == "__main__":
     app()
