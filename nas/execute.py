@@ -165,9 +165,13 @@ def train_cell(config: dict[str, Any], payload: dict[str, Any]) -> None:
     data = make_dataset(study.data.name, seed=cell.seed, n_train=study.data.n_train, n_test=study.data.n_test,
                         img_size=study.data.img_size, device=dev, **study.data.knobs)
     held: dict[str, Any] = {}
+    fault = _injected_fault(cell)
 
     def report(epoch: int, row: dict[str, float]) -> None:
         msg = {**row, "epoch": epoch, "node_id": node_id, "device": str(dev)}
+        if fault:
+            tune.report(msg)
+            raise RuntimeError(f"injected failure ({FAULT_ENV}={fault}) after epoch {epoch}")
         if epoch < tr.epochs:
             tune.report(msg)
         else:
@@ -190,6 +194,19 @@ def train_cell(config: dict[str, Any], payload: dict[str, Any]) -> None:
         save_backbone(result.model.cpu(), cell.spec, Path(tmp) / MODEL_FILE,
                       {"study": study.name, "key": cell.key, "seed": str(cell.seed), "val_acc": f"{last['val_acc']}"})
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+FAULT_ENV = "NAS_INJECT_FAULT"
+
+
+def _injected_fault(cell: Cell) -> str:
+    """Fault drills: `NAS_INJECT_FAULT=readout=tail` makes every trial at that level raise after its first epoch
+    (reported first, so the failure comes after partial results, as a real crash would)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if "=" not in spec:
+        return ""
+    key, value = spec.split("=", 1)
+    return spec if str(cell.levels.get(key)) == value else ""
 
 
 def _jsonable(x: Any) -> Any:
@@ -234,8 +251,8 @@ def requeue(store: Store, plan: Plan, ot_study: Any, *, retry_failed: bool) -> t
     stale_ids = set(store.fail_stale_trials(study.name))
     stale_params: list[dict[str, Any]] = []
     for t in ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         storage.set_trial_system_attr(t._trial_id, "nas:stale", True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         stale_params.append(dict(t.params))
         stale_ids.discard(t._trial_id)
     waiting = ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))

@@ -45,7 +45,10 @@ class Cell:
 
 
 def load_search_space(name: str, *, file: str | None = None) -> SearchSpace:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SEARCH_SPACES_DIR / f"{name}.yaml"
+    candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else \
+        [SEARCH_SPACES_DIR / f"{name}.yaml"] + ([Path(file).resolve().parent.parent / SEARCH_SPACES_DIR /
+                                                 f"{name}.yaml"] if file else [])
+    path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         known = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.yaml")) if SEARCH_SPACES_DIR.is_dir() else []
         raise StudyConfigError(_unknown("search space", name, known) + f" (looked for {path})", file=file,
