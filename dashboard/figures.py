@@ -1,0 +1,454 @@
+"""Pure figure builders for the study views: rows → data (`*_data`, unit-tested) → Plotly figure (`*_figure`).
+
+Nothing here reads a database or a file. Strings that come from users (study names, levels, spec fields) are
+escaped before they reach a figure: Plotly renders a subset of HTML in titles and hover text.
+Search-view builders (history, parallel coordinates, importance) live in `figures_search.py`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from nas.store import TrialView
+from nas.summary import ablation_summary
+
+DONE = ("complete", "stopped")
+PERCENT_METRICS = {"val_acc"}
+MINIMIZE_METRICS = {"val_loss", "train_loss", "params", "flops", "peak_memory_bytes"}
+COSTS: dict[str, tuple[str, str]] = {  # cost key → (axis title, better direction)
+    "params": ("parameters", "min"),
+    "flops": ("FLOPs per image", "min"),
+    "throughput": ("throughput (images/s)", "max"),
+    "peak_memory_bytes": ("peak memory (bytes)", "min"),
+}
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def esc(text: Any) -> str:
+    """A user string made safe for Plotly's HTML-like text (titles, hover, ticks)."""
+    return html.escape(str(text), quote=True)
+
+
+def scale(metric: str) -> tuple[float, str]:
+    """Accuracy is shown in percent; everything else as stored."""
+    return (100.0, " (%)") if metric in PERCENT_METRICS else (1.0, "")
+
+
+def metric_value(t: TrialView, metric: str) -> float | None:
+    v = t.val_acc if metric == "val_acc" else t.row().get(metric)
+    if v is None and metric in t.cost:
+        v = t.cost[metric]
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def level_label(levels: dict[str, str], factors: list[str]) -> str:
+    """The same label `nas.summary` gives a level (one factor: its value; several: `f=v, g=w`)."""
+    return str(levels[factors[0]]) if len(factors) == 1 else ", ".join(f"{f}={levels[f]}" for f in factors)
+
+
+def latest_attempts(trials: Iterable[TrialView]) -> list[TrialView]:
+    """One attempt per cell key: a finished one if any, else the latest (as the ablation table counts them)."""
+    latest: dict[str, TrialView] = {}
+    for t in trials:
+        if t.state in DONE or t.key not in latest or latest[t.key].state not in DONE:
+            latest[t.key] = t
+    return list(latest.values())
+
+
+def _nan_to_none(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+# ----------------------------------------------------------------------------------------------- studies list
+def studies_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The studies list as display strings (done / running / failed, best accuracy in %, last update)."""
+    out = []
+    for r in rows:
+        best = r.get("best_val_acc")
+        upd = r.get("updated_at")
+        out.append({"name": str(r["name"]), "question": str(r.get("question") or ""), "kind": str(r["kind"]),
+                    "status": str(r["status"]), "done": str(r["done"]), "running": str(r["running"]),
+                    "failed": str(r["failed"]), "cells": str(r["cells"]),
+                    "best": "–" if best is None else f"{100 * best:.1f}%",
+                    "updated": upd.strftime("%Y-%m-%d %H:%M") if hasattr(upd, "strftime") else str(upd or "")})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- ablation
+@dataclass
+class AblationData:
+    factor: str
+    metric: str
+    unit: str
+    reference: str
+    levels: list[str]
+    points: list[dict[str, Any]]  # one per finished seed: level, seed, value (scaled), number
+    rows: list[dict[str, Any]]  # per level: n, n_failed, mean, ci_low, ci_high, diff*, paper, paper_diff, ...
+    paper_metric: str = ""
+    paper_source: str = ""
+
+
+def ablation_levels(config: dict[str, Any], trials: list[TrialView]) -> list[str]:
+    """Level labels present in the trials, in the study's order (for the reference picker)."""
+    factors = list(config.get("factors") or {})
+    seen = [level_label(t.levels, factors) for t in trials if all(f in t.levels for f in factors)]
+    return list(dict.fromkeys(seen))
+
+
+def ablation_data(config: dict[str, Any], trials: list[TrialView], metric: str = "val_acc",
+                  reference: str | None = None) -> AblationData:
+    """Every seed as a point, per-level mean with its 95% t interval, the paired difference against `reference`
+    (default: the study's), and the paper's value beside ours: `nas.summary.ablation_summary` does the numbers."""
+    factors = list(config.get("factors") or {})
+    cfg = dict(config)
+    if reference is not None:
+        match = next((t.levels for t in trials if all(f in t.levels for f in factors)
+                      and level_label(t.levels, factors) == reference), None)
+        if match is not None:
+            cfg["reference"] = {f: match[f] for f in factors}
+    summ = ablation_summary(cfg, trials, metric)
+    k, unit = scale(metric)
+    points = []
+    for t in latest_attempts(trials):
+        v = metric_value(t, metric) if t.state in DONE else None
+        if v is not None and all(f in t.levels for f in factors):
+            points.append({"level": level_label(t.levels, factors), "seed": t.seed, "value": k * v,
+                           "number": t.number})
+    rows = []
+    for r in summ.rows:
+        sc = (lambda x: None if _nan_to_none(x) is None else k * x)  # noqa: E731
+        rows.append({"level": r.level, "n": r.n, "n_failed": r.n_failed, "mean": sc(r.mean), "ci_low":
+                     sc(r.ci_low), "ci_high": sc(r.ci_high), "diff": sc(r.diff), "diff_low": sc(r.diff_low),
+                     "diff_high": sc(r.diff_high), "paper": r.paper, "paper_diff": r.paper_diff,
+                     "is_reference": r.is_reference})
+    paper = config.get("paper") or {}
+    return AblationData(summ.factor, metric, unit, summ.reference, [r["level"] for r in rows], points, rows,
+                        str(paper.get("metric") or ""), str(paper.get("source") or ""))
+
+
+def _jitter(seed: int) -> float:
+    return ((seed * 0.618034) % 1.0 - 0.5) * 0.24  # deterministic spread, so seeds do not hide each other
+
+
+def ablation_figure(d: AblationData, title: str = "") -> go.Figure:
+    has_paper = any(r["paper"] is not None for r in d.rows)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.12,
+                        specs=[[{"secondary_y": has_paper}, {}]],
+                        subplot_titles=(f"{esc(d.metric)}{d.unit} per {esc(d.factor)}: seeds, mean ± 95% CI",
+                                        f"paired Δ vs {esc(d.reference)}" + (" (ours vs paper)" if has_paper else "")))
+    pos = {lv: i for i, lv in enumerate(d.levels)}
+    pts = [p for p in d.points if p["level"] in pos]
+    fig.add_trace(go.Scatter(
+        x=[pos[p["level"]] - 0.15 + _jitter(p["seed"]) for p in pts], y=[p["value"] for p in pts], mode="markers",
+        name="seed (click: trial)", marker=dict(size=9, color="rgba(31,119,180,0.55)", line=dict(width=1)),
+        customdata=[[p["number"], p["seed"], esc(p["level"])] for p in pts],
+        hovertemplate="%{customdata[2]}<br>seed %{customdata[1]} · trial %{customdata[0]}<br>%{y:.4g}<extra></extra>"),
+        row=1, col=1)
+    rows = [r for r in d.rows if r["mean"] is not None]
+    fig.add_trace(go.Scatter(
+        x=[pos[r["level"]] + 0.1 for r in rows], y=[r["mean"] for r in rows], mode="markers", name="mean ± 95% CI",
+        marker=dict(size=13, symbol="line-ew-open", color="#000", line=dict(width=3)),
+        error_y=dict(type="data", symmetric=False, array=[_up(r["ci_high"], r["mean"]) for r in rows],
+                     arrayminus=[_up(r["mean"], r["ci_low"]) for r in rows], thickness=2, width=6),
+        hovertemplate="mean %{y:.4g}<extra></extra>"), row=1, col=1)
+    if has_paper:
+        prs = [r for r in d.rows if r["paper"] is not None]
+        fig.add_trace(go.Scatter(x=[pos[r["level"]] + 0.3 for r in prs], y=[r["paper"] for r in prs],
+                                 mode="markers", name=f"paper: {esc(d.paper_metric) or 'published'}",
+                                 marker=dict(size=11, symbol="diamond", color="#d62728"),
+                                 hovertemplate="paper %{y}<extra></extra>"), row=1, col=1, secondary_y=True)
+        lo, hi = _span([p["value"] for p in pts] + [r[k] for r in rows for k in ("ci_low", "ci_high")
+                                                       if r[k] is not None and abs(r[k] - r["mean"]) < 50])
+        pv = [r["paper"] for r in prs]
+        mid, half = (min(pv) + max(pv)) / 2, max((hi - lo) / 2, (max(pv) - min(pv)) / 2 * 1.1)
+        # both axes span the same number of points, so a gap looks the same size in ours and in the paper's
+        fig.update_yaxes(range=[(lo + hi) / 2 - half, (lo + hi) / 2 + half], secondary_y=False, row=1, col=1)
+        fig.update_yaxes(title_text=f"paper: {esc(d.paper_metric)}", secondary_y=True, row=1, col=1,
+                         showgrid=False, color="#d62728", range=[mid - half, mid + half])
+    others = [r for r in d.rows if not r["is_reference"]]
+    dpos = {r["level"]: i for i, r in enumerate(others)}
+    ours = [r for r in others if r["diff"] is not None]
+    fig.add_trace(go.Scatter(
+        x=[dpos[r["level"]] - 0.1 for r in ours], y=[r["diff"] for r in ours], mode="markers",
+        name="ours: Δ ± 95% CI (matched seeds)", marker=dict(size=10, color="#1f77b4"),
+        error_y=dict(type="data", symmetric=False, array=[_up(r["diff_high"], r["diff"]) for r in ours],
+                     arrayminus=[_up(r["diff"], r["diff_low"]) for r in ours]),
+        hovertemplate="Δ %{y:.4g}<extra></extra>"), row=1, col=2)
+    if has_paper:
+        pd = [r for r in others if r["paper_diff"] is not None]
+        fig.add_trace(go.Scatter(x=[dpos[r["level"]] + 0.1 for r in pd], y=[r["paper_diff"] for r in pd],
+                                 mode="markers", name="paper: Δ", marker=dict(size=11, symbol="diamond",
+                                                                               color="#d62728"),
+                                 hovertemplate="paper Δ %{y:+.1f}<extra></extra>"), row=1, col=2)
+    fig.add_hline(y=0, line=dict(color="#888", dash="dot"), row=1, col=2)
+    fig.update_xaxes(tickvals=list(range(len(d.levels))), ticktext=[esc(x) for x in d.levels], row=1, col=1)
+    fig.update_xaxes(tickvals=list(range(len(others))), ticktext=[esc(r["level"]) for r in others], row=1, col=2)
+    fig.update_yaxes(title_text=f"ours: {esc(d.metric)}{d.unit}", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="Δ (points)" if d.unit else "Δ", row=1, col=2)
+    fig.update_layout(title=esc(title), legend=dict(orientation="h", y=-0.15), margin=dict(t=80), height=480,
+                      hovermode="closest", clickmode="event")
+    return fig
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    """The data's range with 8% margins (a wide CI of two seeds is clipped at 50 points from its mean)."""
+    if not values:
+        return 0.0, 1.0
+    lo, hi = min(values), max(values)
+    pad = max(hi - lo, 1e-9) * 0.08
+    return lo - pad, hi + pad
+
+
+def _up(a: float | None, b: float | None) -> float:
+    return 0.0 if a is None or b is None else max(0.0, a - b)
+
+
+def ablation_table_rows(d: AblationData) -> list[dict[str, str]]:
+    """The ablation table as display strings (the same columns as `nas show`)."""
+    def f(x: float | None, signed: bool = False) -> str:
+        return "–" if x is None else (f"{x:+.2f}" if signed else f"{x:.2f}")
+
+    out = []
+    for r in d.rows:
+        out.append({"level": r["level"], "n": f"{r['n']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else ""),
+                    "mean": f(r["mean"]), "ci": f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["n"] > 1 else "–",
+                    "diff": "(reference)" if r["is_reference"] else f(r["diff"], True),
+                    "diff_ci": "" if r["is_reference"] or r["diff_low"] is None else
+                    f"[{f(r['diff_low'], True)}, {f(r['diff_high'], True)}]",
+                    "paper": "–" if r["paper"] is None else f"{r['paper']:.1f}",
+                    "paper_diff": "(reference)" if r["is_reference"] else
+                    ("–" if r["paper_diff"] is None else f"{r['paper_diff']:+.1f}")})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- learning curves
+@dataclass
+class CurvesData:
+    metric: str
+    unit: str
+    series: list[dict[str, Any]]  # one per trial: label (its level), number, seed, epochs, values
+    means: list[dict[str, Any]] = field(default_factory=list)  # one per level: label, epochs, values
+
+
+def curves_data(trials: list[TrialView], epochs: dict[int, list[dict[str, Any]]], metric: str = "val_acc",
+                factors: list[str] | None = None) -> CurvesData:
+    """Per trial, `metric` against epoch; per level (grid studies), the mean over the trials that reached the
+    epoch."""
+    k, unit = scale(metric)
+    series = []
+    for t in trials:
+        pts = [(e["epoch"], e.get(metric)) for e in epochs.get(t.id, []) if e.get(metric) is not None]
+        if not pts:
+            continue
+        label = level_label(t.levels, factors) if factors and all(f in t.levels for f in factors) \
+            else f"trial {t.number}"
+        series.append({"label": label, "number": t.number, "seed": t.seed, "state": t.state,
+                       "epochs": [p[0] for p in pts], "values": [k * p[1] for p in pts]})
+    means = []
+    if factors:
+        by_level: dict[str, dict[int, list[float]]] = {}
+        for s in series:
+            for e, v in zip(s["epochs"], s["values"]):
+                by_level.setdefault(s["label"], {}).setdefault(e, []).append(v)
+        for label, per_epoch in by_level.items():
+            es = sorted(per_epoch)
+            means.append({"label": label, "epochs": es, "values": [sum(per_epoch[e]) / len(per_epoch[e])
+                                                                   for e in es]})
+    return CurvesData(metric, unit, series, means)
+
+
+def curves_figure(d: CurvesData, title: str = "") -> go.Figure:
+    fig = go.Figure()
+    labels = list(dict.fromkeys(s["label"] for s in d.series))
+    color = {lb: PALETTE[i % len(PALETTE)] for i, lb in enumerate(labels)}
+    thin = bool(d.means)
+    for s in d.series:
+        fig.add_trace(go.Scatter(
+            x=s["epochs"], y=s["values"], mode="lines+markers", legendgroup=esc(s["label"]),
+            name=f"trial {s['number']} (seed {s['seed']})" if not thin else esc(s["label"]), showlegend=not thin,
+            line=dict(color=color[s["label"]], width=1 if thin else 2), opacity=0.45 if thin else 1,
+            hovertemplate=f"{esc(s['label'])} · trial {s['number']} · seed {s['seed']}<br>epoch %{{x}}: %{{y:.4g}}"
+                          "<extra></extra>"))
+    for m in d.means:
+        fig.add_trace(go.Scatter(x=m["epochs"], y=m["values"], mode="lines", name=f"{esc(m['label'])} (mean)",
+                                 legendgroup=esc(m["label"]), line=dict(color=color[m["label"]], width=3),
+                                 hovertemplate=f"{esc(m['label'])} mean<br>epoch %{{x}}: %{{y:.4g}}<extra></extra>"))
+    fig.update_layout(title=esc(title), xaxis_title="epoch", yaxis_title=f"{esc(d.metric)}{d.unit}", height=420,
+                      hovermode="closest")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ Pareto front
+def spec_summary(spec_json: str) -> str:
+    """One line naming a spec's main choices (hover text of the Pareto front); escaped."""
+    try:
+        s = json.loads(spec_json)
+    except (TypeError, ValueError):
+        return "(no spec)"
+    mixer = s.get("mixer") or {}
+    route = s.get("route") or {}
+    tok = s.get("tokenizer") or {}
+    parts = [f"mixer={mixer.get('name')}", f"layout={s.get('layout')}", f"dims={s.get('dims')}",
+             f"depths={s.get('depths')}", f"readout={s.get('readout')}", f"tokenizer={tok.get('name')}"
+             + (f"({tok['params']['patch_size']})" if "patch_size" in (tok.get("params") or {}) else "")]
+    if route:
+        parts.insert(1, f"route={'+'.join(map(str, route.get('paths', [])))}/{route.get('schedule')}")
+    return esc(", ".join(parts))
+
+
+def pareto_mask(costs: list[float], values: list[float], cost_better: str = "min",
+                value_better: str = "max") -> list[bool]:
+    """True for the points no other point beats on both axes (at least as good on both, better on one)."""
+    cs = [c if cost_better == "min" else -c for c in costs]
+    vs = [-v if value_better == "max" else v for v in values]  # now: smaller is better on both
+    order = sorted(range(len(cs)), key=lambda i: (cs[i], vs[i]))
+    mask = [False] * len(cs)
+    best = math.inf
+    for i in order:
+        if vs[i] < best:
+            mask[i], best = True, vs[i]
+    return mask
+
+
+def pareto_data(trials: list[TrialView], cost: str = "params", metric: str = "val_acc") -> dict[str, Any]:
+    """Finished trials as (cost, metric) points with their spec in the hover, the front marked."""
+    if cost not in COSTS:
+        raise ValueError(f"unknown cost {cost!r}; known: {', '.join(COSTS)}")
+    k, unit = scale(metric)
+    pts = []
+    for t in trials:
+        if t.state not in DONE:
+            continue
+        c = t.num_params if cost == "params" else t.cost.get(cost)
+        v = metric_value(t, metric)
+        if c is None or v is None:
+            continue
+        levels = ", ".join(f"{esc(a)}={esc(b)}" for a, b in t.levels.items())
+        pts.append({"number": t.number, "cost": float(c), "value": k * v,
+                    "hover": f"trial {t.number} · seed {t.seed}<br>{levels}<br>{spec_summary(t.spec_json)}"})
+    mask = pareto_mask([p["cost"] for p in pts], [p["value"] for p in pts], COSTS[cost][1],
+                       "min" if metric in MINIMIZE_METRICS else "max")
+    for p, m in zip(pts, mask):
+        p["on_front"] = m
+    front = sorted((p for p in pts if p["on_front"]), key=lambda p: p["cost"])
+    note = "" if pts else f"no finished trial has both {metric} and {cost} recorded" + \
+        (" (peak memory is measured on CUDA only)" if cost == "peak_memory_bytes" else "")
+    return {"cost": cost, "cost_label": COSTS[cost][0], "metric": metric, "unit": unit, "points": pts,
+            "front": front, "note": note}
+
+
+def pareto_figure(d: dict[str, Any], title: str = "") -> go.Figure:
+    fig = go.Figure()
+    pts = d["points"]
+    fig.add_trace(go.Scatter(x=[p["cost"] for p in pts], y=[p["value"] for p in pts], mode="markers",
+                             name="trial", marker=dict(size=9, color="rgba(31,119,180,0.5)"),
+                             customdata=[[p["number"]] for p in pts], hovertext=[p["hover"] for p in pts],
+                             hovertemplate="%{hovertext}<br>%{x:.4g}, %{y:.4g}<extra></extra>"))
+    fr = d["front"]
+    fig.add_trace(go.Scatter(x=[p["cost"] for p in fr], y=[p["value"] for p in fr], mode="lines+markers",
+                             name="Pareto front", line=dict(color="#d62728", shape="hv"),
+                             marker=dict(size=11, color="#d62728"), customdata=[[p["number"]] for p in fr],
+                             hovertext=[p["hover"] for p in fr],
+                             hovertemplate="%{hovertext}<br>%{x:.4g}, %{y:.4g}<extra></extra>"))
+    fig.update_layout(title=esc(title or d["note"]), xaxis_title=d["cost_label"],
+                      yaxis_title=f"{esc(d['metric'])}{d['unit']}", height=460, hovermode="closest")
+    xs = [p["cost"] for p in pts if p["cost"] > 0]
+    if xs and max(xs) / min(xs) > 20:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ cost scaling
+def scaling_data(trials: list[TrialView], seq_len: Callable[[str, int], int | None]) -> dict[str, Any]:
+    """Throughput and peak memory against sequence length, one series per spec (seeds averaged), coloured by
+    mixer; each distinct first-stage width D gives MambaOut's long-sequence threshold L = 6D. `seq_len(spec_json,
+    img_size)` gives the tokens a spec's first stage mixes at that size."""
+    acc: dict[tuple[str, int], dict[str, Any]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        if t.state not in DONE or not t.spec_json:
+            continue
+        spec = json.loads(t.spec_json)
+        meta[t.spec_id] = {"mixer": (spec.get("mixer") or {}).get("name", "?"), "D": (spec.get("dims") or [0])[0],
+                           "spec_json": t.spec_json, "levels": t.levels}
+        entries = [(t.cost.get("img_size") or spec.get("img_size"), t.cost)]
+        entries += [(size, c) for size, c in (t.cost.get("by_resolution") or {}).items()]
+        for size, c in entries:
+            if size is None or not isinstance(c, dict) or "error" in c or c.get("throughput") is None:
+                continue
+            a = acc.setdefault((t.spec_id, int(size)), {"thr": [], "mem": []})
+            a["thr"].append(float(c["throughput"]))
+            if c.get("peak_memory_bytes") is not None:
+                a["mem"].append(float(c["peak_memory_bytes"]))
+    series: dict[str, dict[str, Any]] = {}
+    for (sid, size), a in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        L = seq_len(meta[sid]["spec_json"], size)
+        if L is None:
+            continue
+        s = series.setdefault(sid, {"spec_id": sid, "mixer": meta[sid]["mixer"], "D": meta[sid]["D"],
+                                    "label": f"{meta[sid]['mixer']} · " + (", ".join(
+                                        f"{k}={v}" for k, v in meta[sid]["levels"].items()) or sid),
+                                    "sizes": [], "L": [], "throughput": [], "memory": []})
+        s["sizes"].append(size)
+        s["L"].append(L)
+        s["throughput"].append(sum(a["thr"]) / len(a["thr"]))
+        s["memory"].append(sum(a["mem"]) / len(a["mem"]) if a["mem"] else None)
+    out = sorted(series.values(), key=lambda s: (s["mixer"], s["label"]))
+    dims = sorted({s["D"] for s in out if s["D"]})
+    has_mem = any(m is not None for s in out for m in s["memory"])
+    return {"series": out, "thresholds": [{"D": D, "L": 6 * D} for D in dims],
+            "note": "" if has_mem else "peak memory is measured on CUDA only; none recorded for these trials"}
+
+
+def scaling_figure(d: dict[str, Any], title: str = "") -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("throughput vs sequence length", "peak memory vs sequence length"))
+    if d["note"]:
+        fig.add_annotation(text=esc(d["note"]), xref="x2 domain", yref="y2 domain", x=0.5, y=0.5, showarrow=False,
+                           font=dict(color="#666"))
+    mixers = list(dict.fromkeys(s["mixer"] for s in d["series"]))
+    color = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(mixers)}
+    nth: dict[str, int] = {}
+    for s in d["series"]:
+        i = nth[s["mixer"]] = nth.get(s["mixer"], -1) + 1
+        common = dict(mode="lines+markers", legendgroup=esc(s["label"]), name=esc(s["label"]),
+                      line=dict(color=color[s["mixer"]], dash=_DASHES[i % len(_DASHES)]), customdata=s["sizes"])
+        fig.add_trace(go.Scatter(x=s["L"], y=s["throughput"], **common,
+                                 hovertemplate=f"{esc(s['label'])}<br>%{{customdata}}² → L=%{{x}}<br>"
+                                               "%{y:.4g} images/s<extra></extra>"), row=1, col=1)
+        mem = [(x, y) for x, y in zip(s["L"], s["memory"]) if y is not None]
+        if mem:
+            fig.add_trace(go.Scatter(x=[m[0] for m in mem], y=[m[1] / 2**20 for m in mem], showlegend=False,
+                                     **{**common, "customdata": None},
+                                     hovertemplate=f"{esc(s['label'])}<br>L=%{{x}}: %{{y:.1f}} MiB<extra></extra>"),
+                          row=1, col=2)
+    for th in d["thresholds"]:
+        for col in (1, 2):
+            fig.add_vline(x=th["L"], line=dict(color="#d62728", dash="dash"), row=1, col=col)
+        fig.add_annotation(x=math.log10(th["L"]), y=1, yref="y domain", xref="x", showarrow=False, yanchor="bottom",
+                           text=f"L = 6D = {th['L']} (D = {th['D']})", font=dict(color="#d62728", size=11))
+    fig.update_xaxes(type="log", title_text="sequence length L (tokens, first stage)")
+    fig.update_yaxes(title_text="images/s", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="MiB", row=1, col=2)
+    fig.update_layout(title=esc(title) or "cost scaling (MambaOut's long-sequence threshold: L > 6D)", height=460,
+                      legend=dict(orientation="h", y=-0.25), hovermode="closest")
+    return fig
+
+
+__all__ = ["COSTS", "AblationData", "CurvesData", "ablation_data", "ablation_figure", "ablation_levels",
+           "ablation_table_rows", "curves_data", "curves_figure", "esc", "latest_attempts", "level_label",
+           "metric_value", "pareto_data", "pareto_figure", "pareto_mask", "scale", "scaling_data", "scaling_figure",
+           "spec_summary", "studies_table"]

@@ -1,0 +1,212 @@
+"""The data behind every dashboard figure, checked by hand on small inputs (no database, no browser), plus the URL
+scheme and escaping of user strings."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+
+import pytest
+
+from dashboard import figures as F
+from dashboard import figures_search as FS
+from dashboard.app import parse_path, study_href
+from dashboard.queries import SearchData
+from nas.stats import t_critical
+from nas.store import TrialView
+
+CONFIG = {"factors": {"readout": ["head", "middle", "tail"]}, "reference": {"readout": "head"},
+          "paper": {"source": "Vim Table 5", "metric": "top-1 (%)", "values": {"head": 75.2, "middle": 76.1}}}
+
+
+def trial(number: int, level: str | None, seed: int, acc: float | None, *, state: str = "complete",
+          cost: dict | None = None, spec: dict | None = None, levels: dict | None = None,
+          params: int | None = 1000) -> TrialView:
+    lv = levels if levels is not None else {"readout": level}
+    spec = spec or {"mixer": {"name": "ssm"}, "dims": [32], "layout": "plain", "readout": level, "img_size": 32,
+                    "tokenizer": {"name": "patch", "params": {"patch_size": 8}},
+                    "route": {"paths": ["raster", "raster_rev"], "schedule": "parallel"}}
+    return TrialView(id=number + 100, number=number, key=f"s/{level}/{lv}/s{seed}", levels=lv, seed=seed,
+                     state=state, val_acc=acc, values={"val_acc": acc}, spec_id=f"spec-{level}",
+                     spec_json=json.dumps(spec), error=None if state != "failed" else "boom", cost=cost or {},
+                     num_params=params, kernel_paths={}, node_id=None, wall_seconds=None, train_seconds=None,
+                     budget={}, started_at=None, finished_at=None)
+
+
+def grid_trials() -> list[TrialView]:
+    vals = {"head": [0.70, 0.72, 0.71], "middle": [0.75, 0.78, 0.76], "tail": [0.66, 0.74, None]}
+    out, n = [], 0
+    for level, accs in vals.items():
+        for seed, acc in enumerate(accs):
+            out.append(trial(n, level, seed, acc, state="complete" if acc is not None else "failed"))
+            n += 1
+    return out
+
+
+# ---- ablation --------------------------------------------------------------------------------------------------
+def test_ablation_data_every_seed_a_point_mean_ci_and_paired_difference() -> None:
+    d = F.ablation_data(CONFIG, grid_trials())
+    assert d.levels == ["head", "middle", "tail"] and d.reference == "head" and d.unit == " (%)"
+    assert len(d.points) == 8  # the failed seed is not a point
+    assert sorted(p["value"] for p in d.points if p["level"] == "middle") == pytest.approx([75, 76, 78])
+    rows = {r["level"]: r for r in d.rows}
+    # middle: mean 76.333, sd of (75, 78, 76) = 1.5275, half-width t(2)·sd/√3
+    m = 76 + 1 / 3
+    half = t_critical(2) * math.sqrt(((75 - m) ** 2 + (78 - m) ** 2 + (76 - m) ** 2) / 2) / math.sqrt(3)
+    assert rows["middle"]["mean"] == pytest.approx(m)
+    assert rows["middle"]["ci_high"] - rows["middle"]["mean"] == pytest.approx(half)
+    # paired on seeds 0, 1, 2: (5, 6, 5) → mean 5.333
+    assert rows["middle"]["diff"] == pytest.approx(16 / 3)
+    assert rows["tail"]["n"] == 2 and rows["tail"]["n_failed"] == 1
+    assert rows["tail"]["diff"] == pytest.approx(((66 - 70) + (74 - 72)) / 2)  # matched seeds 0 and 1 only
+    assert rows["middle"]["paper"] == 76.1 and rows["middle"]["paper_diff"] == pytest.approx(0.9)
+    assert rows["tail"]["paper"] is None and rows["head"]["is_reference"]
+
+
+def test_ablation_reference_can_be_chosen() -> None:
+    d = F.ablation_data(CONFIG, grid_trials(), reference="middle")
+    rows = {r["level"]: r for r in d.rows}
+    assert d.reference == "middle" and rows["middle"]["is_reference"]
+    assert rows["head"]["diff"] == pytest.approx(-16 / 3)
+    assert rows["head"]["paper_diff"] == pytest.approx(-0.9)
+
+
+def test_ablation_figure_points_carry_their_trial_number() -> None:
+    d = F.ablation_data(CONFIG, grid_trials())
+    fig = F.ablation_figure(d, title="<b>x</b>")
+    seeds = fig.data[0]
+    assert len(seeds.x) == 8 and sorted(c[0] for c in seeds.customdata) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert "&lt;b&gt;" in fig.layout.title.text and "<b>" not in fig.layout.title.text
+    names = [t.name for t in fig.data]
+    assert any(n.startswith("paper") for n in names) and "mean ± 95% CI" in names
+
+
+def test_ablation_table_rows_match_nas_show_columns() -> None:
+    rows = F.ablation_table_rows(F.ablation_data(CONFIG, grid_trials()))
+    assert [r["level"] for r in rows] == ["head", "middle", "tail"]
+    assert rows[0]["diff"] == "(reference)" and rows[1]["diff"] == "+5.33"
+    assert rows[2]["n"] == "2 (+1 failed)" and rows[2]["paper"] == "–"
+
+
+def test_latest_attempt_wins_and_levels_of_several_factors() -> None:
+    retry = [trial(0, "head", 0, None, state="stale"), trial(1, "head", 0, 0.7)]
+    assert [t.number for t in F.latest_attempts(retry)] == [1]
+    cfg = {"factors": {"readout": ["head"], "route": ["bi", "uni"]}}
+    ts = [trial(0, "head", 0, 0.5, levels={"readout": "head", "route": "bi"}),
+          trial(1, "head", 0, 0.6, levels={"readout": "head", "route": "uni"})]
+    assert F.ablation_levels(cfg, ts) == ["readout=head, route=bi", "readout=head, route=uni"]
+
+
+# ---- learning curves --------------------------------------------------------------------------------------------
+def test_curves_data_per_trial_and_mean_per_level() -> None:
+    ts = [trial(0, "head", 0, 0.7), trial(1, "head", 1, 0.8), trial(2, "tail", 0, 0.6)]
+    epochs = {100: [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.7}],
+              101: [{"epoch": 1, "val_acc": 0.6}, {"epoch": 2, "val_acc": 0.8}],
+              102: [{"epoch": 1, "val_acc": None}]}  # no usable value: no series
+    d = F.curves_data(ts, epochs, "val_acc", ["readout"])
+    assert [(s["number"], s["values"]) for s in d.series] == [(0, pytest.approx([50, 70])),
+                                                                (1, pytest.approx([60, 80]))]
+    assert d.means == [{"label": "head", "epochs": [1, 2], "values": pytest.approx([55, 75])}]
+    fig = F.curves_figure(d)
+    assert len(fig.data) == 3
+
+
+# ---- Pareto front -------------------------------------------------------------------------------------------------
+def test_pareto_mask_by_hand() -> None:
+    # cost (min) and accuracy (max): (1, .5) (2, .7) (2, .6) (3, .7) (4, .9)
+    mask = F.pareto_mask([1, 2, 2, 3, 4], [0.5, 0.7, 0.6, 0.7, 0.9])
+    assert mask == [True, True, False, False, True]
+    # throughput is better when larger
+    assert F.pareto_mask([100, 200, 50], [0.8, 0.7, 0.9], cost_better="max") == [True, True, True]
+    assert F.pareto_mask([100, 200, 50], [0.8, 0.9, 0.7], cost_better="max") == [False, True, False]
+
+
+def test_pareto_data_hover_shows_the_spec_escaped() -> None:
+    ts = [trial(0, "head", 0, 0.7, params=1000), trial(1, "<i>x</i>", 0, 0.8, params=2000),
+          trial(2, "tail", 0, 0.6, params=3000), trial(3, "tail", 1, None, state="failed")]
+    d = F.pareto_data(ts, "params")
+    assert [p["number"] for p in d["front"]] == [0, 1]
+    assert len(d["points"]) == 3
+    hover = d["points"][1]["hover"]
+    assert "mixer=ssm" in hover and "route=raster+raster_rev/parallel" in hover and "&lt;i&gt;" in hover
+    assert "<i>" not in hover
+    empty = F.pareto_data(ts, "peak_memory_bytes")
+    assert empty["points"] == [] and "CUDA" in empty["note"]
+    with pytest.raises(ValueError, match="unknown cost"):
+        F.pareto_data(ts, "joules")
+
+
+# ---- cost scaling ---------------------------------------------------------------------------------------------------
+def test_scaling_data_series_per_spec_and_6d_threshold() -> None:
+    cost = {"img_size": 32, "throughput": 1000.0, "peak_memory_bytes": None,
+            "by_resolution": {"64": {"throughput": 300.0, "peak_memory_bytes": 2**20},
+                              "128": {"error": "too large"}}}
+    ts = [trial(0, "head", 0, 0.7, cost=cost), trial(1, "head", 1, 0.7, cost={**cost, "throughput": 800.0})]
+    d = F.scaling_data(ts, lambda spec_json, size: (size // 8) ** 2 + 1)
+    assert len(d["series"]) == 1  # two seeds of one spec are averaged
+    s = d["series"][0]
+    assert s["sizes"] == [32, 64] and s["L"] == [17, 65]
+    assert s["throughput"] == pytest.approx([900.0, 300.0]) and s["memory"] == [None, 2**20]
+    assert d["thresholds"] == [{"D": 32, "L": 192}] and d["note"] == ""
+    fig = F.scaling_figure(d)
+    assert len(fig.data) == 2 and any("L = 6D = 192" in a.text for a in fig.layout.annotations)
+
+
+# ---- search view -------------------------------------------------------------------------------------------------------
+def search() -> SearchData:
+    rows = [{"number": 0, "state": "complete", "params": {"mixer": "ssm", "dim": 16}, "values": [0.6]},
+            {"number": 1, "state": "fail", "params": {"mixer": "attention", "dim": 32}, "values": None},
+            {"number": 2, "state": "complete", "params": {"mixer": "attention", "dim": 32}, "values": [0.5]},
+            {"number": 3, "state": "complete", "params": {"mixer": "ssm", "dim": 64}, "values": [0.7]},
+            {"number": 4, "state": "complete", "params": {"mixer": "ssm"}, "values": [0.9]}]  # dim missing
+    return SearchData(["val_acc"], ["maximize"], rows, {"dim": 0.25, "mixer": 0.75})
+
+
+def test_history_data_best_so_far() -> None:
+    d = FS.history_data(search())
+    assert d["numbers"] == [0, 2, 3, 4] and d["values"] == pytest.approx([60, 50, 70, 90])
+    assert d["best"] == pytest.approx([60, 60, 70, 90]) and d["n_failed"] == 1
+    minimize = SearchData(["val_loss"], ["minimize"], search().trials)
+    assert FS.history_data(minimize)["best"] == pytest.approx([0.6, 0.5, 0.5, 0.5])
+
+
+def test_parallel_data_encodes_categories() -> None:
+    d = FS.parallel_data(search())
+    assert d["numbers"] == [0, 2, 3]  # trial 4 lacks `dim`
+    dims = {x["label"]: x for x in d["dimensions"]}
+    assert dims["dim"]["values"] == [16.0, 32.0, 64.0] and "tickvals" not in dims["dim"]
+    assert dims["mixer"]["values"] == [0, 1, 0] and dims["mixer"]["ticktext"] == ["ssm", "attention"]
+    assert dims["val_acc (%)"]["values"] == pytest.approx([60, 50, 70])
+    assert len(FS.parallel_figure(d).data[0].dimensions) == 3
+
+
+def test_importance_data_most_important_first() -> None:
+    d = FS.importance_data(search())
+    assert d["params"] == ["mixer", "dim"] and d["importance"] == [0.75, 0.25]
+    assert FS.importance_figure(d).data[0].y == ("dim", "mixer")
+
+
+# ---- studies list, URLs, escaping ---------------------------------------------------------------------------------------
+def test_studies_table_display() -> None:
+    rows = F.studies_table([{"name": "a", "question": None, "kind": "grid", "status": "running", "done": 3,
+                             "running": 1, "failed": 2, "cells": 10, "best_val_acc": 0.4567,
+                             "updated_at": datetime(2026, 1, 2, 3, 4)}])
+    assert rows[0]["best"] == "45.7%" and rows[0]["updated"] == "2026-01-02 03:04" and rows[0]["question"] == ""
+
+
+@pytest.mark.parametrize("name", ["cls_token_position", "<script>alert(1)</script>", "a/b c?d#e%"])
+def test_study_urls_round_trip(name: str) -> None:
+    assert parse_path(study_href(name)) == ("study", name, None)
+    assert parse_path(study_href(name, 12)) == ("trial", name, 12)
+    assert "<" not in study_href(name) and "/" not in study_href(name)[len("/study/"):]
+
+
+def test_parse_path_other_pages() -> None:
+    assert parse_path("/") == ("list", None, None) and parse_path(None) == ("list", None, None)
+    assert parse_path("/nope")[0] == "missing" and parse_path("/study/x/trial/y")[0] == "missing"
+
+
+def test_spec_summary_escapes_and_survives_bad_json() -> None:
+    assert F.spec_summary("not json") == "(no spec)"
+    assert "&lt;" in F.spec_summary(json.dumps({"mixer": {"name": "<x>"}}))
