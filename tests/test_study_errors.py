@@ -1,0 +1,145 @@
+"""Bad study files and bad flags: `nas run` exits with code 2 and one message that names the file and the key (or
+the value and what is allowed), prints no traceback, starts no Ray and writes no database.
+
+Each case runs the CLI in-process (typer's CliRunner) from the repository root, with `--db` pointing at a SQLite
+file under tmp_path that must still not exist afterwards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from typer.testing import CliRunner
+
+import nas.data  # noqa: F401  (heavy imports are paid at collection, not by the first case's time limit)
+import nas.execute  # noqa: F401
+from nas.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = "tests/bad_studies"
+OK = f"{BAD}/base/tiny_ok.yaml"  # a valid tiny study, for the bad-flag cases
+
+# fixture → words the message must contain (beside the file's path). Keys are named as dotted paths.
+CASES: dict[str, tuple[str, ...]] = {
+    "malformed_yaml": ("malformed YAML", "line 5"),
+    "top_level_list": ("top level must be a mapping", "list"),
+    "empty_file": ("top level must be a mapping",),
+    "typo_top_level_key": ("key 'seeeds'", "did you mean 'seeds'"),
+    "unknown_nested_key": ("key 'train.epoch'", "did you mean 'epochs'"),
+    "group_is_a_value": ("key 'train'", "valid dictionary"),
+    "bad_study_name": ("key 'name'", "my study!"),
+    "unknown_mixer": ("unknown mixer 'mamba2'", "ssm"),
+    "unknown_mixer_param": ("mixer 'ssm'", "d_sate", "d_state"),
+    "unknown_route": ("key 'factors.route'", "'zigzag'", "cross4"),
+    "unknown_readout": ("key 'fixed.readout'", "'cls_middle'", "bilateral_concat"),
+    "unknown_tokenizer": ("key 'fixed.tokenizer.name'", "'vit_patch'", "dct_bands"),
+    "unknown_dataset": ("key 'data'", "unknown data set 'cifar100'", "pathfinder"),
+    "unknown_data_knob": ("key 'data'", "unknown knob 'colour'", "clutter"),
+    "data_knob_out_of_range": ("key 'data'", "clutter=3.0", "0.0..1.0"),
+    "epochs_zero": ("key 'train.epochs'", "greater than or equal to 1", "got 0"),
+    "lr_negative": ("key 'train.lr'", "greater than 0", "-0.001"),
+    "seeds_negative": ("key 'seeds'", "non-negative", "-1"),
+    "seeds_duplicate": ("key 'seeds'", "distinct"),
+    "unknown_metric": ("key 'objectives.0.metric'", "unknown metric 'accuracy'", "val_acc"),
+    "factors_and_search": ("exactly one of `factors`", "`search`"),
+    "neither_factors_nor_search": ("exactly one of `factors`", "`search`"),
+    "search_range_inverted": ("key 'search.space'", "depths", "low (4) must be below high (2)"),
+    "reference_not_a_level": ("reference.readout", "'tail' is not a level", "middle"),
+    "level_disallowed_by_space": ("key 'factors.readout'", "'head' is not allowed", "tiny_hierarchical"),
+    "levels_build_same_model": ("key 'factors'", "build the same model"),
+    "cls_token_on_hierarchical": ("key 'factors.route=uni'", "readout 'head'", "layout 'hierarchical'"),
+    "head_token_causal_uni": ("key 'factors.readout=head'", "causal mixer 'attention'", "only ever sees itself"),
+    "budget_unreachable": ("key 'budget'", "100,000,000,000", "solve='width'"),
+    "image_folder_missing": ("key 'data'", "/nonexistent/nas-test-images", "does not exist"),
+    "unknown_search_space": ("key 'search_space'", "'tiny_plian'", "did you mean 'tiny_plain'"),
+    "asha_two_objectives": ("execution.asha", "single objective"),
+    "throughput_unmeasured": ("key 'objectives'", "measure.skip: false"),
+}
+
+# bad flags on a valid study: extra arguments → words the message must contain
+FLAG_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "unknown_profile": (["--profile", "tpu"], (OK, "key 'profiles'", "unknown profile 'tpu'", "small")),
+    "set_without_value": (["--set", "train.epochs"], ("key 'train.epochs'", "--set needs key=value")),
+    "set_out_of_range": (["--set", "train.epochs=0"], (OK, "key 'train.epochs'", "greater than or equal to 1")),
+    "set_unknown_key": (["--set", "train.epoch=3"], (OK, "key 'train.epoch'", "did you mean 'epochs'")),
+    "set_into_a_value": (["--set", "data.name.x=1"], (OK, "key 'data.name.x'", "data.name is a value")),
+    "set_bad_yaml": (["--set", "train.lr=[oops"], ("key 'train.lr'", "not valid YAML")),
+    "set_not_a_dotted_name": (["--set", "train..lr=1"], ("'train..lr'", "not a dotted name")),
+    "set_duplicate_seeds": (["--set", "seeds=[0, 0]"], (OK, "key 'seeds'", "distinct")),
+    "set_unknown_readout": (["--set", "fixed.readout=centre"], (OK, "key 'fixed.readout'", "'centre'")),
+    "missing_study_file": ([], ("no study file", "nope_not_a_study")),
+}
+UNREACHABLE_DBS = ["postgresql+psycopg://nobody@127.0.0.1:1/x", "sqlite:////proc/nope/x.db"]
+
+
+@pytest.fixture(autouse=True)
+def _at_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def _run(args: list[str]) -> tuple[int, str, float]:
+    t = time.perf_counter()
+    res = CliRunner().invoke(app, ["run", *args], terminal_width=150)
+    elapsed = time.perf_counter() - t
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert "Traceback" not in out, out
+    assert not ray.is_initialized(), "a bad study must be refused before Ray starts"
+    assert elapsed < 5, f"refusing a bad study took {elapsed:.1f} s"
+    return res.exit_code, out, elapsed
+
+
+def _assert_refused(code: int, out: str, words: tuple[str, ...], db: Path) -> None:
+    assert code == 2, out
+    assert out.startswith("error:"), out
+    for w in words:
+        assert w in out, f"{w!r} not in: {out}"
+    assert not db.exists(), "nothing may be written for a bad study"
+    assert not any(db.parent.iterdir()), list(db.parent.iterdir())
+
+
+def test_every_fixture_has_a_case():
+    assert {p.stem for p in (ROOT / BAD).glob("*.yaml")} == set(CASES)
+    assert len(CASES) + len(FLAG_CASES) + len(UNREACHABLE_DBS) >= 20
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_study_file(name, tmp_path):
+    db = tmp_path / "nas.db"
+    path = f"{BAD}/{name}.yaml"
+    code, out, _ = _run([path, "--db", f"sqlite:///{db}"])
+    _assert_refused(code, out, (f"file {path}", *CASES[name]), db)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_study_file_dry_run_too(name, tmp_path):
+    db = tmp_path / "nas.db"
+    code, out, _ = _run([f"{BAD}/{name}.yaml", "--dry-run", "--db", f"sqlite:///{db}"])
+    _assert_refused(code, out, CASES[name], db)
+
+
+@pytest.mark.parametrize("name", sorted(FLAG_CASES))
+def test_bad_flag(name, tmp_path):
+    db = tmp_path / "nas.db"
+    extra, words = FLAG_CASES[name]
+    study = "studies/nope_not_a_study.yaml" if name == "missing_study_file" else OK
+    code, out, _ = _run([study, *extra, "--db", f"sqlite:///{db}"])
+    _assert_refused(code, out, words, db)
+
+
+@pytest.mark.parametrize("url", UNREACHABLE_DBS)
+def test_unreachable_database(url, tmp_path):
+    code, out, _ = _run([OK, "--db", url])
+    assert code == 2, out
+    assert f"error: cannot open the study database {url!r}" in out and "Check the URL" in out, out
+    assert not Path("/proc/nope").exists()
+
+
+def test_valid_base_plans(tmp_path):
+    """The bad-flag cases fail on the flag, not on their base study: it plans (dry run) as it is."""
+    db = tmp_path / "nas.db"
+    code, out, _ = _run([OK, "--dry-run", "--db", f"sqlite:///{db}"])
+    assert code == 0, out
+    assert "2 trials" in out and not db.exists()
