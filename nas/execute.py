@@ -502,7 +502,7 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=queued,
-                                    max_concurrent_trials=max_concurrent or ex.max_concurrent, reuse_actors=False),
+                                    max_concurrent_trials=max_concurrent or ex.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{study.name}-run{run_id}", storage_path=str(results_dir),
                                   callbacks=[callback], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=ex.retries),
