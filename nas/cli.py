@@ -191,6 +191,9 @@ def _print_search(console: Console, cfg: dict, trials) -> None:  # noqa: ANN001
                       *[f"{t.values.get(o):.4g}" if t.values.get(o) is not None else "–" for o in objectives],
                       f"{t.num_params:,}" if t.num_params else "–")
     console.print(table)
+    stopped = sum(t.state == "stopped" for t in trials)
+    if stopped:
+        console.print(f"{stopped} trial(s) stopped early by ASHA (their last epoch is in the database)")
 
 
 @app.command(name="list")

@@ -242,7 +242,11 @@ class Study(_Strict):
 
 
 def _level_name(value: Any) -> str:
-    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    """A level's display name and Optuna categorical value: strings as they are, anything else as flow YAML."""
+    if isinstance(value, str):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("...").strip()  # PyYAML ends a bare scalar document with "..."
 
 
 def _unknown(what: str, value: Any, allowed: list[str]) -> str:
@@ -288,6 +292,8 @@ def parse_set(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise StudyConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e})", key=key) from None
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 as text; on a command line it is a number
     return key, value
 
 

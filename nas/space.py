@@ -146,9 +146,10 @@ def _check_choice(space: SearchSpace, key: str, value: Any, file: str | None, wh
     if isinstance(allowed, list) and value not in allowed:
         raise StudyConfigError(f"{value!r} is not allowed for {key!r} by search space {space.name!r}; allowed: "
                                f"{', '.join(map(str, allowed))}", file=file, key=where)
-    if isinstance(allowed, dict) and isinstance(value, (int, float)):
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if isinstance(allowed, dict) and all(isinstance(v, (int, float)) for v in numbers):
         lo, hi = allowed.get("low"), allowed.get("high")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in numbers):
             raise StudyConfigError(f"{value!r} for {key!r} is outside search space {space.name!r}'s range "
                                    f"[{lo}, {hi}]", file=file, key=where)
 
