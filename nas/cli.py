@@ -145,8 +145,13 @@ def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa
             text += f", last val_acc {100 * info['val_acc']:.1f}%"
         progress.update(task["id"], info=text)
 
-    with progress:
-        out = run_study(plan, store, command=shlex.join(sys.argv), on_event=event, on_queued=queued, **kwargs)
+    from blocks import NasError
+
+    try:
+        with progress:
+            out = run_study(plan, store, command=shlex.join(sys.argv), on_event=event, on_queued=queued, **kwargs)
+    except NasError as e:  # e.g. another driver runs this study, or the study exists with other objectives
+        _fail(str(e))
     console.print(f"{out.completed} trial(s) finished, {out.failed} failed, in {out.wall_seconds:.0f} s "
                   f"(database: {out.url})" + (" — interrupted; run the same command to resume" if out.interrupted
                                              else ""))

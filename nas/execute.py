@@ -462,6 +462,11 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
     """Queue what is not done yet and run it; returns counts for the closing summary."""
     t0 = time.perf_counter()
     study, sf = plan.study, plan.file
+    other = store.active_driver(study.name)
+    if other:
+        raise StudyConfigError(f"study {study.name!r} is being run right now by driver {other} (database "
+                               f"{store.url}); wait for it to finish or stop it, then run this command again to "
+                               "resume", key="name")
     ot_study = _optuna_study(store, study)
     _check_directions(ot_study, study, store.url)
     store.upsert_study(name=study.name, question=study.question, kind=study.kind, study_yaml=sf.text,
@@ -513,6 +518,9 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
         tuner.fit()
     except KeyboardInterrupt:
         status = "interrupted"
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         wall = time.perf_counter() - t0
         store.finish_run(run_id, status, wall)

@@ -302,6 +302,21 @@ class Store:
         with self.session() as s:
             s.get(RunRow, run_id).heartbeat_at = _now()
 
+    def active_driver(self, study_name: str, stale_after_s: float = 120.0) -> str | None:
+        """`host:pid` of a driver still running this study, if any: on this host its pid must be alive; elsewhere
+        its heartbeat must be younger than `stale_after_s`. Two drivers on one study would fail each other's
+        trials as stale, so `nas run` refuses to start a second one."""
+        with self.session() as s:
+            rows = s.scalars(select(RunRow).where(RunRow.study_name == study_name, RunRow.status == "running")).all()
+            for r in rows:
+                host, _, pid = r.driver.rpartition(":")
+                if host == socket.gethostname():
+                    if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                        return r.driver
+                elif (_now() - r.heartbeat_at).total_seconds() < stale_after_s:
+                    return r.driver
+            return None
+
     def mark_interrupted_runs(self, study_name: str) -> int:
         """Runs left 'running' by a driver that died are marked interrupted (their stale trials are handled by
         `fail_stale_trials`)."""
@@ -434,6 +449,16 @@ class Store:
         with self.session() as s:
             return set(s.scalars(select(TrialRow.key).where(TrialRow.study_name == study_name,
                                                             TrialRow.state.in_(("complete", "stopped")))).all())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finite(v: Any) -> float | None:
