@@ -1,0 +1,259 @@
+"""The dashboard in a real headless browser: Playwright driving Debian's /usr/bin/chromium (installed by .ci/run;
+never a downloaded browser) against the app served on a free loopback port from the fixture database.
+
+Every page must render its plots with traces and log no error in the console; nothing may be fetched from outside
+the loopback server. Screenshots go to test-artifacts/dashboard/ (gitignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from test_dashboard_fixture import GRID, SEARCH, XSS, Fixture, build_study_db
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
+TIMEOUT_MS = 20_000
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Debian's Chromium is not installed at "
+                                f"{CHROMIUM} (.ci/run installs it with apt-get install chromium)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package (the dev extra) is missing")
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
+    return build_study_db(tmp_path_factory.mktemp("dash-browser"))
+
+
+@pytest.fixture(scope="module")
+def server(fx: Fixture) -> Iterator[str]:
+    """The Dash app on 127.0.0.1:<free port> in a thread (port 0: the OS picks one)."""
+    from werkzeug.serving import make_server
+
+    from dashboard.app import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    srv = make_server("127.0.0.1", 0, create_app(fx.url, refresh_ms=1000).server, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Watch:
+    """Console errors, uncaught page errors, alerts and requests to anywhere but the server, per page."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.outside: list[str] = []
+        page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+
+        def route(r: Any) -> None:
+            if r.request.url.startswith(base) or r.request.url.startswith("data:"):
+                r.continue_()
+            else:
+                self.outside.append(r.request.url)
+                r.abort()
+        page.route("**/*", route)
+
+    def check(self) -> None:
+        assert self.errors == [], self.errors
+        assert self.dialogs == [], f"a user string ran as script: {self.dialogs}"
+        assert self.outside == [], f"requests outside the loopback server: {self.outside}"
+
+
+@pytest.fixture(scope="module")
+def context(browser: Any) -> Iterator[Any]:
+    """One browser context for the module, so Dash's and Plotly's scripts are loaded from its cache after the
+    first page."""
+    ctx = browser.new_context(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: Any, server: str) -> Iterator[tuple[Any, Watch]]:
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    watch = Watch(pg, server)
+    yield pg, watch
+    pg.close()
+
+
+def shot(pg: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def traces(pg: Any, graph_id: str) -> int:
+    """Traces Plotly drew in a dcc.Graph (waits until the figure has data)."""
+    sel = f"#{graph_id} .js-plotly-plot"
+    pg.wait_for_function(f"() => {{ const g = document.querySelector('{sel}'); return g && g.data && "
+                         "g.data.length > 0 && g.querySelector('.main-svg'); }")
+    return pg.evaluate(f"() => document.querySelector('{sel}').data.length")
+
+
+def open_tab(pg: Any, label: str) -> None:
+    pg.locator("#study-tabs").get_by_text(label, exact=True).click()
+
+
+def test_studies_list_shows_every_study_and_markup_names_as_text(page: tuple[Any, Watch], server: str) -> None:
+    pg, watch = page
+    pg.goto(server + "/")
+    pg.wait_for_selector("#studies-table table")
+    rows = pg.locator("#studies-table tbody tr")
+    assert rows.count() == 3
+    text = pg.inner_text("#studies-table")
+    assert GRID in text and SEARCH in text and "8" in text and "78.0%" in text
+    link = pg.locator("#studies-table a", has_text="alert(1)")
+    assert link.inner_text().replace("\n", "") == XSS  # the name shows as text
+    assert pg.evaluate("() => [...document.scripts].every(s => !s.text.includes('alert('))")
+    shot(pg, "01_studies_list")
+    link.click()
+    pg.wait_for_selector("#study-title")
+    assert pg.inner_text("#study-title") == XSS
+    assert "<img src=x onerror=alert(2)> & friends" in pg.inner_text(".page")
+    watch.check()
+
+
+VIEWS = [("Learning curves", ["curves-graph"]), ("Search", ["history-graph", "parallel-graph", "importance-graph"]),
+         ("Pareto front", ["pareto-graph"]), ("Cost scaling", ["scaling-graph"])]
+
+
+def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture, tmp_path: Path) -> None:
+    """One page load, then in-app navigation as a user would: the ablation view, every other view, a click on a
+    seed's point to its trial page, the model download, back to the study, and the failed trial from its table."""
+    from blocks.model_file import read_model_file
+
+    pg, watch = page
+    pg.goto(f"{server}/study/{GRID}")
+    # ablation: every seed a point, mean ± CI, the paper beside ours, paired differences
+    assert traces(pg, "ablation-graph") >= 4  # seeds, mean ± CI, paper, Δ (+ paper Δ)
+    seeds = pg.evaluate("() => document.querySelector('#ablation-graph .js-plotly-plot').data[0]")
+    assert len(seeds["x"]) == 8
+    table = pg.inner_text("#ablation-table")
+    assert "(reference)" in table and "+5.33" in table and "2 (+1 failed)" in table and "76.1" in table
+    shot(pg, "02_ablation")
+    for i, (tab, graphs) in enumerate(VIEWS):
+        open_tab(pg, tab)
+        for g in graphs:
+            assert traces(pg, g) >= 1, g
+        if tab == "Cost scaling":
+            assert "L = 6D = 192" in pg.inner_text("#scaling-graph")
+        if tab == "Search":
+            assert pg.locator("#parallel-graph .parcoords").count() == 1
+        shot(pg, f"03{'abcd'[i]}_" + tab.lower().replace(" ", "_"))
+    open_tab(pg, "Ablation")
+    traces(pg, "ablation-graph")
+    # click the point of middle, seed 1 (its trial number comes from the fixture)
+    want = fx.grid_numbers[("middle", 1)]
+    index = [c[0] for c in seeds["customdata"]].index(want)
+    point = pg.locator("#ablation-graph .scatterlayer .trace").first.locator(".points path").nth(index)
+    box = point.bounding_box()
+    pg.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    pg.wait_for_url(f"**/study/{GRID}/trial/{want}")
+    pg.wait_for_selector("#trial-spec")
+    assert '"readout": "middle"' in pg.inner_text("#trial-spec")
+    body = pg.inner_text("#trial-body")
+    assert "selective_scan_paths" in body and "reference" in body and "0.1.0" in body and "cpus" in body
+    assert traces(pg, "trial-curves") == 3  # val_acc, train and val loss
+    shot(pg, "04_trial_page")
+    with pg.expect_download() as dl:
+        pg.click("#export-button")
+    download = dl.value
+    assert download.suggested_filename == f"{GRID}_trial{want}.safetensors"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert read_model_file(saved).spec.readout == "middle"
+    # back to the study, and the failed trial from the trials table: its error, no export
+    pg.click(f"text=← {GRID}")
+    open_tab(pg, "Trials")
+    pg.locator("#trials-table a").get_by_text(str(fx.failed_number), exact=True).click()
+    pg.wait_for_selector("#trial-error")
+    assert "injected failure" in pg.inner_text("#trial-error")
+    assert pg.is_disabled("#export-button")
+    shot(pg, "05_failed_trial")
+    watch.check()
+
+
+def test_search_study_opens_on_its_search_view(page: tuple[Any, Watch], server: str) -> None:
+    pg, watch = page
+    pg.goto(f"{server}/study/{SEARCH}")
+    assert traces(pg, "history-graph") == 2
+    assert traces(pg, "importance-graph") == 1
+    bars = pg.evaluate("() => document.querySelector('#importance-graph .js-plotly-plot').data[0].y")
+    assert sorted(bars) == ["dim", "mixer"]
+    shot(pg, "06_search_study")
+    open_tab(pg, "Trials")
+    pg.wait_for_selector("#trials-table tbody tr")
+    assert pg.locator("#trials-table tbody tr").count() == 6
+    watch.check()
+
+
+def test_unknown_study_says_so(page: tuple[Any, Watch], server: str) -> None:
+    pg, watch = page
+    pg.goto(f"{server}/study/no_such_study")
+    pg.wait_for_selector("text=Not found")
+    assert GRID in pg.inner_text(".page")  # the message lists the studies that exist
+    watch.check()
+
+
+def test_live_refresh_shows_a_new_study_without_reload(page: tuple[Any, Watch], server: str, fx: Fixture) -> None:
+    from nas.store import Store
+
+    pg, watch = page
+    pg.goto(server + "/")
+    pg.wait_for_selector("#studies-table table")
+    writer = Store(fx.url)  # the driver's side: the dashboard keeps reading while it writes
+    writer.upsert_study(name="arrives_later", question="live?", kind="grid", study_yaml="", config={},
+                        search_space_yaml="", n_cells=4)
+    writer.engine.dispose()
+    t0 = time.perf_counter()
+    pg.wait_for_selector("#studies-table >> text=arrives_later", timeout=10_000)
+    assert time.perf_counter() - t0 < 10
+    watch.check()
+
+
+def test_report_opens_offline_and_shows_its_figures(browser: Any, fx: Fixture, tmp_path: Path) -> None:
+    """`nas report`'s file in a browser with the network off: every figure draws from the inlined plotly.js."""
+    from dashboard.report import report_figures, write_report
+
+    out = write_report(fx.url, GRID, tmp_path / "report.html")
+    context = browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    watch = Watch(pg, out.as_uri())
+    pg.goto(out.as_uri())
+    from dashboard import queries as Q
+
+    store = Q.open_store(fx.url)
+    expected = len(report_figures(store, fx.url, Q.load_study(store, GRID)))
+    pg.wait_for_function(f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}")
+    counts = pg.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g.data.length)")
+    assert len(counts) == expected and all(n >= 1 for n in counts), counts
+    assert pg.inner_text("h1") == GRID and "+5.33" in pg.inner_text("body")
+    shot(pg, "08_report_offline")
+    context.close()
+    watch.check()
