@@ -26,6 +26,7 @@ from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from .errors import StoreError
 
@@ -148,6 +149,9 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
                     raise StoreError(f"no study database at {url} (run `nas run STUDY` first, or pass --db URL)")
                 target = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
                 engine = create_engine(target, connect_args={"timeout": SQLITE_TIMEOUT_S, "uri": True})
+            elif path is None:  # in-memory: one connection shared by every thread, or each would see its own db
+                engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False},
+                                       poolclass=StaticPool)
             else:
                 engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S})
 
