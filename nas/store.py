@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event, func, select)
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+                        create_engine, event, func, select)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -96,7 +96,7 @@ class TrialRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    num_params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    num_params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # 64-bit: > 2**31 on PostgreSQL
     values: Mapped[dict] = mapped_column(JSON, default=dict)  # final objective values
     cost: Mapped[dict] = mapped_column(JSON, default=dict)
     budget: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -124,7 +124,7 @@ class ArtifactRow(Base):
     trial_id: Mapped[int] = mapped_column(ForeignKey("nas_trials.id"), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="model")
     path: Mapped[str] = mapped_column(Text)
-    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # model files over 2 GiB
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
