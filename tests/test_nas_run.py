@@ -204,3 +204,35 @@ def test_sigkill_of_the_driver_then_resume_loses_and_repeats_nothing(tmp_path):
 
     ot = optuna.load_study(study_name="killed", storage=url)
     assert not [t for t in ot.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_a_second_driver_on_a_running_study_is_refused(tmp_path, monkeypatch):
+    """A live driver (here: a sleeping process standing in for it) owns the study; `nas run` exits 2, starts no Ray
+    and fails none of its trials."""
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+    from nas.store import Store
+
+    monkeypatch.chdir(ROOT)
+    study = _write_study(tmp_path, "busy")
+    store = Store(f"sqlite:///{tmp_path / 'nas.db'}")
+    store.upsert_study(name="busy", question="", kind="grid", study_yaml="", config={}, search_space_yaml="",
+                       n_cells=4)
+    run_id = store.start_run("busy", "nas run busy")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        import socket
+
+        with store.session() as s:
+            from nas.store import RunRow
+
+            s.get(RunRow, run_id).driver = f"{socket.gethostname()}:{sleeper.pid}"
+        result = CliRunner().invoke(app, ["run", str(study), *_args(tmp_path)], terminal_width=200)
+        assert result.exit_code == 2 and "is being run right now" in result.output, result.output
+        assert store.study("busy")["runs"][0]["status"] == "running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # once that driver is gone, its run is marked interrupted and the study runs (checked up to Ray start-up)
+    assert store.active_driver("busy") is None
