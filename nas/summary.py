@@ -32,6 +32,7 @@ class LevelRow:
     paper: float | None
     paper_diff: float | None
     is_reference: bool
+    params: int | None = None  # parameters of the level's model (equal across seeds)
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,13 @@ def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: st
             latest[t.key] = t
     rows = []
     order: list[str] = []
+    params: dict[str, int] = {}
     for t in latest.values():
         if not all(f in t.levels for f in factors):
             continue
         label = _label(t.levels, factors)
+        if t.num_params:
+            params[label] = t.num_params
         if label not in order:
             order.append(label)
         value = t.val_acc if metric == "val_acc" else t.row().get(metric)
@@ -90,7 +94,8 @@ def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: st
         out.append(LevelRow(label, s.n, s.n_missing, s.mean, s.ci_low, s.ci_high,
                             None if d is None else d.mean, None if d is None else d.ci_low,
                             None if d is None else d.ci_high, p,
-                            None if p is None or paper_ref is None else p - paper_ref, label == reference))
+                            None if p is None or paper_ref is None else p - paper_ref, label == reference,
+                            params.get(label)))
     return AblationSummary(" × ".join(factors), metric, reference, out)
 
 
@@ -121,6 +126,7 @@ def ablation_table(summary: AblationSummary, *, title: str, paper_metric: str | 
     unit = " (%)" if scale else ""
     t = Table(title=title)
     t.add_column(summary.factor)
+    t.add_column("params", justify="right")
     t.add_column("n", justify="right")
     t.add_column(f"mean {summary.metric}{unit}", justify="right")
     t.add_column("95% CI", justify="right")
@@ -139,7 +145,7 @@ def ablation_table(summary: AblationSummary, *, title: str, paper_metric: str | 
             diff = fmt(r.diff, True)
             dci = f"[{fmt(r.diff_low, True)}, {fmt(r.diff_high, True)}]" if r.diff_low is not None and \
                 r.diff_low == r.diff_low else "–"
-        cells = [r.level, n, fmt(r.mean), ci, diff, dci]
+        cells = [r.level, "–" if r.params is None else f"{r.params:,}", n, fmt(r.mean), ci, diff, dci]
         if has_paper:
             cells += ["–" if r.paper is None else f"{r.paper:.1f}",
                       "(reference)" if r.is_reference else ("–" if r.paper_diff is None else f"{r.paper_diff:+.1f}")]
