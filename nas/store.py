@@ -148,12 +148,13 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
                 if not path.exists():
                     raise StoreError(f"no study database at {url} (run `nas run STUDY` first, or pass --db URL)")
                 target = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-                engine = create_engine(target, connect_args={"timeout": SQLITE_TIMEOUT_S, "uri": True})
+                engine = create_engine(target, connect_args={"timeout": SQLITE_TIMEOUT_S, "uri": True},
+                                       json_serializer=_json_dumps)
             elif path is None:  # in-memory: one connection shared by every thread, or each would see its own db
                 engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False},
-                                       poolclass=StaticPool)
+                                       poolclass=StaticPool, json_serializer=_json_dumps)
             else:
-                engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S})
+                engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S}, json_serializer=_json_dumps)
 
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
@@ -163,7 +164,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
                 cur.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
                 cur.close()
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_dumps)
         with engine.connect():
             pass
     except StoreError:
@@ -177,9 +178,12 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 def code_version() -> str:
     """Package version plus the git commit of the working tree (if any)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    v = version("visionseq-nas")
+    try:
+        v = version("visionseq-nas")
+    except PackageNotFoundError:  # run from a source tree that is not pip-installed
+        v = "source"
     try:
         import subprocess
 
@@ -247,6 +251,8 @@ class Store:
         if not read_only:
             Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if read_only:
+            event.listen(self._session, "before_flush", _refuse_writes)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "read_only": self.read_only}
@@ -261,6 +267,8 @@ class Store:
                 yield s
                 if not self.read_only:
                     s.commit()
+                else:
+                    s.flush()  # pending changes reach _refuse_writes instead of vanishing silently
             except BaseException:
                 s.rollback()
                 raise
@@ -463,6 +471,27 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
+    raise StoreError(f"this store is read-only ({session.bind.url.render_as_string(hide_password=True)}): readers "
+                     "(nas show, nas list, the dashboard) never write; only the driver (nas run) does")
+
+
+def _json_finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return _finite(x)
+    if isinstance(x, dict):
+        return {k: _json_finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_finite(v) for v in x]
+    return x
+
+
+def _json_dumps(x: Any) -> str:
+    """JSON columns: NaN and ±inf become null, as in our float columns (PostgreSQL rejects NaN in JSON; SQLite would
+    store text that is not JSON)."""
+    return json.dumps(_json_finite(x))
 
 
 def _finite(v: Any) -> float | None:
