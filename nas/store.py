@@ -251,6 +251,8 @@ class Store:
         if not read_only:
             Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if read_only:
+            event.listen(self._session, "before_flush", _refuse_writes)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "read_only": self.read_only}
@@ -265,6 +267,8 @@ class Store:
                 yield s
                 if not self.read_only:
                     s.commit()
+                else:
+                    s.flush()  # pending changes reach _refuse_writes instead of vanishing silently
             except BaseException:
                 s.rollback()
                 raise
@@ -467,6 +471,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
+    raise StoreError(f"this store is read-only ({session.bind.url.render_as_string(hide_password=True)}): readers "
+                     "(nas show, nas list, the dashboard) never write; only the driver (nas run) does")
 
 
 def _json_finite(x: Any) -> Any:
