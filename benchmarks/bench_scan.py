@@ -1,6 +1,8 @@
 """Route-fused Triton selective scan against mamba-ssm compositions, and against the physical floor.
 
 Run on the GPU machine:  python benchmarks/bench_scan.py [--quick] [--out results.md]
+Backward tiles / gradient layouts only:  python benchmarks/bench_scan.py --bwd-sweep [--out bwd.md]
+Backward path loop vs one program per path:  python benchmarks/bench_scan.py --bwd-grid-sweep [--out grid.md]
 Needs only torch and triton (+ mamba_ssm for the baselines; without it those rows say so).
 
 Workloads (bf16 u, Δ, B, C, z; fp32 A, D, Δ-bias; Δ-softplus on):
@@ -32,7 +34,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from kernels.triton.roofline import (copy_bandwidth_gbs, device_line, exp2_rate_per_s,  # noqa: E402
                                      emit_report, median_ms)
-from kernels.triton.selective_scan import selective_scan_paths_triton  # noqa: E402
+from kernels.triton.selective_scan import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, default_config,  # noqa: E402
+                                           selective_scan_paths_triton)
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -46,10 +49,11 @@ WORKLOADS = {
     "vim_ti_1248": dict(bsz=4, dim=384, length=6085, n_state=16, route="bi", gate=True, merge="mean"),
     "vmamba_t_s1": dict(bsz=128, dim=96, length=3136, n_state=1, route="cross4", gate=False, merge="sum", side=56),
 }
-CONFIGS = {  # (variant, BD, steps, warps): the default run uses the first (earlier sweeps, benchmarks/gpu_notes.md,
-    # picked it; one config keeps a run's Triton compile time short); --sweep tries all and keeps the best fwd+bwd
-    16: [("chunk", 4, 32, 2), ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2), ("seq", 8, 16, 1)],
-    1: [("chunk", 32, 64, 2), ("chunk", 64, 64, 4), ("seq", 64, 16, 2), ("seq", 32, 16, 1)],
+CONFIGS = {  # ScanConfig tuples: the default run uses the first, default_config's choice on the GPU (earlier sweeps,
+    # benchmarks/gpu_notes.md; one config keeps a run's Triton compile time short); --sweep tries all, keeps the best
+    16: [tuple(default_config(16, 384)), ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2),
+         ("seq", 8, 16, 1)],
+    1: [tuple(default_config(1, 96)), ("chunk", 64, 64, 4), ("seq", 64, 16, 2), ("seq", 32, 16, 1)],
 }
 
 
@@ -251,6 +255,37 @@ def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes:
     return rows
 
 
+def bench_bwd_sweep(name: str, w: dict, reps: int, notes: list[str], candidates=BWD_CANDIDATES) -> list[list]:
+    """Backward tiles and gradient layouts (BWD_CANDIDATES) on channel-last inputs, the SSM mixer's layout: fwd+bwd
+    time against the first candidate (the previous default) in the same run, and the largest relative difference of
+    any gradient from that candidate's."""
+    paths = route_paths(w["route"], w["length"], w.get("side")).cuda()
+    x = channel_last(make_inputs(w, paths.shape[0]))
+    xg, leaves = with_grad(x)
+    rows, base_t, base_g = [], None, None
+    for cfg in candidates[16 if w["n_state"] >= 16 else 1]:
+        def ours():
+            return selective_scan_paths_triton(xg["u"], xg["delta"], xg["A"], xg["B"], xg["C"], xg["D"], xg["z"],
+                                               xg["delta_bias"], True, paths, w["merge"], config=cfg)
+        try:
+            out = ours()
+            dout = torch.randn(out.shape, generator=torch.Generator(device="cuda").manual_seed(3), device="cuda")
+            grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
+            t = median_ms(lambda: torch.autograd.grad(ours(), leaves, dout.to(out.dtype)), warmup=3, reps=reps)
+        except Exception as exc:  # a tile that does not compile is skipped, and said so
+            notes.append(f"{name}: backward tile {tuple(cfg)} failed: {type(exc).__name__}: {str(exc)[:80]}")
+            continue
+        if base_t is None:
+            base_t, base_g = t, grads
+        diff = max(((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+                   for a, b in zip(grads, base_g))
+        rows.append([name, f"bwd tile {cfg.bwd_bd} ch, {cfg.bwd_warps} warps, grads {cfg.grad_layout}, paths "
+                     f"{cfg.bwd_paths}", t,
+                     f"{base_t / t:.2f}", f"{diff:.1e}"])
+        print(rows[-1], flush=True)
+    return rows
+
+
 def bench_single(bw: float, rate: float, reps: int, notes: list[str]) -> list[list]:
     """One direction (P = 1) at the Vim-Ti shape: ours against one mamba-ssm call."""
     rows = []
@@ -287,9 +322,22 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="workload names")
     ap.add_argument("--out", default=None, help="write the markdown tables here too")
     ap.add_argument("--sweep", action="store_true", help="try every tile in CONFIGS (each costs Triton compiles)")
+    ap.add_argument("--bwd-sweep", action="store_true", help="only the backward-tile table (BWD_CANDIDATES)")
+    ap.add_argument("--bwd-grid-sweep", action="store_true", help="only the backward path-loop/grid table")
     args = ap.parse_args()
     reps = 5 if args.quick else 20
     torch.backends.cuda.matmul.allow_tf32 = False
+    if args.bwd_sweep or args.bwd_grid_sweep:
+        notes, rows = [], []
+        for name, w in WORKLOADS.items():
+            if not args.only or name in args.only:
+                rows += bench_bwd_sweep(name, w, reps, notes,
+                                        BWD_GRID_CANDIDATES if args.bwd_grid_sweep else BWD_CANDIDATES)
+        header = ["workload", "backward variant (channel-last inputs)", "fwd+bwd ms", "first row / this (same run)",
+                  "max grad rel. diff vs first row"]
+        emit_report(f"device: {device_line()}; forward tile fixed (default_config); first row = previous default",
+                    header, rows, notes, args.out)
+        return
     bw = copy_bandwidth_gbs() * 1e9
     rate = exp2_rate_per_s()
     notes: list[str] = []

@@ -20,7 +20,8 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from _scan_oracle import rel_err, scan_loop, scan_paths_loop  # noqa: E402
-from kernels.triton.selective_scan import selective_scan_paths_triton, selective_scan_triton  # noqa: E402
+from kernels.triton.selective_scan import (BWD_GRID_CANDIDATES, selective_scan_paths_triton,  # noqa: E402
+                                           selective_scan_triton)
 
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -130,6 +131,33 @@ def test_strided_inputs_match_contiguous(variant):
     assert rel_err(leaf.grad, ref_leaf.grad) < 1e-5
 
 
+def channel_last_inputs(inputs):
+    """The same values with (…, L, channels) memory for u, Δ, B, C, z (what token-wise Linear layers produce)."""
+    def cl(x):
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return [cl(x) if x is not None and i in (0, 1, 3, 4, 6) else x for i, x in enumerate(inputs)]
+
+
+# backward tiles differing from the forward's and both gradient layouts (ScanConfig's optional fields)
+BWD_VARIANTS = {"bwd8_input": ("chunk", 4, 8, 1, 8, 2, "input"),
+                "bwd2_first": ("chunk", 4, 8, 1, 2, 1, "channel_first"),
+                "seq_first": ("seq", 8, 8, 1, 4, 1, "channel_first"),
+                "grid_input": ("chunk", 4, 8, 1, 4, 1, "input", "grid")}
+
+
+@pytest.mark.parametrize("name", sorted(BWD_VARIANTS))
+def test_backward_tiles_and_gradient_layouts(name):
+    inputs = channel_last_inputs(make_inputs(2, 4, 6, 3, 25))
+    check_against_oracle(inputs, True, route("cross", 4, 25, side=5), "sum", torch.float32, BWD_VARIANTS[name])
+
+
+def test_bad_gradient_layout_is_refused():
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 1, 4, 2, 9)]
+    out = selective_scan_paths_triton(*leaves, config=("chunk", 4, 8, 1, 0, 0, "rows"))
+    with pytest.raises(ValueError, match="grad_layout"):
+        out.sum().backward()
+
+
 def test_single_path_wrapper_and_last_state():
     bsz, dim, n_state, length = 2, 4, 8, 40
     u, delta, A, B, C, D, z, bias = make_inputs(bsz, 1, dim, n_state, length)
@@ -161,3 +189,19 @@ def test_real_shapes_gpu(shape, dtype, variant):
     bsz, n_paths, dim, n_state, length, kind = shape
     inputs = make_inputs(bsz, n_paths, dim, n_state, length, dtype=dtype)
     check_against_oracle(inputs, True, route(kind, n_paths, length, side=56), "mean", dtype, GPU_VARIANTS[variant])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind,config", [(k, c) for k, n in (("vim_ti_bi", 16), ("cross4_16x16", 1))
+                                         for c in [None] + [c for c in BWD_GRID_CANDIDATES[n] if c.bwd_paths == "grid"]],
+                         ids=lambda c: c if isinstance(c, str) else "default" if c is None else "-".join(map(str, c)))
+def test_default_and_grid_tiles_channel_last_gpu(kind, config, dtype):
+    """The default tiles and the backward path-loop/grid candidates on channel-last inputs (the SSM mixer's layout;
+    gradients come back channel-last): Vim-Ti's bi route, and a 16×16 cross4 route with N = 1 (VMamba's)."""
+    if kind == "vim_ti_bi":
+        inputs, paths = make_inputs(16, 2, 384, 16, 197, dtype=dtype), route("bi", 2, 197)
+    else:
+        inputs, paths = make_inputs(8, 4, 96, 1, 256, dtype=dtype, with_z=False), route("cross", 4, 256, side=16)
+    check_against_oracle(channel_last_inputs(inputs), True, paths, "mean", dtype, config)

@@ -28,7 +28,8 @@ Backward (adjoint g_t = ∂loss/∂h_t, dy_t = scale · dout[pos] · silu(z[pos]
     dA     = Σ_t g_t Δ_t (h_t − Δ_t B_t u_t),   dB_t = Σ_d g_t Δ_t u_t,   dC_t = Σ_d dy_t h_t,   dD = Σ_t dy_t u_t
     dz     = scale · dout · y · silu'(z)
 
-dB, dC, dA, dD, dbias and dz are sums over programs and use fp32 atomics.
+dB, dC, dA, dD, dbias and dz are sums over programs and use fp32 atomics. The gradients of u and Δ (and the fp32
+dB, dC buffers) are laid out like the inputs: channel-last memory in, channel-last gradients out (ScanConfig).
 """
 
 from __future__ import annotations
@@ -148,13 +149,14 @@ def _scan_bwd_kernel(
     L, DIM, NCHUNK, scale, NPATHS,
     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
     sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
-    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, sg_b, sg_p, sg_d, sg_l, sbc_b, sbc_p, sbc_n, sbc_l,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr, PATH_LOOP: tl.constexpr,
 ):
-    # Gradient layouts: DU, DDT (batch, P, dim, L) contiguous; DB, DC (batch, P, NP, L) fp32; DA (P, dim, NP) fp32;
-    # DD, DDTB (P, dim) fp32; DZ (batch, dim, L).
+    # Gradient layouts: DU, DDT (batch, P, dim, L) through strides sg_* (channel-last memory when the inputs are, see
+    # scan_paths_bwd); DB, DC (batch, P, NP, L) fp32 through strides sbc_*; DA (P, dim, NP) fp32; DD, DDTB (P, dim)
+    # fp32; DZ (batch, dim, L) with Z's strides.
     b64 = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     npaths = NPATHS
@@ -177,8 +179,8 @@ def _scan_bwd_kernel(
         ddtb_acc = tl.zeros((BD,), dtype=tl.float32)
         hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
         hs_off = offs_d[:, None] * NP + offs_n[None, :]
-        g_base = (b64 * npaths + p) * DIM * L  # DU / DDT are contiguous (batch, P, dim, L)
-        bc_base = (b64 * npaths + p) * NP * L  # DB / DC are contiguous (batch, P, NP, L)
+        g_base = b64 * sg_b + p * sg_p
+        bc_base = b64 * sbc_b + p * sbc_p
         for ci in range(0, NCHUNK):
             c = NCHUNK - 1 - ci
             t = c * T + offs_t
@@ -253,12 +255,12 @@ def _scan_bwd_kernel(
                 ddt = ddt * tl.sigmoid(dt_raw)
             ddt = tl.where(m2, ddt, 0.0)
             ddtb_acc += tl.sum(ddt, axis=1)
-            gptr = g_base + offs_d[:, None] * L + pos[None, :]
+            gptr = g_base + offs_d[:, None] * sg_d + pos[None, :] * sg_l
             tl.store(DU + gptr, du.to(DU.dtype.element_ty), mask=m2)
             tl.store(DDT + gptr, ddt.to(DDT.dtype.element_ty), mask=m2)
             db = tl.sum(g * (dt * u)[:, None, :], axis=0)  # (NP, T)
             dc = tl.sum(hh * dy[:, None, :], axis=0)
-            bcptr = bc_base + offs_n[:, None] * L + pos[None, :]
+            bcptr = bc_base + offs_n[:, None] * sbc_n + pos[None, :] * sbc_l
             tl.atomic_add(DB + bcptr, db, mask=mnt, sem="relaxed")
             tl.atomic_add(DC + bcptr, dc, mask=mnt, sem="relaxed")
         md = mask_d[:, None] & mask_n[None, :]
@@ -272,12 +274,39 @@ def _scan_bwd_kernel(
 class ScanConfig(NamedTuple):
     """How a launch tiles the work: `variant` "seq" (state in registers, one step at a time; see
     selective_scan_seq.py) or "chunk" (associative scan over T-step tiles); `bd` channels per program; `steps` = the
-    checkpoint stretch (seq) or tile length (chunk), which the forward and backward must share; `warps`."""
+    checkpoint stretch (seq) or tile length (chunk), which the forward and backward must share; `warps`.
+    The backward may use its own channel block and warps (`bwd_bd`, `bwd_warps`; 0 = the forward's). `grad_layout`:
+    memory of du/Δ-grad (and dB/dC): "input" = the inputs' own layout (channel-last when they are), "channel_first"
+    = (…, dim, L) contiguous; "auto" = "input" (H100, `bench_scan.py --bwd-sweep`: fwd+bwd 1.10–1.12× faster for
+    Vim-Ti's bi route and 1.50× for VMamba's cross4 on channel-last inputs, benchmarks/gpu_notes.md). `bwd_paths`
+    (chunk backward of a multi-path route): "loop" = one program walks every path (dz merged in an fp32 buffer),
+    "grid" = one program per path (P× the programs; dz, when there is a gate, by fp32 atomics)."""
 
     variant: str
     bd: int
     steps: int
     warps: int
+    bwd_bd: int = 0
+    bwd_warps: int = 0
+    grad_layout: str = "auto"
+    bwd_paths: str = "loop"
+
+
+# Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
+# keyed by the state size class; the forward part of each equals default_config's on the GPU.
+BWD_CANDIDATES = {
+    16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 4, "channel_first"),
+         ScanConfig("chunk", 4, 32, 2, 16, 8, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 2, "channel_first"),
+         ScanConfig("chunk", 4, 32, 2, 4, 2, "input"), ScanConfig("chunk", 4, 32, 2, 16, 8, "input")],
+    1: [ScanConfig("chunk", 32, 64, 2, 32, 2, "channel_first"), ScanConfig("chunk", 32, 64, 2, 32, 2, "input"),
+        ScanConfig("chunk", 32, 64, 2, 64, 4, "input"), ScanConfig("chunk", 32, 64, 2, 128, 4, "input")],
+}
+# second sweep (one program per path in the backward: P× the programs, for grids that leave SMs idle)
+BWD_GRID_CANDIDATES = {
+    16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "loop"), ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")],
+    1: [ScanConfig("chunk", 32, 64, 2, 32, 2, "input", "loop"), ScanConfig("chunk", 32, 64, 2, 32, 2, "input", "grid"),
+        ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")],
+}
 
 
 def default_config(n_state: int, dim: int) -> ScanConfig:
@@ -288,8 +317,8 @@ def default_config(n_state: int, dim: int) -> ScanConfig:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if np2 >= 16:
-        return ScanConfig("chunk", 4, 32, 2)
-    return ScanConfig("chunk", 32, 64, 2)
+        return ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")
+    return ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")
 
 
 def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
@@ -356,16 +385,22 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     if hs.shape[2] != nchunk:
         raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
     seq = cfg.variant == "seq"
+    bd, warps = cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+    if cfg.grad_layout not in ("auto", "input", "channel_first"):
+        raise ValueError(f"grad_layout must be 'auto', 'input' or 'channel_first', got {cfg.grad_layout!r}")
+    follow = cfg.grad_layout in ("input", "auto")
     dev, f32 = u.device, torch.float32
-    cl = seq and _channel_last(delta)
+    cl = follow and _channel_last(delta)
     du = _empty_like_layout((bsz, n_paths, dim, length), u, u.dtype, False, cl)
     ddt = _empty_like_layout((bsz, n_paths, dim, length), u, delta.dtype, False, cl)
-    db = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, seq and _channel_last(B))
-    dc = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, seq and _channel_last(B))
+    db = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, follow and _channel_last(B))
+    dc = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, follow and _channel_last(B))
     da = torch.zeros((n_paths, dim, np2), device=dev, dtype=f32)
     dd = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
-    path_loop = not seq and n_paths > 1
+    if cfg.bwd_paths not in ("loop", "grid"):
+        raise ValueError(f"bwd_paths must be 'loop' or 'grid', got {cfg.bwd_paths!r}")
+    path_loop = not seq and n_paths > 1 and cfg.bwd_paths == "loop"
     atomic_z = n_paths > 1 and not path_loop
     dz = dzacc = None
     if z is not None:
@@ -373,22 +408,23 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
         if tuple(dz.stride()) != tuple(z.stride()):  # Z and DZ share strides in the kernels
             z, dz = z.contiguous(), dz.contiguous()
         dzacc = torch.empty_like(dz, dtype=f32) if path_loop else dz
-    grid = (bsz, triton.cdiv(dim, cfg.bd), 1 if path_loop else n_paths)
+    grid = (bsz, triton.cdiv(dim, bd), 1 if path_loop else n_paths)
     dummy = da
     strides = (*_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *dout.stride())
-    opts = dict(N=n_state, NP=np2, BD=cfg.bd, T=cfg.steps, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
+    opts = dict(N=n_state, NP=np2, BD=bd, T=cfg.steps, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
                 HAS_Z=z is not None, SOFTPLUS=bool(softplus), HAS_PATHS=paths is not None, ATOMIC_Z=atomic_z,
-                num_warps=cfg.warps)
+                num_warps=warps)
     inputs = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
               z if z is not None else dummy, paths if paths is not None else dummy, dout, hs)
     outs = (du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy)
     if seq:
-        scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, cfg.bd, np2), device=dev, dtype=f32)
+        scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, bd, np2), device=dev, dtype=f32)
         _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, length, dim, nchunk, float(scale), *strides,
                                    *du.stride(), *db.stride(), **opts)
     else:
         _scan_bwd_kernel[grid](*inputs, *outs, dzacc if dzacc is not None else dummy, length, dim, nchunk,
-                               float(scale), n_paths, *strides, PATH_LOOP=path_loop, **opts)
+                               float(scale), n_paths, *strides, *du.stride(), *db.stride(), PATH_LOOP=path_loop,
+                               **opts)
     return (du, ddt, da[..., :n_state].to(A.dtype), db[:, :, :n_state].to(B.dtype), dc[:, :, :n_state].to(C.dtype),
             dd.to(D.dtype) if D is not None else None, dz.to(z.dtype) if dz is not None else None,
             ddtb.to(delta_bias.dtype) if delta_bias is not None else None)
@@ -418,8 +454,9 @@ class SelectiveScanPaths(torch.autograd.Function):
 
 def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 paths=None, merge="sum", *, config=None):
-    """Same contract as `kernels.route_scan.selective_scan_paths_ref`; one launch for all paths. `config` = (BD
-    "seq"|"chunk", channels, steps, warps) overrides the tile choice (benchmark sweeps)."""
+    """Same contract as `kernels.route_scan.selective_scan_paths_ref`; one launch for all paths. `config` = a
+    `ScanConfig` or its tuple ("seq"|"chunk", channels, steps, warps[, bwd channels, bwd warps, grad layout])
+    overrides the tile choice (benchmark sweeps)."""
     n_paths = u.shape[1]
     scale = 1.0 if merge == "sum" else 1.0 / n_paths
     if paths is not None:
@@ -446,4 +483,5 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
 from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel  # noqa: E402 (needs the helpers above)
 
-__all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E"]
+__all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E",
+           "BWD_CANDIDATES", "BWD_GRID_CANDIDATES", "default_config"]
