@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import nas.data  # noqa: F401  (heavy imports are paid at collection, not by the first case's time limit)
 import nas.execute  # noqa: F401
+import sklearn.datasets  # noqa: F401  (the digits data set's first import costs ~2 s)
 from nas.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
