@@ -68,7 +68,7 @@ def parse_path(path: str | None) -> tuple[str, str | None, int | None]:
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], link: Any = None) -> html.Table:
     """rows of display strings → an HTML table; `link(row)` gives an href for the first column."""
-    head = html.Thead(html.Tr([html.Th(title) for _, title in columns]))
+    head = html.Thead(html.Tr([html.Th(title) for _, title in columns])) if any(t for _, t in columns) else None
     body = []
     for r in rows:
         cells = []
@@ -76,7 +76,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], link: Any
             text = r.get(key, "")
             cells.append(html.Td(dcc.Link(text, href=link(r)) if i == 0 and link else text))
         body.append(html.Tr(cells))
-    return html.Table([head, html.Tbody(body)], className="grid")
+    return html.Table([c for c in (head, html.Tbody(body)) if c is not None], className="grid")
 
 
 class DashboardApp:
@@ -116,17 +116,28 @@ class DashboardApp:
                 ("best", "best val_acc"), ("updated", "last update")]
         return _table(rows, cols, link=lambda r: study_href(r["name"]))
 
+    def version(self, name: str, n: int | None) -> tuple[str | None, dict[str, Any] | None]:
+        """The study's data version (changes when its trials do, and on every tick while it runs) and its row."""
+        row = next((r for r in Q.study_list(self.store) if r["name"] == name), None)
+        if row is None:
+            return None, None
+        return Q.fingerprint(self.store, name) + (f"#{n}" if row["status"] == "running" else ""), row
+
     def study_page(self, name: str) -> html.Div:
+        """The page with its first view already drawn (one round trip: the other tabs draw when opened)."""
         data = Q.load_study(self.store, name)  # StoreError → the router's message
+        version, _ = self.version(name, None)
         levels = F.ablation_levels(data.config, data.trials) if data.is_grid else []
-        ref = F.ablation_data(data.config, data.trials).reference if levels else None
         metrics = [{"label": m, "value": m} for m in data.metrics]
         tab = "ablation" if data.is_grid else "search"
+        abl_fig, abl_table, ref = self.ablation_outputs(data, data.metrics[0], None) if data.is_grid else \
+            ({}, "", None)
+        search = V.search_views(self.url, data) if not data.is_grid else ({}, {}, {})
         return html.Div([
             dcc.Link("← all studies", href="/"),
             html.H1(name, id="study-title"), html.P(data.info.get("question") or "", className="muted"),
             html.Div(id="study-status"),
-            dcc.Store(id="study-name", data=name), dcc.Store(id="study-version"),
+            dcc.Store(id="study-name", data=name), dcc.Store(id="study-version", data=version),
             dcc.Interval(id="study-refresh", interval=self.refresh_ms),
             html.Div(className="controls", children=[
                 html.Label(["metric ", dcc.Dropdown(metrics, data.metrics[0], id="metric", clearable=False,
@@ -137,16 +148,30 @@ class DashboardApp:
                                                   "params", id="cost", clearable=False, className="dd")])]),
             dcc.Tabs(id="study-tabs", value=tab, children=[
                 dcc.Tab(label="Ablation", value="ablation", children=[
-                    dcc.Graph(id="ablation-graph"), html.P("Click a seed's point to open its trial.",
-                                                           className="muted"),
-                    html.Div(id="ablation-table")]),
+                    dcc.Graph(id="ablation-graph", figure=abl_fig),
+                    html.P("Click a seed's point to open its trial.", className="muted"),
+                    html.Div(abl_table, id="ablation-table")]),
                 dcc.Tab(label="Learning curves", value="curves", children=[dcc.Graph(id="curves-graph")]),
                 dcc.Tab(label="Search", value="search", children=[
-                    dcc.Graph(id="history-graph"), dcc.Graph(id="parallel-graph"), dcc.Graph(id="importance-graph")]),
+                    dcc.Graph(id="history-graph", figure=search[0]), dcc.Graph(id="parallel-graph", figure=search[1]),
+                    dcc.Graph(id="importance-graph", figure=search[2])]),
                 dcc.Tab(label="Pareto front", value="pareto", children=[dcc.Graph(id="pareto-graph")]),
                 dcc.Tab(label="Cost scaling", value="scaling", children=[dcc.Graph(id="scaling-graph")]),
                 dcc.Tab(label="Trials", value="trials", children=[html.Div(id="trials-table")]),
             ])])
+
+    @staticmethod
+    def ablation_outputs(data: Q.StudyData, metric: str, reference: str | None) -> tuple[Any, Any, str | None]:
+        """The ablation figure, its table, and the reference level it used."""
+        view = V.ablation_view(data, metric, reference)
+        if view is None:
+            return F.go.Figure(layout={"title": "a search study has no factors: see the Search tab"}), "", None
+        cols = [("level", view.data.factor), ("n", "n"), ("mean", f"mean{view.data.unit}"), ("ci", "95% CI"),
+                ("diff", f"Δ vs {view.data.reference} (paired)"), ("diff_ci", "Δ 95% CI"),
+                ("paper", "paper"), ("paper_diff", "paper Δ")]
+        note = html.P(f"paper: {view.data.paper_source} ({view.data.paper_metric}). Compare the ordering and "
+                      "the gaps, not the values." if view.data.paper_source else "", className="muted")
+        return view.figure, [_table(view.table, cols), note], view.data.reference
 
     def trials_table(self, data: Q.StudyData) -> html.Table:
         rows = [{"number": str(t.number), "levels": ", ".join(f"{k}={v}" for k, v in t.levels.items()),
@@ -214,11 +239,9 @@ class DashboardApp:
                       Input("study-refresh", "n_intervals"), State("study-name", "data"),
                       State("study-version", "data"))
         def _version(n: int | None, name: str, old: str | None) -> Any:
-            fp = Q.fingerprint(self.store, name)
-            status = next((r for r in Q.study_list(self.store) if r["name"] == name), None)
+            version, status = self.version(name, n)
             if status is None:
                 return no_update, "this study is no longer in the database"
-            version = fp + (f"#{n}" if status["status"] == "running" else "")
             line = html.P([html.Span(status["status"], className=f"status-{status['status']}"),
                            f" · {status['kind']} · {status['done']} done, {status['running']} running, "
                            f"{status['failed']} failed of {status['cells']} · updated "
@@ -234,15 +257,7 @@ class DashboardApp:
                       Input("study-tabs", "value"), State("study-name", "data"), prevent_initial_call=True)
         def _ablation(version: str, metric: str, reference: str, tab: str, name: str) -> Any:
             tab_guard(tab, "ablation")
-            view = V.ablation_view(self.data(name, version), metric, reference)
-            if view is None:
-                return F.go.Figure(layout={"title": "a search study has no factors: see the Search tab"}), ""
-            cols = [("level", view.data.factor), ("n", "n"), ("mean", f"mean{view.data.unit}"), ("ci", "95% CI"),
-                    ("diff", f"Δ vs {view.data.reference} (paired)"), ("diff_ci", "Δ 95% CI"),
-                    ("paper", "paper"), ("paper_diff", "paper Δ")]
-            note = html.P(f"paper: {view.data.paper_source} ({view.data.paper_metric}). Compare the ordering and "
-                          "the gaps, not the values." if view.data.paper_source else "", className="muted")
-            return view.figure, [_table(view.table, cols), note]
+            return self.ablation_outputs(self.data(name, version), metric, reference)[:2]
 
         @app.callback(Output("curves-graph", "figure"), Input("study-version", "data"), Input("metric", "value"),
                       Input("study-tabs", "value"), State("study-name", "data"), prevent_initial_call=True)

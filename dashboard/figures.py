@@ -287,8 +287,12 @@ def curves_figure(d: CurvesData, title: str = "") -> go.Figure:
                                  legendgroup=esc(m["label"]), line=dict(color=color[m["label"]], width=3),
                                  hovertemplate=f"{esc(m['label'])} mean<br>epoch %{{x}}: %{{y:.4g}}<extra></extra>"))
     fig.update_layout(title=esc(title), xaxis_title="epoch", yaxis_title=f"{esc(d.metric)}{d.unit}", height=420,
-                      hovermode="closest")
+                      hovermode="closest", xaxis=dict(tickformat="d", dtick=1 if _max_epoch(d) <= 20 else None))
     return fig
+
+
+def _max_epoch(d: CurvesData) -> int:
+    return max((e for s in d.series for e in s["epochs"]), default=0)
 
 
 # ------------------------------------------------------------------------------------------------ Pareto front
@@ -414,36 +418,45 @@ def scaling_data(trials: list[TrialView], seq_len: Callable[[str, int], int | No
 
 
 def scaling_figure(d: dict[str, Any], title: str = "") -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("throughput vs sequence length", "peak memory vs sequence length"))
-    if d["note"]:
-        fig.add_annotation(text=esc(d["note"]), xref="x2 domain", yref="y2 domain", x=0.5, y=0.5, showarrow=False,
-                           font=dict(color="#666"))
+    """Throughput (and, where measured, peak memory) against L on log axes; each threshold L = 6D is a dashed
+    vertical trace (a trace, not a shape, so it scales with the log axis and has a legend entry)."""
+    has_mem = not d["note"]
+    cols = 2 if has_mem else 1
+    fig = make_subplots(rows=1, cols=cols, horizontal_spacing=0.1,
+                        subplot_titles=("throughput vs sequence length",
+                                        "peak memory vs sequence length")[:cols])
     mixers = list(dict.fromkeys(s["mixer"] for s in d["series"]))
     color = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(mixers)}
     nth: dict[str, int] = {}
     for s in d["series"]:
         i = nth[s["mixer"]] = nth.get(s["mixer"], -1) + 1
         common = dict(mode="lines+markers", legendgroup=esc(s["label"]), name=esc(s["label"]),
-                      line=dict(color=color[s["mixer"]], dash=_DASHES[i % len(_DASHES)]), customdata=s["sizes"])
-        fig.add_trace(go.Scatter(x=s["L"], y=s["throughput"], **common,
+                      line=dict(color=color[s["mixer"]], dash=_DASHES[i % len(_DASHES)]))
+        fig.add_trace(go.Scatter(x=s["L"], y=s["throughput"], customdata=s["sizes"], **common,
                                  hovertemplate=f"{esc(s['label'])}<br>%{{customdata}}² → L=%{{x}}<br>"
                                                "%{y:.4g} images/s<extra></extra>"), row=1, col=1)
         mem = [(x, y) for x, y in zip(s["L"], s["memory"]) if y is not None]
-        if mem:
+        if mem and has_mem:
             fig.add_trace(go.Scatter(x=[m[0] for m in mem], y=[m[1] / 2**20 for m in mem], showlegend=False,
-                                     **{**common, "customdata": None},
-                                     hovertemplate=f"{esc(s['label'])}<br>L=%{{x}}: %{{y:.1f}} MiB<extra></extra>"),
-                          row=1, col=2)
+                                     **common, hovertemplate=f"{esc(s['label'])}<br>L=%{{x}}: %{{y:.1f}} MiB"
+                                                             "<extra></extra>"), row=1, col=2)
+    spans = [[v for s in d["series"] for v in s["throughput"]],
+             [v / 2**20 for s in d["series"] for v in s["memory"] if v is not None]]
     for th in d["thresholds"]:
-        for col in (1, 2):
-            fig.add_vline(x=th["L"], line=dict(color="#d62728", dash="dash"), row=1, col=col)
-        fig.add_annotation(x=math.log10(th["L"]), y=1, yref="y domain", xref="x", showarrow=False, yanchor="bottom",
-                           text=f"L = 6D = {th['L']} (D = {th['D']})", font=dict(color="#d62728", size=11))
+        name = f"L = 6D = {th['L']} (D = {th['D']}): long-sequence threshold"
+        for col in range(1, cols + 1):
+            ys = spans[col - 1] or [1.0]
+            fig.add_trace(go.Scatter(x=[th["L"], th["L"]], y=[min(ys) * 0.7, max(ys) * 1.3], mode="lines",
+                                     name=name, legendgroup=name, showlegend=col == 1,
+                                     line=dict(color="#d62728", dash="dash", width=2),
+                                     hovertemplate=f"MambaOut: L > 6D = {th['L']} is a long sequence<extra></extra>"),
+                          row=1, col=col)
     fig.update_xaxes(type="log", title_text="sequence length L (tokens, first stage)")
     fig.update_yaxes(title_text="images/s", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="MiB", row=1, col=2)
-    fig.update_layout(title=esc(title) or "cost scaling (MambaOut's long-sequence threshold: L > 6D)", height=460,
+    if has_mem:
+        fig.update_yaxes(title_text="MiB", row=1, col=2)
+    head = esc(title) or "cost scaling (MambaOut's long-sequence threshold: L > 6D)"
+    fig.update_layout(title=head + (f"<br><sub>{esc(d['note'])}</sub>" if d["note"] else ""), height=460,
                       legend=dict(orientation="h", y=-0.25), hovermode="closest")
     return fig
 

@@ -149,8 +149,13 @@ def test_scaling_data_series_per_spec_and_6d_threshold() -> None:
     assert s["sizes"] == [32, 64] and s["L"] == [17, 65]
     assert s["throughput"] == pytest.approx([900.0, 300.0]) and s["memory"] == [None, 2**20]
     assert d["thresholds"] == [{"D": 32, "L": 192}] and d["note"] == ""
-    fig = F.scaling_figure(d)
-    assert len(fig.data) == 2 and any("L = 6D = 192" in a.text for a in fig.layout.annotations)
+    fig = F.scaling_figure(d)  # series and threshold, in each of the two panels
+    assert [t.name.startswith("L = 6D = 192") for t in fig.data] == [False, False, True, True]
+    assert fig.data[2].x == (192, 192)
+    cpu = [trial(0, "head", 0, 0.7, cost={"img_size": 32, "throughput": 10.0, "peak_memory_bytes": None})]
+    d = F.scaling_data(cpu, lambda spec_json, size: 65)
+    assert "CUDA only" in d["note"]
+    assert len(F.scaling_figure(d).data) == 2  # one panel: the series and the threshold
 
 
 # ---- search view -------------------------------------------------------------------------------------------------------
