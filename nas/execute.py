@@ -158,6 +158,8 @@ def train_cell(config: dict[str, Any], payload: dict[str, Any]) -> None:
     tr = study.train
     dev = torch.device("cuda" if tr.device == "cuda" or (tr.device == "auto" and torch.cuda.is_available())
                        else "cpu")
+    if dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())  # memory APIs want an index
     if dev.type == "cuda" and study.execution.gpu_memory_gb:
         total = torch.cuda.get_device_properties(dev).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, study.execution.gpu_memory_gb / total), dev)
