@@ -93,6 +93,7 @@ class DashboardApp:
                                dcc.Download(id="download")])
         self.app = app
         self._callbacks()
+        _warm_up()
 
     def _load_uncached(self, name: str, version: str) -> Q.StudyData:
         return Q.load_study(self.store, name)
@@ -326,6 +327,19 @@ class DashboardApp:
                 return no_update
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key["name"])
             return dcc.send_file(str(path), filename=f"{safe}_trial{trial.number}.safetensors")
+
+
+def _warm_up() -> None:
+    """Build one small figure at start-up: Plotly loads its validators on first use (about a second), which would
+    otherwise land on the first page a user opens."""
+    from nas.stats import t_critical
+
+    row = {"level": "a", "n": 2, "n_failed": 0, "mean": 1.0, "ci_low": 0.5, "ci_high": 1.5, "diff": None,
+           "diff_low": None, "diff_high": None, "paper": 1.0, "paper_diff": None, "is_reference": True}
+    data = F.AblationData("f", "val_acc", " (%)", "a", ["a"], [{"level": "a", "seed": 0, "value": 1.0, "number": 0}],
+                          [row])
+    F.ablation_figure(data).to_plotly_json()
+    t_critical(2)  # scipy.stats, imported on first use
 
 
 def create_app(db_url: str, *, refresh_ms: int = REFRESH_MS) -> Dash:
