@@ -1,2 +1,6 @@
-"""The study dashboard (read-only queries → pure figure builders → Dash app). Empty until the dashboard issue lands;
-the package exists so the distribution's layout is final."""
+"""The study dashboard: `nas dashboard` (Dash, read-only, live) and `nas report` (one static HTML file).
+
+Data flows one way: `queries` (read-only database access → plain rows) → `figures` / `figures_search` (pure: rows →
+data → Plotly figure) → `views` (one study view = queries + figures, shared by the app and the report) → `app`
+(Dash layout and callbacks) and `report`; `commands` adds both to the `nas` CLI.
+"""
