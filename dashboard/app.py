@@ -23,6 +23,7 @@ from dash.exceptions import PreventUpdate
 from nas.errors import StoreError
 
 from . import figures as F
+from . import figures_cost as FC
 from . import queries as Q
 from . import views as V
 
@@ -145,7 +146,7 @@ class DashboardApp:
                                                     className="dd")]),
                 html.Label(["reference level ", dcc.Dropdown([{"label": lv, "value": lv} for lv in levels], ref,
                                                              id="reference", clearable=False, className="dd")]),
-                html.Label(["cost ", dcc.Dropdown([{"label": v[0], "value": k} for k, v in F.COSTS.items()],
+                html.Label(["cost ", dcc.Dropdown([{"label": v[0], "value": k} for k, v in FC.COSTS.items()],
                                                   "params", id="cost", clearable=False, className="dd")])]),
             dcc.Tabs(id="study-tabs", value=tab, children=[
                 dcc.Tab(label="Ablation", value="ablation", children=[

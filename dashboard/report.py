@@ -16,7 +16,8 @@ import plotly.io as pio
 
 from . import queries as Q
 from . import views as V
-from .figures import COSTS, studies_table
+from .figures import studies_table
+from .figures_cost import COSTS
 
 _CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:0 auto;padding:16px 24px;
 color:#222}h1{word-break:break-all}table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #ddd;

@@ -11,6 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from . import figures as F
+from . import figures_cost as FC
 from . import figures_search as FS
 from .queries import StudyData, epochs_by_trial, model_file, run_of, search_data, sequence_length
 
@@ -49,13 +50,13 @@ def search_views(url: str, data: StudyData) -> tuple[go.Figure, go.Figure, go.Fi
 
 
 def pareto_view(data: StudyData, cost: str = "params", metric: str = "val_acc") -> go.Figure:
-    d = F.pareto_data(data.trials, cost, metric)
-    return F.pareto_figure(d, title=f"Pareto front: {metric} vs {F.COSTS[cost][0]}" +
+    d = FC.pareto_data(data.trials, cost, metric)
+    return FC.pareto_figure(d, title=f"Pareto front: {metric} vs {FC.COSTS[cost][0]}" +
                            (f" — {d['note']}" if d["note"] else ""))
 
 
 def scaling_view(data: StudyData) -> go.Figure:
-    return F.scaling_figure(F.scaling_data(data.trials, sequence_length))
+    return FC.scaling_figure(FC.scaling_data(data.trials, sequence_length))
 
 
 @dataclass

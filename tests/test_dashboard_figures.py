@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 
 from dashboard import figures as F
+from dashboard import figures_cost as FC
 from dashboard import figures_search as FS
 from dashboard.app import parse_path, study_href
 from dashboard.queries import SearchData
@@ -115,26 +116,26 @@ def test_curves_data_per_trial_and_mean_per_level() -> None:
 # ---- Pareto front -------------------------------------------------------------------------------------------------
 def test_pareto_mask_by_hand() -> None:
     # cost (min) and accuracy (max): (1, .5) (2, .7) (2, .6) (3, .7) (4, .9)
-    mask = F.pareto_mask([1, 2, 2, 3, 4], [0.5, 0.7, 0.6, 0.7, 0.9])
+    mask = FC.pareto_mask([1, 2, 2, 3, 4], [0.5, 0.7, 0.6, 0.7, 0.9])
     assert mask == [True, True, False, False, True]
     # throughput is better when larger
-    assert F.pareto_mask([100, 200, 50], [0.8, 0.7, 0.9], cost_better="max") == [True, True, True]
-    assert F.pareto_mask([100, 200, 50], [0.8, 0.9, 0.7], cost_better="max") == [False, True, False]
+    assert FC.pareto_mask([100, 200, 50], [0.8, 0.7, 0.9], cost_better="max") == [True, True, True]
+    assert FC.pareto_mask([100, 200, 50], [0.8, 0.9, 0.7], cost_better="max") == [False, True, False]
 
 
 def test_pareto_data_hover_shows_the_spec_escaped() -> None:
     ts = [trial(0, "head", 0, 0.7, params=1000), trial(1, "<i>x</i>", 0, 0.8, params=2000),
           trial(2, "tail", 0, 0.6, params=3000), trial(3, "tail", 1, None, state="failed")]
-    d = F.pareto_data(ts, "params")
+    d = FC.pareto_data(ts, "params")
     assert [p["number"] for p in d["front"]] == [0, 1]
     assert len(d["points"]) == 3
     hover = d["points"][1]["hover"]
     assert "mixer=ssm" in hover and "route=raster+raster_rev/parallel" in hover and "&lt;i&gt;" in hover
     assert "<i>" not in hover
-    empty = F.pareto_data(ts, "peak_memory_bytes")
+    empty = FC.pareto_data(ts, "peak_memory_bytes")
     assert empty["points"] == [] and "CUDA" in empty["note"]
     with pytest.raises(ValueError, match="unknown cost"):
-        F.pareto_data(ts, "joules")
+        FC.pareto_data(ts, "joules")
 
 
 # ---- cost scaling ---------------------------------------------------------------------------------------------------
@@ -143,19 +144,19 @@ def test_scaling_data_series_per_spec_and_6d_threshold() -> None:
             "by_resolution": {"64": {"throughput": 300.0, "peak_memory_bytes": 2**20},
                               "128": {"error": "too large"}}}
     ts = [trial(0, "head", 0, 0.7, cost=cost), trial(1, "head", 1, 0.7, cost={**cost, "throughput": 800.0})]
-    d = F.scaling_data(ts, lambda spec_json, size: (size // 8) ** 2 + 1)
+    d = FC.scaling_data(ts, lambda spec_json, size: (size // 8) ** 2 + 1)
     assert len(d["series"]) == 1  # two seeds of one spec are averaged
     s = d["series"][0]
     assert s["sizes"] == [32, 64] and s["L"] == [17, 65]
     assert s["throughput"] == pytest.approx([900.0, 300.0]) and s["memory"] == [None, 2**20]
     assert d["thresholds"] == [{"D": 32, "L": 192}] and d["note"] == ""
-    fig = F.scaling_figure(d)  # series and threshold, in each of the two panels
+    fig = FC.scaling_figure(d)  # series and threshold, in each of the two panels
     assert [t.name.startswith("L = 6D = 192") for t in fig.data] == [False, False, True, True]
     assert fig.data[2].x == (192, 192)
     cpu = [trial(0, "head", 0, 0.7, cost={"img_size": 32, "throughput": 10.0, "peak_memory_bytes": None})]
-    d = F.scaling_data(cpu, lambda spec_json, size: 65)
+    d = FC.scaling_data(cpu, lambda spec_json, size: 65)
     assert "CUDA only" in d["note"]
-    assert len(F.scaling_figure(d).data) == 2  # one panel: the series and the threshold
+    assert len(FC.scaling_figure(d).data) == 2  # one panel: the series and the threshold
 
 
 # ---- search view -------------------------------------------------------------------------------------------------------
@@ -213,5 +214,5 @@ def test_parse_path_other_pages() -> None:
 
 
 def test_spec_summary_escapes_and_survives_bad_json() -> None:
-    assert F.spec_summary("not json") == "(no spec)"
-    assert "&lt;" in F.spec_summary(json.dumps({"mixer": {"name": "<x>"}}))
+    assert FC.spec_summary("not json") == "(no spec)"
+    assert "&lt;" in FC.spec_summary(json.dumps({"mixer": {"name": "<x>"}}))
