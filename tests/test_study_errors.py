@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import ray
 from typer.testing import CliRunner
 
@@ -78,6 +79,15 @@ UNREACHABLE_DBS = ["postgresql+psycopg://nobody@127.0.0.1:1/x", "sqlite:////proc
 @pytest.fixture(autouse=True)
 def _at_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Pre-flight forwards are tiny: one thread avoids oversubscription on a busy machine (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _run(args: list[str]) -> tuple[int, str, float]:

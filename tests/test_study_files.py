@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from nas.config import load_study
-from nas.execute import _probe_data, plan_study
+from nas.data import make_dataset
+from nas.execute import plan_study
 from nas.space import expand_grid, load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,15 @@ SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 @pytest.fixture(autouse=True)
 def _at_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Pre-flight forwards are tiny: one thread avoids oversubscription on a busy machine (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _rel(p: Path) -> str:
@@ -91,7 +102,8 @@ def test_gpu_profile_validates(path):
         return
     # every cell's spec (and its parameter budget) validates on the meta device; no full-size CPU forward
     space = load_search_space(study.search_space, file=sf.path)
-    num_classes = _probe_data(study, sf.path)
+    d = study.data  # the class count does not depend on the image size: probe a few small images
+    num_classes = make_dataset(d.name, seed=0, n_train=16, n_test=16, img_size=32, **d.knobs).num_classes
     cells = expand_grid(study, space, img_size=study.data.img_size, num_classes=num_classes, file=sf.path)
     keys = [c.key for c in cells]
     assert len(set(keys)) == len(keys)
