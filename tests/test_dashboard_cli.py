@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 from dashboard.commands import is_loopback
 from nas.cli import app
-from test_dashboard_fixture import Fixture, build_study_db
+from test_dashboard_fixture import Fixture, shared_study_db
 
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
-    return build_study_db(tmp_path_factory.mktemp("dash-cli"))
+    return shared_study_db(tmp_path_factory)
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from nas.cli import app
-from test_dashboard_fixture import GRID, SEARCH, XSS, Fixture, build_study_db
+from test_dashboard_fixture import GRID, SEARCH, XSS, Fixture, shared_study_db
 
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
-    return build_study_db(tmp_path_factory.mktemp("report"))
+    return shared_study_db(tmp_path_factory)
 
 
 def test_report_cli_writes_one_self_contained_file(fx: Fixture, tmp_path: Path) -> None:
