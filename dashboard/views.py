@@ -102,10 +102,11 @@ def trial_page(store: Any, data: StudyData, number: int) -> TrialPage:
         spec = json.dumps(json.loads(t.spec_json), indent=2, sort_keys=True)
     except (TypeError, ValueError):
         spec = t.spec_json or "(no spec: the sampled point was invalid)"
-    curves = F.curves_figure(F.curves_data([t], epochs_by_trial(store, [t.id]), "val_acc"),
-                             title=f"trial {t.number}: validation accuracy per epoch")
+    epochs = epochs_by_trial(store, [t.id])
+    curves = F.curves_figure(F.curves_data([t], epochs, "val_acc"),
+                             title=f"trial {t.number}: validation accuracy (left) and losses (right) per epoch")
     for metric in ("train_loss", "val_loss"):
-        d = F.curves_data([t], epochs_by_trial(store, [t.id]), metric)
+        d = F.curves_data([t], epochs, metric)
         for s in d.series:
             curves.add_trace(go.Scatter(x=s["epochs"], y=s["values"], name=metric, yaxis="y2", mode="lines+markers",
                                         line=dict(dash="dot")))
