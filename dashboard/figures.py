@@ -238,7 +238,7 @@ class CurvesData:
 def curves_data(trials: list[TrialView], epochs: dict[int, list[dict[str, Any]]], metric: str = "val_acc",
                 factors: list[str] | None = None) -> CurvesData:
     """Per trial, `metric` against epoch; per level (grid studies), the mean over the trials that reached the
-    epoch."""
+    epoch (running or finished; failed ones are left out of the mean)."""
     k, unit = scale(metric)
     series = []
     for t in trials:
@@ -253,6 +253,8 @@ def curves_data(trials: list[TrialView], epochs: dict[int, list[dict[str, Any]]]
     if factors:
         by_level: dict[str, dict[int, list[float]]] = {}
         for s in series:
+            if s["state"] in ("failed", "stale"):
+                continue  # drawn thin, but a crashed run's partial curve would drag the level's mean down
             for e, v in zip(s["epochs"], s["values"]):
                 by_level.setdefault(s["label"], {}).setdefault(e, []).append(v)
         for label, per_epoch in by_level.items():

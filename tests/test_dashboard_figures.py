@@ -101,16 +101,19 @@ def test_latest_attempt_wins_and_levels_of_several_factors() -> None:
 
 # ---- learning curves --------------------------------------------------------------------------------------------
 def test_curves_data_per_trial_and_mean_per_level() -> None:
-    ts = [trial(0, "head", 0, 0.7), trial(1, "head", 1, 0.8), trial(2, "tail", 0, 0.6)]
+    ts = [trial(0, "head", 0, 0.7), trial(1, "head", 1, 0.8), trial(2, "tail", 0, 0.6),
+          trial(3, "head", 2, None, state="failed")]
     epochs = {100: [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.7}],
               101: [{"epoch": 1, "val_acc": 0.6}, {"epoch": 2, "val_acc": 0.8}],
-              102: [{"epoch": 1, "val_acc": None}]}  # no usable value: no series
+              102: [{"epoch": 1, "val_acc": None}],  # no usable value: no series
+              103: [{"epoch": 1, "val_acc": 0.1}]}  # failed after one epoch: drawn, not averaged
     d = F.curves_data(ts, epochs, "val_acc", ["readout"])
     assert [(s["number"], s["values"]) for s in d.series] == [(0, pytest.approx([50, 70])),
-                                                                (1, pytest.approx([60, 80]))]
+                                                                (1, pytest.approx([60, 80])),
+                                                                (3, pytest.approx([10]))]
     assert d.means == [{"label": "head", "epochs": [1, 2], "values": pytest.approx([55, 75])}]
     fig = F.curves_figure(d)
-    assert len(fig.data) == 3
+    assert len(fig.data) == 4
 
 
 # ---- Pareto front -------------------------------------------------------------------------------------------------
