@@ -86,6 +86,12 @@ def pareto_data(trials: list[TrialView], cost: str = "params", metric: str = "va
             "front": front, "note": note}
 
 
+def _staircase(cost: str) -> str:
+    """The front's steps follow the edge of the dominated region: across then up when lower cost is better, up then
+    across when higher is (throughput)."""
+    return "hv" if COSTS[cost][1] == "min" else "vh"
+
+
 def pareto_figure(d: dict[str, Any], title: str = "") -> go.Figure:
     fig = go.Figure()
     pts = d["points"]
@@ -95,7 +101,7 @@ def pareto_figure(d: dict[str, Any], title: str = "") -> go.Figure:
                              hovertemplate="%{hovertext}<br>%{x:.4g}, %{y:.4g}<extra></extra>"))
     fr = d["front"]
     fig.add_trace(go.Scatter(x=[p["cost"] for p in fr], y=[p["value"] for p in fr], mode="lines+markers",
-                             name="Pareto front", line=dict(color="#d62728", shape="hv"),
+                             name="Pareto front", line=dict(color="#d62728", shape=_staircase(d["cost"])),
                              marker=dict(size=11, color="#d62728"), customdata=[[p["number"]] for p in fr],
                              hovertext=[p["hover"] for p in fr],
                              hovertemplate="%{hovertext}<br>%{x:.4g}, %{y:.4g}<extra></extra>"))
