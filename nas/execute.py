@@ -394,6 +394,9 @@ class StoreCallback(tune.Callback):
         self.on_event("start", {"trial": trial.trial_id, "row": self._row(trial)})
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        # Tune restarts the same trial (same Optuna trial): forget its cached row so the restart's on_trial_start goes
+        # through `trial_started` again, which counts the attempt and marks the row running
+        self.rows.pop(trial.trial_id, None)
         self.on_event("retry", {"trial": trial.trial_id, "error": _error_text(trial)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
