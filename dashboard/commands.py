@@ -66,7 +66,7 @@ def dashboard(
 
 
 def report(
-    study: str = typer.Argument(..., help="study name"),
+    study: str = typer.Argument(..., help="study name (or its file)"),
     out: Path = typer.Option(..., "-o", "--out", help="HTML file to write"),
     db: Optional[str] = typer.Option(None, "--db", help="database URL (default sqlite:///runs/nas.db)"),
 ) -> None:
@@ -75,7 +75,10 @@ def report(
 
     from .report import write_report
 
+    from nas.cli import _study_name
+
     try:
+        study = _study_name(study)
         path = write_report(_db_url(db), study, out)
     except StoreError as e:
         _err(str(e))
