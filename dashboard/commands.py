@@ -71,7 +71,7 @@ def report(
     db: Optional[str] = typer.Option(None, "--db", help="database URL (default sqlite:///runs/nas.db)"),
 ) -> None:
     """Write one self-contained HTML file (plotly.js inlined, no network needed) with the study's figures."""
-    from nas.errors import StoreError
+    from nas.errors import NasError
 
     from .report import write_report
 
@@ -80,7 +80,7 @@ def report(
     try:
         study = _study_name(study)
         path = write_report(_db_url(db), study, out)
-    except StoreError as e:
+    except NasError as e:  # no database, unknown study, unreadable study file
         _err(str(e))
     except OSError as e:
         _err(f"cannot write {out}: {e}")
