@@ -124,7 +124,8 @@ def postgres_server():
     if reason:
         pytest.skip(reason)
     user = _run_as()
-    root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
+    # as root the server's account must reach its directory: /tmp, not a TMPDIR that only root may enter
+    root = Path(tempfile.mkdtemp(prefix="nas-pg-", dir="/tmp" if user else None))
     if user:
         pw = pwd.getpwnam(user)
         os.chown(root, pw.pw_uid, pw.pw_gid)

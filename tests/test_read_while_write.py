@@ -67,8 +67,8 @@ class Reader(threading.Thread):
         for args in (["list", "--db", self.url], ["show", "rww", "--db", self.url]):
             res = CliRunner().invoke(app, args)
             if res.exit_code != 0:
-                raise RuntimeError(f"nas {' '.join(args)} exited {res.exit_code}: {res.output}"
-                                   + "".join(traceback.format_exception(*res.exc_info)) if res.exc_info else "")
+                tb = "".join(traceback.format_exception(*res.exc_info)) if res.exc_info else ""
+                raise RuntimeError(f"nas {' '.join(args)} exited {res.exit_code}: {res.output}{tb}")
         self.cli_calls += 1
 
     def run(self) -> None:
