@@ -7,9 +7,9 @@ Server side, each stage is what one Dash callback does, timed cold (first call i
 `--repeats` further calls): read the database (read-only), compute the data (`nas.summary` statistics), build the
 Plotly figure and the table, and serialize the response as Dash does (`plotly.io.json`). In the browser (Debian's
 /usr/bin/chromium through Playwright, when present), the time from navigation to the drawn page (the studies table;
-the ablation figure with all its points), first load and the median of three reloads with the scripts cached. The database is written once through `nas.store.Store` into a
-temporary directory, one transaction per call as the driver writes (nothing is trained; values are random but
-seeded; writing takes longer than everything timed).
+the ablation figure with all its points), first load and the median of three reloads with the scripts cached.
+The database is written once through `nas.store.Store` into a temporary directory, one transaction per call as the
+driver writes (nothing is trained; values are random but seeded; writing takes longer than everything timed).
 """
 
 from __future__ import annotations

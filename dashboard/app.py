@@ -105,7 +105,7 @@ class DashboardApp:
     # ---- pages -----------------------------------------------------------------------------------------------
     def studies_page(self) -> html.Div:
         return html.Div([
-            html.H1("Studies"), html.P(["database: ", html.Code(self.url)], className="muted"),
+            html.H1("Studies"), html.P(["database: ", html.Code(Q.display_url(self.url))], className="muted"),
             dcc.Interval(id="list-refresh", interval=self.refresh_ms),
             html.Div(self.studies_table(), id="studies-table")])
 

@@ -197,6 +197,17 @@ def sequence_length(spec_json: str, img_size: int) -> int | None:
         return None
 
 
+def display_url(url: str) -> str:
+    """The database URL as pages show it: a password is replaced by ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def as_text(value: Any) -> str:
     """Dates and numbers as the views print them."""
     if isinstance(value, datetime):
@@ -204,5 +215,6 @@ def as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-__all__ = ["DONE_STATES", "SearchData", "StudyData", "as_text", "epochs_by_trial", "find_trial", "fingerprint",
-           "load_study", "model_file", "open_store", "run_of", "search_data", "sequence_length", "study_list"]
+__all__ = ["DONE_STATES", "SearchData", "StudyData", "as_text", "display_url", "epochs_by_trial", "find_trial",
+           "fingerprint", "load_study", "model_file", "open_store", "run_of", "search_data", "sequence_length",
+           "study_list"]

@@ -19,10 +19,10 @@ from . import views as V
 from .figures import studies_table
 from .figures_cost import COSTS
 
-_CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:0 auto;padding:16px 24px;
-color:#222}h1{word-break:break-all}table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #ddd;
-padding:4px 10px;text-align:left;font-size:.9rem}th{background:#f0f0f0}.muted{color:#666}pre{background:#f7f7f7;
-padding:8px;overflow:auto}section{margin:24px 0}"""
+_CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:0 auto;
+padding:16px 24px;color:#222}h1{word-break:break-all}table{border-collapse:collapse;margin:8px 0 16px}
+th,td{border:1px solid #ddd;padding:4px 10px;text-align:left;font-size:.9rem}th{background:#f0f0f0}
+.muted{color:#666}pre{background:#f7f7f7;padding:8px;overflow:auto}section{margin:24px 0}"""
 
 
 def _e(x: Any) -> str:

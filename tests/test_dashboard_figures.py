@@ -162,7 +162,7 @@ def test_scaling_data_series_per_spec_and_6d_threshold() -> None:
     assert len(FC.scaling_figure(d).data) == 2  # one panel: the series and the threshold
 
 
-# ---- search view -------------------------------------------------------------------------------------------------------
+# ---- search view ------------------------------------------------------------------------------------------------
 def search() -> SearchData:
     rows = [{"number": 0, "state": "complete", "params": {"mixer": "ssm", "dim": 16}, "values": [0.6]},
             {"number": 1, "state": "fail", "params": {"mixer": "attention", "dim": 32}, "values": None},
@@ -196,7 +196,7 @@ def test_importance_data_most_important_first() -> None:
     assert FS.importance_figure(d).data[0].y == ("dim", "mixer")
 
 
-# ---- studies list, URLs, escaping ---------------------------------------------------------------------------------------
+# ---- studies list, URLs, escaping --------------------------------------------------------------------------------
 def test_studies_table_display() -> None:
     rows = F.studies_table([{"name": "a", "question": None, "kind": "grid", "status": "running", "done": 3,
                              "running": 1, "failed": 2, "cells": 10, "best_val_acc": 0.4567,
@@ -214,6 +214,14 @@ def test_study_urls_round_trip(name: str) -> None:
 def test_parse_path_other_pages() -> None:
     assert parse_path("/") == ("list", None, None) and parse_path(None) == ("list", None, None)
     assert parse_path("/nope")[0] == "missing" and parse_path("/study/x/trial/y")[0] == "missing"
+
+
+def test_database_url_is_shown_without_its_password() -> None:
+    from dashboard.queries import display_url
+
+    shown = display_url("postgresql+psycopg://nas:s3cret@db.example/nas")
+    assert shown == "postgresql+psycopg://nas:***@db.example/nas"
+    assert display_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
 
 
 def test_spec_summary_escapes_and_survives_bad_json() -> None:
