@@ -269,6 +269,6 @@ def test_report_opens_offline_and_shows_its_figures(browser: Any, fx: Fixture, t
     counts = pg.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g.data.length)")
     assert len(counts) == expected and all(n >= 1 for n in counts), counts
     assert pg.inner_text("h1") == GRID and "+5.33" in pg.inner_text("body")
-    shot(pg, "08_report_offline")
+    shot(pg, "07_report_offline")
     context.close()
     watch.check()
