@@ -145,7 +145,8 @@ class DashboardApp:
                 html.Label(["metric ", dcc.Dropdown(metrics, data.metrics[0], id="metric", clearable=False,
                                                     className="dd")]),
                 html.Label(["reference level ", dcc.Dropdown([{"label": lv, "value": lv} for lv in levels], ref,
-                                                             id="reference", clearable=False, className="dd")]),
+                                                             id="reference", clearable=False, className="dd")],
+                           style=None if levels else {"display": "none"}),  # a search has no levels
                 html.Label(["cost ", dcc.Dropdown([{"label": v[0], "value": k} for k, v in FC.COSTS.items()],
                                                   "params", id="cost", clearable=False, className="dd")])]),
             dcc.Tabs(id="study-tabs", value=tab, children=[
