@@ -40,7 +40,8 @@ def normalize_spec(spec: ArchSpec) -> ArchSpec:
             f"mixer {spec.mixer.name!r} is causal and needs a route (e.g. 'uni', 'bi', 'cross4', 'alternating')")
     spec = spec.model_copy(update=dict(mixer=mixer, tokenizer=tokenizer, route=route))
     _check_shapes(spec)
-    _check_readout(spec, readout, tok_cls)
+    mixes_cls = mixer_cls.mixes_class_tokens(mixer_cls.Params.model_validate(mixer.params))
+    _check_readout(spec, readout, tok_cls, mixes_cls)
     _check_builds(spec)
     return spec
 
@@ -64,12 +65,16 @@ def _check_shapes(spec: ArchSpec) -> None:
         raise InvalidSpecError("drop_path_rate must be in [0, 1), mlp_ratio and num_classes non-negative")
 
 
-def _check_readout(spec: ArchSpec, readout, tok_cls) -> None:
+def _check_readout(spec: ArchSpec, readout, tok_cls, mixes_class_tokens: bool) -> None:
     if readout.pool == "none" and spec.num_classes:
         raise InvalidSpecError(f"readout 'none' keeps dense features and clashes with num_classes={spec.num_classes}"
                                " (set num_classes=0, or choose a pooled readout)")
     if not readout.needs_class_tokens:
         return
+    if not mixes_class_tokens:
+        raise InvalidSpecError(f"readout {spec.readout!r} (class tokens) clashes with mixer {spec.mixer.name!r}: it "
+                               "never mixes class tokens with the image tokens, so the head would not see the image; "
+                               "use mean, max or bilateral_*")
     if spec.layout == "hierarchical":
         raise InvalidSpecError(f"readout {spec.readout!r} (class tokens) clashes with layout 'hierarchical': "
                                "class tokens have no place on a downsampled grid; use mean, max or bilateral_*")

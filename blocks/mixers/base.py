@@ -48,6 +48,12 @@ class TokenMixer(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def mixes_class_tokens(cls, params: MixerParams) -> bool:
+        """Whether class tokens exchange information with the image tokens (a class-token readout is useless
+        otherwise). True for sequence mixers; a purely spatial mixer that passes class tokens through says False."""
+        return True
+
+    @classmethod
     def canonical_params(cls, params: MixerParams) -> MixerParams:
         """Params with choices that cannot change the model set to one canonical value (so equal models hash
         equal). Default: unchanged."""

@@ -62,6 +62,10 @@ class GatedConv(TokenMixer):
     def is_causal(cls, params: GatedConvParams) -> bool:
         return False
 
+    @classmethod
+    def mixes_class_tokens(cls, params: GatedConvParams) -> bool:
+        return False  # the depthwise conv runs on the grid; class tokens only pass through the gated MLP
+
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         g, i, c = torch.split(self.fc1(x), self.split_sizes, dim=-1)
         c = grid_apply(c, ctx.layout, self.conv)
