@@ -95,11 +95,11 @@ def _print_plan(console: Console, plan, estimate) -> None:  # noqa: ANN001
         for i, c in enumerate(plan.cells):
             pre = plan.preflight[c.spec.id]
             table.add_row(str(i), *[c.levels[f] for f in st.factors], str(c.seed), c.spec.id, f"{pre['params']:,}",
-                          f"{estimate(plan, pre['forward_ms']):.0f} s")
+                          f"{estimate(plan, pre):.0f} s")
         console.print(table)
-        total = sum(estimate(plan, plan.preflight[c.spec.id]["forward_ms"]) for c in plan.cells)
+        total = sum(estimate(plan, plan.preflight[c.spec.id]) for c in plan.cells)
         console.print(f"{len(plan.cells)} trials, estimated {total / 60:.1f} CPU-minutes of training "
-                      "(from one forward pass per spec; a rough guide)")
+                      "(from one timed training step per spec; a rough guide)")
     else:
         table.add_column("key")
         table.add_column("choices")

@@ -385,7 +385,7 @@ def _message(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return "this key is required"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    shown = "" if isinstance(value, dict) and len(str(value)) > 120 else f" (got {value!r})"
+    shown = "" if (isinstance(value, dict) and len(str(value)) > 120) or "(got " in msg else f" (got {value!r})"
     return f"{msg}{shown}"
 
 

@@ -14,7 +14,7 @@ class StudyConfigError(NasError, ValueError):
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         where = ", ".join(p for p in (f"file {file}" if file else "", f"key {key!r}" if key else "") if p)
         super().__init__(f"{where}: {message}" if where else message)
-        self.file, self.key = file, key
+        self.file, self.key, self.detail = file, key, message
 
 
 class StoreError(NasError):

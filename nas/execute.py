@@ -96,7 +96,12 @@ def preflight_spec(spec: ArchSpec) -> dict[str, Any]:
     ms = (time.perf_counter() - t) * 1e3
     if out.shape != (PREFLIGHT_BATCH, spec.num_classes) or not torch.isfinite(out).all():
         raise NasError(f"spec {spec.id}: forward gave shape {tuple(out.shape)} / non-finite values")
-    return {"params": sum(p.numel() for p in model.parameters()), "forward_ms": ms}
+    model.train()
+    for i in range(2):  # one training step's cost (forward + backward), timed on the second
+        t = time.perf_counter()
+        model(x).float().square().mean().backward()
+    step_ms = (time.perf_counter() - t) * 1e3
+    return {"params": sum(p.numel() for p in model.parameters()), "forward_ms": ms, "step_ms": step_ms}
 
 
 def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None) -> Plan:
@@ -113,23 +118,32 @@ def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None) -> 
         base, _ = trial_spec(study, space, {}, img_size=study.data.img_size, num_classes=num_classes, file=sf.path)
         specs = {base.id: (base, {"(base)": "fixed choices"})}
     pre: dict[str, dict[str, Any]] = {}
-    for spec_id, (spec, levels) in specs.items():
-        if progress:
-            progress(f"pre-flight {levels}")
-        try:
-            pre[spec_id] = preflight_spec(spec)
-        except Exception as e:  # noqa: BLE001 - any failure here is the spec's
-            raise StudyConfigError(f"pre-flight failed for {levels}: {type(e).__name__}: {e}", file=sf.path,
-                                   key="factors" if study.kind == "grid" else "fixed") from None
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))  # time it as a worker would run it
+    try:
+        for spec_id, (spec, levels) in specs.items():
+            if progress:
+                progress(f"pre-flight {levels}")
+            try:
+                pre[spec_id] = preflight_spec(spec)
+            except Exception as e:  # noqa: BLE001 - any failure here is the spec's
+                raise StudyConfigError(f"pre-flight failed for {levels}: {type(e).__name__}: {e}", file=sf.path,
+                                       key="factors" if study.kind == "grid" else "fixed") from None
+    finally:
+        torch.set_num_threads(threads)
     return Plan(sf, space, num_classes, cells, pre)
 
 
-def estimate_seconds(plan: Plan, forward_ms: float) -> float:
-    """Rough CPU training time of one trial: (forward + 2× backward) per batch, from the pre-flight timing."""
-    tr = plan.study.train
-    steps = math.ceil(plan.study.data.n_train / tr.batch_size) * tr.epochs
-    scale = tr.batch_size / PREFLIGHT_BATCH
-    return steps * 3 * forward_ms * scale / 1e3
+def estimate_seconds(plan: Plan, preflight: dict[str, Any]) -> float:
+    """Rough CPU time of one trial from the pre-flight timings (batch of 8, scaled linearly to the batch size):
+    training steps plus one evaluation pass per epoch. A guide for planning, not a promise."""
+    st = plan.study
+    scale = st.train.batch_size / PREFLIGHT_BATCH
+    steps = math.ceil(st.data.n_train / st.train.batch_size)
+    evals = math.ceil(st.data.n_test / st.train.batch_size)
+    return st.train.epochs * (steps * preflight["step_ms"] + evals * preflight["forward_ms"]) * scale / 1e3
 
 
 # ------------------------------------------------------------------------------------------------ worker

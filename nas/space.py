@@ -136,6 +136,8 @@ def trial_spec(study: Study, space: SearchSpace, overrides: dict[str, Any], *, i
 
     try:
         m = match_budget(spec, study.budget.params, tolerance=study.budget.tolerance, solve=study.budget.solve)
+    except StudyConfigError as e:
+        raise StudyConfigError(e.detail, file=file, key="budget") from None
     except NasError as e:
         raise StudyConfigError(f"{e}", file=file, key="budget") from None
     return m.spec, {"params": m.params, "relative_error": m.relative_error, "knob": m.knob, "value": m.value}
@@ -179,8 +181,11 @@ def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes:
                 _check_choice(space, k, v, file, f"factors.{f}")
                 overrides[k] = v
         where = "factors." + ",".join(f"{f}={lv}" for f, lv in levels.items())
-        spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes, file=file,
-                                  where=where)
+        try:
+            spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes,
+                                      file=file, where=where)
+        except StudyConfigError as e:
+            raise StudyConfigError(e.detail, file=file, key=_blame(study.fixed, e.detail, e.key)) from None
         if spec.id in seen:
             raise StudyConfigError(f"levels {seen[spec.id]} and {levels} build the same model (spec {spec.id}); "
                                    "drop one of them", file=file, key="factors")
@@ -189,6 +194,19 @@ def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes:
             cells.append(Cell(levels, seed, spec, cell_key(study.name, spec.id, seed),
                               {**levels, SEED_PARAM: seed}, budget))
     return cells
+
+
+def _blame(fixed: dict[str, Any], message: str, default: str | None) -> str | None:
+    """An unknown name quoted from a `fixed` value is that value's fault, not the grid cell's (clashes between
+    choices stay with the cell, whose levels are part of the clash)."""
+    if "unknown" not in message.lower():
+        return default
+    for key, value in fixed.items():
+        if not isinstance(value, (dict, list)) and repr(value) in message:
+            return f"fixed.{key}"
+        if isinstance(value, dict) and isinstance(value.get("name"), str) and repr(value["name"]) in message:
+            return f"fixed.{key}"
+    return default
 
 
 def cell_key(study_name: str, spec_id: str, seed: int) -> str:

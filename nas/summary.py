@@ -65,10 +65,12 @@ def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: st
     rows = []
     order: list[str] = []
     params: dict[str, int] = {}
+    label_levels: dict[str, dict[str, str]] = {}
     for t in latest.values():
         if not all(f in t.levels for f in factors):
             continue
         label = _label(t.levels, factors)
+        label_levels[label] = t.levels
         if t.num_params:
             params[label] = t.num_params
         if label not in order:
@@ -82,15 +84,17 @@ def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: st
     diffs = {}
     if reference in summ and summ[reference].n:
         diffs = {d.level: d for d in paired_differences(rows, COMBINED, metric, reference)}
-    paper_vals = ((config.get("paper") or {}).get("values") or {}) if len(factors) == 1 else {}
-    paper_ref = paper_vals.get(reference)
+    paper_vals = (config.get("paper") or {}).get("values") or {}
+    # the paper's values name the levels of one factor (with several factors, the one whose levels they are)
+    paper_factor = next((f for f in factors if paper_vals and set(paper_vals) <= set(level_names[f])), None)
+    paper_ref = paper_vals.get(ref_levels[paper_factor]) if paper_factor else None
     out = []
     for label in order:
         s = summ.get(label)
         if s is None:
             continue
         d = diffs.get(label)
-        p = paper_vals.get(label)
+        p = paper_vals.get(label_levels[label][paper_factor]) if paper_factor else None
         out.append(LevelRow(label, s.n, s.n_missing, s.mean, s.ci_low, s.ci_high,
                             None if d is None else d.mean, None if d is None else d.ci_low,
                             None if d is None else d.ci_high, p,

@@ -73,11 +73,7 @@ def test_study_loads_and_plans(path):
 
 
 # cls_token_position.yaml carries Vim Table 5's max-pool value (max: 73.4) but does not run readout `max`
-_PAPER_LEVEL_GAPS = {"cls_token_position": "paper.values has key 'max', which is not a level of factor readout"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=_PAPER_LEVEL_GAPS[p.stem]))
-                                  if p.stem in _PAPER_LEVEL_GAPS else p for p in STUDIES], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_paper_values_name_levels(path):
     study = load_study(_rel(path)).study
     if study.paper is None or not study.paper.values:
