@@ -451,6 +451,17 @@ class StoreCallback(tune.Callback):
             self.last_beat = time.monotonic()
 
 
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the Ray cluster can hold at once (CPU and GPU limits; at least 1)."""
+    import ray
+
+    res = ray.cluster_resources()
+    slots = int(res.get("CPU", 1) // cpus_per_trial) if cpus_per_trial else 1
+    if gpus_per_trial:
+        slots = min(slots, int(res.get("GPU", 0) // gpus_per_trial))
+    return max(1, slots)
+
+
 def _init_ray(study: Study) -> None:
     import ray
 
@@ -522,11 +533,14 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
                                   time_attr="training_iteration", max_t=study.train.epochs,
                                   grace_period=ex.asha.grace_period, reduction_factor=ex.asha.reduction_factor)
     resources = {"cpu": ex.cpus_per_trial, "gpu": ex.gpus_per_trial}
+    concurrent = max_concurrent or ex.max_concurrent or trial_slots(ex.cpus_per_trial, ex.gpus_per_trial)
+    # Tune keeps one pending trial at a time for a searcher unless told otherwise: trials would run one by one
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrent)
     trainable = tune.with_resources(tune.with_parameters(train_cell, payload=_payload(plan, artifacts)), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=queued,
-                                    max_concurrent_trials=max_concurrent or ex.max_concurrent, reuse_actors=True),
+                                    max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{study.name}-run{run_id}", storage_path=str(results_dir),
                                   callbacks=[callback], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=ex.retries),
