@@ -1,21 +1,41 @@
-"""The block grammar: an `ArchSpec` names every choice; `build_backbone` turns it into a model."""
+"""The block grammar: an `ArchSpec` names every choice; `build_backbone` turns it into a model.
 
-from .backbone import Backbone, build_backbone, count_parameters
-from .errors import InvalidSpecError, NasError, UnknownNameError
-from .layout import MixContext, PathIndex, TokenLayout
-from .mixers import MIXERS, TokenMixer
-from .model_file import ModelFile, ModelFileError, load_backbone, read_model_file, save_backbone
-from .presets import PRESETS, get_preset, list_presets
-from .readout import READOUTS
-from .routes import ORDERS, ROUTES, RouteSpec
-from .spec import ArchSpec, Component
-from .tokenizers import TOKENIZERS
+Names are loaded on first use (PEP 562), so `import blocks.errors` — which every platform command does for its error
+types — does not pay for torch and timm; `from blocks import build_backbone` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 LAYOUTS = ("plain", "hierarchical")
 
-__all__ = [
-    "ArchSpec", "Backbone", "Component", "InvalidSpecError", "LAYOUTS", "MIXERS", "MixContext", "ModelFile",
-    "ModelFileError", "NasError", "ORDERS", "PRESETS", "PathIndex", "READOUTS", "ROUTES", "RouteSpec", "TOKENIZERS",
-    "TokenLayout", "TokenMixer", "UnknownNameError", "build_backbone", "count_parameters", "get_preset",
-    "list_presets", "load_backbone", "read_model_file", "save_backbone",
-]
+_WHERE = {
+    "Backbone": "backbone", "build_backbone": "backbone", "count_parameters": "backbone",
+    "InvalidSpecError": "errors", "NasError": "errors", "UnknownNameError": "errors",
+    "MixContext": "layout", "PathIndex": "layout", "TokenLayout": "layout",
+    "MIXERS": "mixers", "TokenMixer": "mixers",
+    "ModelFile": "model_file", "ModelFileError": "model_file", "load_backbone": "model_file",
+    "read_model_file": "model_file", "save_backbone": "model_file",
+    "PRESETS": "presets", "get_preset": "presets", "list_presets": "presets",
+    "READOUTS": "readout",
+    "ORDERS": "routes", "ROUTES": "routes", "RouteSpec": "routes",
+    "ArchSpec": "spec", "Component": "spec",
+    "TOKENIZERS": "tokenizers",
+}
+
+__all__ = sorted([*_WHERE, "LAYOUTS"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blocks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -182,7 +182,7 @@ class Study(_Strict):
     reference: dict[str, Any] = {}
     search: SearchConfig | None = None
     seeds: list[int] = Field([0, 1], min_length=1, max_length=1000)
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)  # built on use: its check imports the data module
     train: TrainConfig = TrainConfig()
     objectives: list[Objective] = Field([Objective(metric="val_acc")], min_length=1, max_length=4)
     budget: BudgetConfig | None = None
