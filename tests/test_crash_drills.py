@@ -10,8 +10,8 @@ kill the same `nas run` command is started again; a last run finishes the study.
 The moments are of three kinds: a delay after start (the driver may be planning, starting Ray or running trials),
 "after N more trials finished in this run", and "while a trial is running with at least E epochs reported". Only the
 driver's pid is killed (a crash, not a tidy shutdown); the local Ray it started must go away with it (its processes
-fate-share with the driver); any still alive after the final run and a grace period are counted as orphans, reported
-and then killed.
+fate-share with the driver); any still alive ORPHAN_GRACE_S after the kill are counted as orphans, reported and then
+killed.
 
 `run_drill` is shared with benchmarks/drill_crash.py, which prints the figures.
 """
@@ -50,6 +50,7 @@ execution: {{cpus_per_trial: 1, retries: 0, num_cpus: 2}}
 measure: {{skip: true}}
 """
 N_CELLS = 12
+ORPHAN_GRACE_S = 120.0
 
 
 @dataclass
@@ -70,8 +71,9 @@ class Kill:
     complete: int  # trials complete in the database at the kill
     running: int  # our rows running at the kill
     lingering: int  # processes of the driver's tree still alive 1 s after the kill
-    orphans: int = 0  # ... and still alive after the final run and a grace period of 30 s
+    orphans: int = 0  # ... and still alive ORPHAN_GRACE_S after the kill
     orphan_names: list[str] = field(default_factory=list)
+    gone_after_s: float | None = None  # when the drill waited for its processes: how long after the kill they went
 
 
 @dataclass
@@ -96,7 +98,8 @@ class DrillResult:
         for i, k in enumerate(self.kills, 1):
             lines.append(f"  kill {i:2d}: {str(k.moment):38s} " + (
                 f"at {k.at_s:5.1f} s, {k.complete:2d} complete, {k.running} running, {k.lingering} process(es) "
-                f"alive 1 s later, {k.orphans} orphan(s)"
+                f"alive 1 s later, {k.orphans} orphan(s)" + (f" (the last went {k.gone_after_s:.0f} s after the kill)"
+                                                             if k.gone_after_s else "")
                 + (f" {k.orphan_names}" if k.orphan_names else "")
                 if k.reached else "not reached (the driver ended first)"))
         lines.append(f"  finished trials lost: {self.lost}; repeated: {self.repeated} (Optuna: "
@@ -191,7 +194,7 @@ def run_drill(tmp: Path, moments: list[Moment] | None = None, log=lambda msg: No
     env.pop("RAY_ADDRESS", None)
     result = DrillResult()
     seen_complete: dict[str, tuple[int, float]] = {}
-    trees: list[set[int]] = []  # per kill: the dead driver's process tree as it was at the kill
+    trees: list[tuple[float, set[int]]] = []  # per kill: when, and the dead driver's process tree at that moment
     t_drill = time.perf_counter()
     for i, m in enumerate(moments):
         out_path = tmp / f"run{i:02d}.out"
@@ -221,7 +224,7 @@ def run_drill(tmp: Path, moments: list[Moment] | None = None, log=lambda msg: No
         proc.wait(timeout=60)  # reaped: a zombie's pid would look alive to the next driver's check
         time.sleep(1.0)
         lingering = _alive(tree)
-        trees.append(tree)
+        trees.append((time.monotonic(), tree))
         complete, running = _snapshot(url)
         for key, (row, acc) in complete.items():
             seen_complete.setdefault(key, (row, acc))
@@ -240,14 +243,18 @@ def run_drill(tmp: Path, moments: list[Moment] | None = None, log=lambda msg: No
     return result
 
 
-def _count_orphans(result: DrillResult, trees: list[set[int]], grace_s: float = 30) -> None:
-    """Processes of each killed driver's tree still alive after the final run (and a grace period): orphans. They are
-    ours, so they are killed once counted."""
-    deadline = time.monotonic() + grace_s
-    while any(_alive(t) for t in trees) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for kill, tree in zip(result.kills, trees):
+def _count_orphans(result: DrillResult, trees: list[tuple[float, set[int]]], grace_s: float = ORPHAN_GRACE_S) -> None:
+    """Processes of a killed driver's tree still alive `grace_s` after the kill are orphans (they are ours, so they are
+    killed once counted). Ray's agents outlive a SIGKILLed driver by up to a minute: they notice the dead raylet
+    within ~2 s but then try to report it to the dead GCS until that RPC times out."""
+    for kill, (t_kill, tree) in zip(result.kills, trees):
+        waited = False
+        while _alive(tree) and time.monotonic() < t_kill + grace_s:
+            waited = True
+            time.sleep(0.5)
         left = _alive(tree)
+        if waited and not left:
+            kill.gone_after_s = time.monotonic() - t_kill
         kill.orphans, kill.orphan_names = len(left), sorted(_name(p) for p in left)
         for pid in left:
             try:
