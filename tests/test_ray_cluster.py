@@ -170,8 +170,8 @@ def _write(tmp: Path, name: str, *, seeds: str = "[0, 1]", epochs: int = 2, n_tr
 
 
 def _args(tmp: Path, c: Cluster) -> list[str]:
-    # --max-concurrent 2: with a searcher and no limit, Tune keeps one trial pending at a time, and trials as short as
-    # these would all reuse the first trial's actor (on one node) before a second actor has started elsewhere
+    # --max-concurrent 2 (one trial per worker node) keeps two trials pending at once; with one pending trial at a time
+    # (Tune's default for a searcher), trials this short would all reuse the first trial's actor on one node
     return ["--db", f"sqlite:///{tmp / 'nas.db'}", "--address", c.address, "--max-concurrent", "2",
             "--set", f"storage.artifacts={tmp / 'artifacts'}", "--set", f"storage.ray_results={tmp / 'ray'}"]
 
