@@ -29,8 +29,10 @@ def _console() -> Console:
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True, width=None if sys.stderr.isatty() else 150).print(f"[red]error:[/red] {message}",
-                                                                          markup=True, highlight=False)
+    from rich.markup import escape
+
+    Console(stderr=True, width=None if sys.stderr.isatty() else 150, emoji=False).print(
+        f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -111,6 +113,7 @@ def _print_plan(console: Console, plan, estimate) -> None:  # noqa: ANN001
 
 
 def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa: ANN001
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nas.execute import run_study
@@ -133,13 +136,18 @@ def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa
             return
         if kind == "start":
             state["running"] += 1
+        elif kind == "retry":  # the same trial starts again (a new "start" follows)
+            state["running"] -= 1
+            first = (info.get("error") or "").splitlines()[:1]
+            progress.console.print(f"[yellow]trial retried:[/yellow] {escape(first[0] if first else '')}",
+                                   highlight=False)
         elif kind in ("complete", "stopped", "failed"):
             state["running"] -= 1
             state["done"] += 1
             state["failed"] += kind == "failed"
             progress.advance(task["id"])
             if kind == "failed":
-                progress.console.print(f"[red]trial failed:[/red] {info.get('error', '')}", highlight=False)
+                progress.console.print(f"[red]trial failed:[/red] {escape(info.get('error', ''))}", highlight=False)
         text = f"running {state['running']}" + (f", [red]failed {state['failed']}[/red]" if state["failed"] else "")
         if kind == "epoch" and info.get("val_acc") is not None:
             text += f", last val_acc {100 * info['val_acc']:.1f}%"

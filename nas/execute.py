@@ -67,13 +67,15 @@ class Outcome:
 
 # ---------------------------------------------------------------------------------------------- planning
 def _probe_data(study: Study, file: str) -> int:
-    """Make a small slice of the data on the CPU: its class count, and any data error before training."""
+    """Make the data on the CPU before anything runs: its class count, and any data error (a missing path, more
+    images asked of a finite set than it has). Generated sets are probed with a small slice; digits in full (cheap)."""
     from .data import make_dataset
 
     d = study.data
+    full = d.name == "digits"
     try:
-        probe = make_dataset(d.name, seed=0, n_train=min(d.n_train, 32), n_test=min(d.n_test, 32),
-                             img_size=d.img_size, **d.knobs)
+        probe = make_dataset(d.name, seed=0, n_train=d.n_train if full else min(d.n_train, 32),
+                             n_test=d.n_test if full else min(d.n_test, 32), img_size=d.img_size, **d.knobs)
     except NasError as e:
         raise StudyConfigError(str(e), file=file, key="data") from None
     return probe.num_classes
@@ -264,6 +266,16 @@ def requeue(store: Store, plan: Plan, ot_study: Any, *, retry_failed: bool) -> t
 
     study = plan.study
     storage = ot_study._storage
+    # A driver killed between Tune telling Optuna "complete" and our callback writing the result leaves a finished
+    # Optuna trial beside our 'running' row: the trial did finish, so it is kept (with Optuna's values), not re-run.
+    by_id = {t._trial_id: t for t in ot_study.get_trials(deepcopy=False)}
+    for ot_id, row in store.running_trials(study.name).items():
+        t = by_id.get(ot_id)
+        if t is not None and t.state == TrialState.COMPLETE:
+            values = dict(zip([o.metric for o in study.objectives], t.values or []))
+            store.trial_finished(row, state="complete", result={"val_acc": values.get("val_acc")}, values=values,
+                                 error="finished while the driver stopped: values from Optuna, cost and model file "
+                                       "not recorded")
     stale_ids = set(store.fail_stale_trials(study.name))
     stale_params: list[dict[str, Any]] = []
     for t in ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -272,7 +284,8 @@ def requeue(store: Store, plan: Plan, ot_study: Any, *, retry_failed: bool) -> t
         stale_params.append(dict(t.params))
         stale_ids.discard(t._trial_id)
     waiting = ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    done = store.completed_keys(study.name)
+    done = store.completed_keys(study.name) | {t.user_attrs.get("nas:key") for t in by_id.values()
+                                               if t.state == TrialState.COMPLETE and t.user_attrs.get("nas:key")}
     failed_keys = {t.key for t in store.trials(study.name, states=("failed",))} - done
     if study.kind == "grid":
         waiting_keys = {t.user_attrs.get("nas:key") for t in waiting}
@@ -462,6 +475,19 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, slots)
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a cluster that is not there (ray.init would wait a long time)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or address, int(port) if port.isdigit() else 6379), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise StudyConfigError(f"no Ray cluster answers at {address!r} ({e}); start it with `ray start --head` or "
+                               "check the address", key="execution.address") from None
+
+
 def _init_ray(study: Study) -> None:
     import ray
 
@@ -476,6 +502,8 @@ def _init_ray(study: Study) -> None:
     if ray.is_initialized():
         return
     ex = study.execution
+    if ex.address and ex.address != "auto" and not ex.address.startswith("ray://"):
+        _check_reachable(ex.address)
     # workers' stdout stays in Ray's logs (errors come back through Tune and are stored with the trial)
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                                   configure_logging=True)

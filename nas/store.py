@@ -390,6 +390,12 @@ class Store:
         with self.session() as s:
             s.add(ArtifactRow(trial_id=trial_id, kind=kind, path=str(path), bytes=path.stat().st_size))
 
+    def running_trials(self, study_name: str) -> dict[int, int]:
+        """{Optuna trial id: our row id} of the rows a study has in state 'running'."""
+        with self.session() as s:
+            return {oid: rid for rid, oid in s.execute(select(TrialRow.id, TrialRow.optuna_trial_id).where(
+                TrialRow.study_name == study_name, TrialRow.state == "running")).all()}
+
     def fail_stale_trials(self, study_name: str) -> list[int]:
         """Our 'running' rows of a study whose driver is gone → 'stale' (returns their Optuna trial ids)."""
         with self.session() as s:

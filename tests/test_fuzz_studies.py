@@ -272,9 +272,10 @@ def test_fuzzed_set_overrides_exit_2_naming_the_key():
     assert n[0] >= 100
 
 
-@pytest.mark.xfail(strict=True, reason="nas.cli._fail prints the message as rich markup: a name such as "
-                                       "'zz[/x]' raises rich.errors.MarkupError (a traceback) instead of exit 2")
 def test_error_line_prints_brackets_verbatim(tmp_path):
+    """Names such as 'zz[/x]' or 'x:smile:y' are printed as typed (no rich markup, no emoji), with exit 2."""
     base = ROOT / "tests" / "bad_studies" / "base" / "tiny_ok.yaml"
     out = _invoke([str(base), "--set", "fixed.readout=zz[/x]"], tmp_path / "db" / "nas.db")
     assert "zz[/x]" in out
+    out = _invoke([str(base), "--set", "fixed.readout=x:smile:y"], tmp_path / "db" / "nas.db")
+    assert "x:smile:y" in out
