@@ -8,3 +8,25 @@ import shutil
 
 if not shutil.which("nvidia-smi"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def at_repo_root(monkeypatch):
+    """Study files name search spaces relative to the repository root, as users run `nas` there."""
+    monkeypatch.chdir(REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Pre-flight forwards are tiny: one thread avoids oversubscription on a busy machine (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

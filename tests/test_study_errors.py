@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import ray
 from typer.testing import CliRunner
 
@@ -76,18 +75,7 @@ FLAG_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
 UNREACHABLE_DBS = ["postgresql+psycopg://nobody@127.0.0.1:1/x", "sqlite:////proc/nope/x.db"]
 
 
-@pytest.fixture(autouse=True)
-def _at_repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Pre-flight forwards are tiny: one thread avoids oversubscription on a busy machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("at_repo_root", "one_torch_thread")
 
 
 def _run(args: list[str]) -> tuple[int, str, float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from nas.config import load_study
 from nas.data import make_dataset
@@ -19,18 +18,7 @@ STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _at_repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Pre-flight forwards are tiny: one thread avoids oversubscription on a busy machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("at_repo_root", "one_torch_thread")
 
 
 def _rel(p: Path) -> str:
