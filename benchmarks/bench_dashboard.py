@@ -104,7 +104,8 @@ def server_side(url: str, repeats: int) -> list[tuple[str, float, float]]:
         view = V.ablation_view(load())
         return to_json([view.figure.to_plotly_json(), view.table])
 
-    for name, fn in (("studies list (query + table + JSON)", studies), ("ablation: read 2,000 trials", load),
+    for name, fn in (("studies list (query + table + JSON)", studies),
+                     (f"ablation: read {len(data.trials):,} trials", load),
                      ("ablation: statistics + figure + table + JSON", ablation),
                      ("ablation view, total", ablation_total)):
         cold, warm, out = timed(fn, repeats)
@@ -114,7 +115,7 @@ def server_side(url: str, repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
-def browser_side(url: str) -> list[tuple[str, float, float]]:
+def browser_side(url: str, n_trials: int) -> list[tuple[str, float, float]]:
     from playwright.sync_api import sync_playwright
     from werkzeug.serving import make_server
 
@@ -134,11 +135,11 @@ def browser_side(url: str) -> list[tuple[str, float, float]]:
             page = ctx.new_page()
             page.set_default_timeout(60_000)
             wait_abl = ("() => { const g = document.querySelector('#ablation-graph .js-plotly-plot'); return g && "
-                        "g.data && g.querySelectorAll('.scatterlayer .trace .points path').length >= 2000; }")
+                        f"g.data && g.querySelectorAll('.scatterlayer .trace .points path').length >= {n_trials}; }}")
             for label, path, ready in (("studies list", "/", "#studies-table table"),
                                        ("ablation view of 10 trials (fixed cost of the page)", f"/study/{SMALL}",
-                                        wait_abl.replace(">= 2000", ">= 10")),
-                                       ("ablation view (2,000 points drawn)", f"/study/{STUDY}", wait_abl)):
+                                        wait_abl.replace(f">= {n_trials}", ">= 10")),
+                                       (f"ablation view ({n_trials:,} points drawn)", f"/study/{STUDY}", wait_abl)):
                 times = []
                 for _ in range(4):  # first: cold browser cache; then scripts cached (median of 3)
                     t = time.perf_counter()
@@ -174,7 +175,7 @@ def main() -> None:
             print(f"wrote a study of {args.trials} trials in {time.perf_counter() - t:.1f} s")
         rows = server_side(url, args.repeats)
         if not args.no_browser and os.path.exists(CHROMIUM):
-            rows += browser_side(url)
+            rows += browser_side(url, args.trials)
         elif not args.no_browser:
             print(f"(browser timings skipped: no {CHROMIUM})")
     print(f"\n{os.cpu_count()} CPUs; target: studies list and ablation view each under {TARGET_S:.0f} s\n")
