@@ -214,8 +214,6 @@ class Study(_Strict):
                 raise ValueError(f"reference.{name}: not a factor of this study (factors: {', '.join(self.factors)})")
             if str(level) not in self.level_names(name):
                 raise ValueError(f"reference.{name}: {level!r} is not a level; levels: {self.level_names(name)}")
-        if len(self.objectives) > 1 and self.search is not None and self.search.sampler == "tpe":
-            pass  # TPE handles several objectives too
         if self.execution.asha is not None and len(self.objectives) > 1:
             raise ValueError("execution.asha: early stopping needs a single objective")
         if self.execution.gpu_memory_gb and not self.execution.gpus_per_trial:

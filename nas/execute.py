@@ -261,7 +261,6 @@ def requeue(store: Store, plan: Plan, ot_study: Any, *, retry_failed: bool) -> t
     """Fail what a dead driver left RUNNING, then enqueue every grid cell (or search slot) not yet done.
 
     Returns (queued now in total, stale re-queued, keys skipped because already done)."""
-    import optuna
     from optuna.trial import TrialState
 
     study = plan.study
@@ -298,17 +297,12 @@ def requeue(store: Store, plan: Plan, ot_study: Any, *, retry_failed: bool) -> t
             else:
                 ot_study.enqueue_trial(c.params, user_attrs={"nas:key": c.key})
                 n_new += 1
-        queued = len(waiting) + n_new
-        pending_failed = 0 if retry_failed else len([c for c in plan.cells if c.key in failed_keys
-                                                     and c.key not in waiting_keys])
-        del pending_failed
-        return queued, len(stale_params), skipped
+        return len(waiting) + n_new, len(stale_params), skipped
     # search: re-ask the stale points first, then sample until n_trials have finished or failed
     for p in stale_params:
         ot_study.enqueue_trial(p)
     finished = len(store.trials(study.name, states=("complete", "stopped", "failed")))
     remaining = max(0, study.search.n_trials - finished)
-    del optuna
     return remaining, len(stale_params), len(done)
 
 
