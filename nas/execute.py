@@ -111,6 +111,9 @@ def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None) -> 
     space = load_search_space(study.search_space, file=sf.path)
     if "throughput" in [o.metric for o in study.objectives] and study.measure.skip:
         raise StudyConfigError("objective 'throughput' needs measure.skip: false", file=sf.path, key="objectives")
+    address = study.execution.address
+    if address and address != "auto" and not address.startswith("ray://"):
+        _check_reachable(address, file=sf.path)  # before anything is written, not when Ray starts
     num_classes = _probe_data(study, sf.path)
     if study.kind == "grid":
         cells = expand_grid(study, space, img_size=study.data.img_size, num_classes=num_classes, file=sf.path)
@@ -469,7 +472,7 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, slots)
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+def _check_reachable(address: str, timeout_s: float = 10.0, file: str | None = None) -> None:
     """Fail fast on a cluster that is not there (ray.init would wait a long time)."""
     import socket
 
@@ -479,7 +482,7 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
             pass
     except (OSError, ValueError) as e:
         raise StudyConfigError(f"no Ray cluster answers at {address!r} ({e}); start it with `ray start --head` or "
-                               "check the address", key="execution.address") from None
+                               "check the address", file=file, key="execution.address") from None
 
 
 def _init_ray(study: Study) -> None:
@@ -496,8 +499,6 @@ def _init_ray(study: Study) -> None:
     if ray.is_initialized():
         return
     ex = study.execution
-    if ex.address and ex.address != "auto" and not ex.address.startswith("ray://"):
-        _check_reachable(ex.address)
     # workers' stdout stays in Ray's logs (errors come back through Tune and are stored with the trial)
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                                   configure_logging=True)

@@ -10,7 +10,8 @@ import pytest
 
 from nas.config import load_study, parse_set
 from nas.errors import StudyConfigError
-from nas.space import apply_overrides, cell_from_params, expand_grid, load_search_space, search_distributions
+from nas.space import (apply_overrides, cell_from_params, expand_grid, grid_distributions, load_search_space,
+                       search_distributions)
 from nas.store import TrialView
 from nas.summary import ablation_summary
 
@@ -121,3 +122,48 @@ def test_ablation_summary_numbers():
     # paired: differences 0.2 and 0.3 → half width t(1) · std / sqrt(2) = 12.706205 · 0.0707107 / 1.4142136
     assert math.isclose(middle.diff_high - middle.diff, 12.706205 * math.sqrt(0.005) / math.sqrt(2), rel_tol=1e-5)
     assert math.isclose(middle.paper_diff, 0.9, abs_tol=1e-9)
+
+
+def test_dead_cluster_and_oversized_digits_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    monkeypatch.chdir(ROOT)
+    db = tmp_path / "db" / "nas.db"
+    out = CliRunner().invoke(app, ["run", str(DEFAULT), "--db", f"sqlite:///{db}", "--address", "127.0.0.1:1"])
+    assert out.exit_code == 2 and "no Ray cluster answers" in out.output and "execution.address" in out.output
+    out = CliRunner().invoke(app, ["run", str(DEFAULT), "--db", f"sqlite:///{db}", "--set", "data.n_train=1700"])
+    assert out.exit_code == 2 and "key 'data'" in out.output, out.output
+    assert not db.exists()
+
+
+def test_resume_keeps_a_trial_optuna_saw_finish_while_our_row_said_running(tmp_path, monkeypatch):
+    """The driver died after Tune told Optuna "complete" but before our callback wrote the row: the cell is done."""
+    import optuna
+
+    from nas.config import load_study
+    from nas.execute import Plan, _optuna_study, requeue
+    from nas.store import Store
+
+    monkeypatch.chdir(ROOT)
+    sf = load_study(DEFAULT, sets=["seeds=[0]", "factors.readout=[head, middle]"])
+    space = load_search_space(sf.study.search_space)
+    plan = Plan(sf, space, 10, expand_grid(sf.study, space, img_size=32, num_classes=10))
+    store = Store(f"sqlite:///{tmp_path / 'nas.db'}")
+    store.upsert_study(name=sf.study.name, question="", kind="grid", study_yaml="", config={}, search_space_yaml="",
+                       n_cells=2)
+    ot = _optuna_study(store, sf.study)
+    head, middle = plan.cells
+    ot.enqueue_trial(head.params, user_attrs={"nas:key": head.key})
+    trial = ot.ask(fixed_distributions=grid_distributions(sf.study))
+    row = store.trial_started(study_name=sf.study.name, run_id=None, optuna_trial_id=trial._trial_id,
+                              number=trial.number, key=head.key, levels=head.levels, params=head.params,
+                              spec_id=head.spec.id, spec_json="", seed=0, budget={})
+    ot.tell(trial, 0.75)  # Optuna knows it finished; our row still says running
+    queued, stale, skipped = requeue(store, plan, ot, retry_failed=False)
+    assert (queued, stale, skipped) == (1, 0, 1)  # only `middle` is queued; `head` is kept, not re-run
+    (t,) = [t for t in store.trials(sf.study.name) if t.id == row]
+    assert t.state == "complete" and t.val_acc == 0.75
+    waiting = ot.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [w.user_attrs["nas:key"] for w in waiting] == [middle.key]
