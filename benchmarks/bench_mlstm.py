@@ -5,6 +5,7 @@ Run on the GPU machine:  python benchmarks/bench_mlstm.py [--quick] [--out resul
 Shapes: ViL-T heads (4 heads of 96, bf16 q/k/v, fp32 gates) at 196 tokens (224²), 729 (stride 8) and 6084 (1248²).
 Ours: the Triton chunkwise forward with the tile backward of kernels/triton/mlstm_bwd.py (the default); the
 "recompute" backward (PyTorch chunkwise under autograd) is listed as a variant. Baseline: `kernels.mlstm.mlstm_parallel_ref` (the parallel stabilised form, O(L²) memory), measured in the same run.
+Public baseline: `mlstm_kernels` (NX-AI's TFLA "xl_chunk" Triton kernels) when installed, inputs padded to its chunk.
 For scale, causal SDPA (flash) on the same q/k/v is listed too: it is a different operator (softmax attention, no
 gates), shown only as the speed of a tuned quadratic-time kernel on the same shape.
 """
@@ -12,7 +13,9 @@ gates), shown only as the speed of a tuned quadratic-time kernel on the same sha
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
+import subprocess
 import sys
 
 import torch
@@ -34,6 +37,70 @@ except Exception:  # the reference module is another engineer's; fall back to th
         return mlstm_parallel_loop(q, k, v, i, f, eps, dtype=torch.float32).to(v.dtype)
 
     REF_NOTE = "reference: tests/_scan_oracle.mlstm_parallel_loop in fp32 (kernels.mlstm not importable)"
+
+def tfla_version() -> str | None:
+    """mlstm_kernels' version when installed (NX-AI's TFLA Triton kernels, the public chunkwise baseline)."""
+    import importlib.metadata
+    try:
+        return importlib.metadata.version("mlstm_kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+TFLA_VARIANTS = (("xl_chunk", 64), ("limit_chunk", 64))
+
+
+def tfla(kernel: str, chunk: int):
+    """mlstm_kernels' chunkwise kernel (same math: exp input gate, logsigmoid forget gate, max(|n·q|, exp(-m)) + eps)
+    on inputs zero-padded at the end to a multiple of its chunk (it takes no other lengths; causal, so the padding
+    does not change the first L outputs); the padding is part of the timed call."""
+    from mlstm_kernels.torch.chunkwise import triton_limit_chunk, triton_xl_chunk
+    fn = (triton_xl_chunk.mlstm_chunkwise__xl_chunk if kernel == "xl_chunk"
+          else triton_limit_chunk.mlstm_chunkwise__limit_chunk)
+
+    def run(q, k, v, i, f):
+        length = q.shape[2]
+        pad = -length % chunk
+        if pad:
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            i, f = F.pad(i, (0, pad)), F.pad(f, (0, pad))
+        return fn(q, k, v, i, f, chunk_size=chunk, autocast_kernel_dtype=torch.bfloat16)[:, :, :length]
+    return run
+
+
+def tfla_child(name: str, kernel: str, chunk: int, reps: int) -> None:
+    """Time one mlstm_kernels variant and print one JSON line; run in a child process because a Triton compile
+    failure inside LLVM aborts the whole process (seen with triton 3.6.0), which must not take our rows with it."""
+    x = make(*SHAPES[name])
+    with torch.no_grad():
+        ref = mlstm_parallel_ref(*[t.float() for t in x])
+        err = ((tfla(kernel, chunk)(*x).float() - ref.float()).norm() / ref.float().norm()).item()
+    print(json.dumps({"err": err, "t": list(timed(tfla(kernel, chunk), x, reps))}), flush=True)
+
+
+def tfla_rows(name: str, length: int, reps: int, t_o, notes: list[str]) -> list[list]:
+    version = tfla_version()
+    if version is None:
+        return [[name, "mlstm_kernels not installed", "-", "-", "-", "-"]]
+    rows = []
+    for kernel, chunk in TFLA_VARIANTS:
+        label = f"mlstm_kernels {version} {kernel} (TFLA), chunk {chunk}, padded to {-(-length // chunk) * chunk}"
+        try:
+            res = subprocess.run([sys.executable, __file__, "--tfla-child", name, kernel, str(chunk), "--reps",
+                                  str(reps)], capture_output=True, text=True, timeout=100)
+            last = (res.stdout.strip().splitlines() or [""])[-1]
+            data = json.loads(last) if res.returncode == 0 and last.startswith("{") else None
+        except subprocess.TimeoutExpired:
+            data, res = None, None
+        if data is None:
+            why = "timed out" if res is None else (res.stderr.strip().splitlines() or ["?"])[-1][:120]
+            rows.append([name, f"{label}: failed ({why})", "-", "-", "-", "-"])
+            continue
+        t_k = tuple(data["t"])
+        notes.append(f"{name}: {label} vs fp32 parallel rel. diff {data['err']:.1e}")
+        rows.append([name, label, *t_k, ratio(t_k[0], t_o[0]), ratio(t_k[1], t_o[1])])
+    return rows
+
 
 SHAPES = {"vil_t_224": (64, 4, 196, 96), "vil_t_stride8": (16, 4, 729, 96), "vil_t_1248": (2, 4, 6084, 96)}
 # all of q, k, v, i, f in bf16 (the reference computes in its inputs' dtype and wants one dtype)
@@ -76,8 +143,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--tfla-child", nargs=3, default=None, metavar=("SHAPE", "KERNEL", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    reps = 5 if args.quick else 30
+    reps = args.reps or (5 if args.quick else 30)
+    if args.tfla_child:
+        tfla_child(args.tfla_child[0], args.tfla_child[1], int(args.tfla_child[2]), reps)
+        return
     rows, notes = [], []
     for name, shape in SHAPES.items():
         x = make(*shape)
@@ -95,10 +167,12 @@ def main() -> None:
         rows.append([name, "parallel mLSTM reference", *t_r, ratio(t_r[0], t_o[0]), ratio(t_r[1], t_o[1])])
         rows.append([name, "causal SDPA flash (other operator, scale only)", *t_s, ratio(t_s[0], t_o[0]),
                      ratio(t_s[1], t_o[1])])
+        rows += tfla_rows(name, shape[2], reps, t_o, notes)
         del x
         torch.cuda.empty_cache()
     header = ["shape", "variant", "fwd ms", "fwd+bwd ms", "variant/ours fwd", "variant/ours fwd+bwd"]
-    emit_report(f"device: {device_line()}; {REF_NOTE}", header, rows, notes, args.out)
+    emit_report(f"device: {device_line()}; {REF_NOTE}; mlstm_kernels {tfla_version() or 'not installed'}", header,
+                rows, notes, args.out)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from kernels.triton.roofline import (copy_bandwidth_gbs, device_line, exp2_rate_per_s,  # noqa: E402
                                      emit_report, median_ms)
-from kernels.triton.selective_scan import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, default_config,  # noqa: E402
-                                           selective_scan_paths_triton)
+from kernels.triton.selective_scan import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, ScanConfig,  # noqa: E402
+                                           _chunk_default, default_config, selective_scan_paths_triton)
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -51,7 +51,7 @@ WORKLOADS = {
 }
 CONFIGS = {  # ScanConfig tuples: the default run uses the first, default_config's choice on the GPU (earlier sweeps,
     # benchmarks/gpu_notes.md; one config keeps a run's Triton compile time short); --sweep tries all, keeps the best
-    16: [tuple(default_config(16, 384)), ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2),
+    16: [tuple(default_config(16, 384, 2)), ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2),
          ("seq", 8, 16, 1)],
     1: [tuple(default_config(1, 96)), ("chunk", 64, 64, 4), ("seq", 64, 16, 2), ("seq", 32, 16, 1)],
 }
@@ -286,6 +286,86 @@ def bench_bwd_sweep(name: str, w: dict, reps: int, notes: list[str], candidates=
     return rows
 
 
+LANE_CANDIDATES = {  # forward variants for --fwd-sweep (ScanConfig tuples; their backward is the chunk default's).
+    # bd < 32 spreads a channel's states over 32 / bd lanes (selective_scan_lane.py)
+    16: [("lane", 32, 32, 1, 4, 2, "input", "grid", 8, 0, "grid"), ("lane", 32, 32, 1, 4, 2, "input", "grid", 4, 0),
+         ("lane", 16, 32, 1, 4, 2, "input", "grid", 8, 0), ("lane", 16, 32, 1, 4, 2, "input", "grid", 8, 0, "grid"),
+         ("lane", 8, 32, 1, 4, 2, "input", "grid", 8, 0), ("lane", 8, 32, 1, 4, 2, "input", "grid", 8, 0, "grid"),
+         ("lane", 8, 32, 1, 4, 2, "input", "grid", 16, 0, "grid"), ("lane", 4, 32, 1, 4, 2, "input", "grid", 8, 0)],
+    1: [("lane", 32, 64, 1, 16, 2, "input", "grid", 8, 0, "grid"), ("lane", 32, 64, 1, 16, 2, "input", "grid", 16, 0, "grid"),
+        ("lane", 64, 64, 2, 16, 2, "input", "grid", 16, 0, "grid"), ("lane", 32, 64, 1, 16, 2, "input", "grid", 32, 0, "grid")],
+}
+
+
+def bench_fwd_sweep(name: str, w: dict, bw: float, rate: float, reps: int, notes: list[str]) -> list[list]:
+    """Forward variants (the chunk default and LANE_CANDIDATES) on channel-last inputs, the SSM mixer's layout, against
+    the mamba-ssm composition measured in the same run; then fwd+bwd of the fastest forward. `name` ending in
+    "_one" = one direction (P = 1) against one mamba-ssm call."""
+    one = name.endswith("_one")
+    w = dict(w, route="bi") if one else w
+    paths = None if one else route_paths(w["route"], w["length"], w.get("side")).cuda()
+    n_paths = 1 if one else paths.shape[0]
+    merge = "sum" if one else w["merge"]
+    x = make_inputs(w, n_paths)
+    xc = channel_last(x)
+    xcg, leaves = with_grad(xc)
+
+    def ours(xx, cfg):
+        return selective_scan_paths_triton(xx["u"], xx["delta"], xx["A"], xx["B"], xx["C"], xx["D"], xx["z"],
+                                           xx["delta_bias"], True, paths, merge, config=cfg)
+
+    base_fwd = base_fb = None
+    label = "mamba-ssm unavailable"
+    if selective_scan_fn is not None:
+        if one:
+            def base(xx, pp):
+                return selective_scan_fn(xx["u"][:, 0], xx["delta"][:, 0], xx["A"][0], xx["B"][:, 0], xx["C"][:, 0],
+                                         xx["D"][0], xx["z"], xx["delta_bias"][0], True)
+            perm, label = {}, "1× mamba-ssm"
+        else:
+            perm = permuted_for_baseline(x, paths)
+            scale = 1.0 / n_paths if merge == "mean" else 1.0
+            if w["route"] == "bi":
+                base, label = (lambda xx, pp: vim_baseline(xx, pp, scale)), "2× mamba-ssm + flips + add"
+            else:
+                inv = torch.argsort(paths, dim=1)
+                base = lambda xx, pp: vmamba_baseline(xx, pp, paths, inv, scale)  # noqa: E731
+                label = "cross-scan copies + mamba-ssm + merge"
+        base_fwd = median_ms(lambda: base(x, perm), reps=reps)
+        xb, leaves_b = with_grad(x)
+        perm_b, leaves_p = with_grad(perm)
+        base_fb = median_ms(fwd_bwd(lambda: base(xb, perm_b), leaves_b + leaves_p), reps=reps)
+    f_fwd, bound = floor_ms(x, n_paths, bw, rate, False)
+    f_fb, bound_fb = floor_ms(x, n_paths, bw, rate, True)
+    ref_out = ours(xc, _chunk_default(w["n_state"]))
+    rows, best = [], None
+    for cfg in [_chunk_default(w["n_state"])] + [ScanConfig(*c) for c in LANE_CANDIDATES[16 if w["n_state"] >= 16 else 1]]:
+        try:
+            diff = ((ours(xc, cfg).float() - ref_out.float()).norm() / ref_out.float().norm()).item()
+            t = median_ms(lambda: ours(xc, cfg), reps=reps)
+        except Exception as exc:  # a variant that does not compile is skipped, and said so
+            notes.append(f"{name}: {tuple(cfg)} failed: {type(exc).__name__}: {str(exc)[:100]}")
+            continue
+        desc = (f"{cfg.variant} {cfg.bd} ch, {cfg.warps} warps, tile {cfg.tile}, segments {cfg.segments or 'auto'}, "
+                f"paths {cfg.fwd_paths}" if cfg.variant == "lane" else f"chunk default {tuple(cfg)[:4]}")
+        rows.append([name, desc, t, "-", f"{base_fwd / t:.2f}" if base_fwd else "-", "-", f"{f_fwd / t:.0%} ({bound})",
+                     "-", f"{diff:.1e}"])
+        print(rows[-1], flush=True)
+        if cfg.variant == "lane" and (best is None or t < best[1]):
+            best = (cfg, t)
+    if best is not None:
+        cfg = best[0]
+        t_fb = median_ms(fwd_bwd(lambda: ours(xcg, cfg), leaves), reps=reps)
+        rows.append([name, f"best lane fwd + chunk bwd: {tuple(cfg)}", best[1], t_fb,
+                     f"{base_fwd / best[1]:.2f}" if base_fwd else "-", f"{base_fb / t_fb:.2f}" if base_fb else "-",
+                     f"{f_fwd / best[1]:.0%} ({bound})", f"{f_fb / t_fb:.0%} ({bound_fb})", f"fb/f {t_fb / best[1]:.2f}"])
+        print(rows[-1], flush=True)
+    if base_fwd:
+        rows.append([name, label + " (channel-first, as the codebases run it)", base_fwd, base_fb, "1.00", "1.00",
+                     f"{f_fwd / base_fwd:.0%}", f"{f_fb / base_fb:.0%}", f"fb/f {base_fb / base_fwd:.2f}"])
+    return rows
+
+
 def bench_single(bw: float, rate: float, reps: int, notes: list[str]) -> list[list]:
     """One direction (P = 1) at the Vim-Ti shape: ours against one mamba-ssm call."""
     rows = []
@@ -324,6 +404,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="try every tile in CONFIGS (each costs Triton compiles)")
     ap.add_argument("--bwd-sweep", action="store_true", help="only the backward-tile table (BWD_CANDIDATES)")
     ap.add_argument("--bwd-grid-sweep", action="store_true", help="only the backward path-loop/grid table")
+    ap.add_argument("--fwd-sweep", action="store_true", help="only the forward-variant table (chunk vs lane kernels)")
     args = ap.parse_args()
     reps = 5 if args.quick else 20
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -341,6 +422,17 @@ def main() -> None:
     bw = copy_bandwidth_gbs() * 1e9
     rate = exp2_rate_per_s()
     notes: list[str] = []
+    if args.fwd_sweep:
+        rows = []
+        loads = dict(WORKLOADS, vim_ti_224_one=WORKLOADS["vim_ti_224"], vim_ti_1248_one=WORKLOADS["vim_ti_1248"])
+        for name, w in loads.items():
+            if not args.only or name in args.only:
+                rows += bench_fwd_sweep(name, w, bw, rate, reps, notes)
+        header = ["workload", "forward variant (channel-last inputs)", "fwd ms", "fwd+bwd ms", "baseline/this fwd",
+                  "baseline/this fwd+bwd", "floor/time fwd", "floor/time fwd+bwd", "rel. diff vs default / ratio"]
+        emit_report(f"device: {device_line()}; {MAMBA_NOTE}; copy {bw / 1e12:.2f} TB/s, exp2 {rate / 1e12:.2f} T/s",
+                    header, rows, notes, args.out)
+        return
     head = [f"device: {device_line()}; {MAMBA_NOTE}",
             f"measured ceilings: copy {bw / 1e12:.2f} TB/s (read+write), exp2 {rate / 1e12:.2f} T/s"]
     rows = []

@@ -37,8 +37,9 @@ BACKENDS = ("triton", "mamba_ssm", "reference")
 OPS = ("selective_scan", "selective_scan_paths", "mlstm")
 # "auto" order (benchmarks/RESULTS.md, H100): for one path mamba-ssm's kernel beats our Triton scan (1.3× at L=197),
 # so it leads where installed. For routes the fused Triton kernel leads: it is the path the GPU tests cover; it wins
-# VMamba's cross4 (1.51× fwd, 2.06× fwd+bwd on channel-last inputs) and loses Vim's bi route to the copy-based mamba-ssm
-# composition (0.8× fwd, 0.75× fwd+bwd at 224²), which stays available as backend="mamba_ssm".
+# VMamba's cross4 (1.51× fwd, 2.27× fwd+bwd on channel-last inputs) and is about even with the copy-based mamba-ssm
+# composition on Vim's bi route at 224² (0.88× fwd, 0.83–1.03× fwd+bwd; 0.44× / 0.62× at 1248²), which stays
+# available as backend="mamba_ssm".
 AUTO_ORDER = {
     "selective_scan": ("mamba_ssm", "triton", "reference"),
     "selective_scan_paths": ("triton", "reference"),

@@ -93,8 +93,14 @@ CASES = [  # (P, dim, N, L, route, softplus, merge, with D/z/bias)
 
 
 # interpreter tiles are small so that several channel blocks and stretches are exercised; None = the default tiles
-VARIANTS = {"seq": ("seq", 8, 8, 1), "chunk": ("chunk", 4, 8, 1)}
-GPU_VARIANTS = {"seq": ("seq", 16, 16, 2), "chunk": None}  # None = the default (chunk) tiles
+# "lane": the lane-owned forward (tile 4 steps, checkpoints every 8) with the chunk backward; "lane_seg": the same cut
+# into segments of 8 steps (summary launch + segment launch; several paths then merge by atomics)
+VARIANTS = {"seq": ("seq", 8, 8, 1), "chunk": ("chunk", 4, 8, 1),
+            "lane": ("lane", 8, 8, 1, 4, 1, "input", "grid", 4, 1),
+            "lane_seg": ("lane", 8, 8, 1, 4, 1, "input", "grid", 4, 3)}
+GPU_VARIANTS = {"seq": ("seq", 16, 16, 2), "chunk": ("chunk", 4, 32, 2, 4, 2, "input", "grid"),
+                "lane": ("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 0),
+                "lane_seg": ("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 6)}
 
 
 def variant_config(variant):
@@ -202,6 +208,26 @@ def test_default_and_grid_tiles_channel_last_gpu(kind, config, dtype):
     gradients come back channel-last): Vim-Ti's bi route, and a 16×16 cross4 route with N = 1 (VMamba's)."""
     if kind == "vim_ti_bi":
         inputs, paths = make_inputs(16, 2, 384, 16, 197, dtype=dtype), route("bi", 2, 197)
+    else:
+        inputs, paths = make_inputs(8, 4, 96, 1, 256, dtype=dtype, with_z=False), route("cross", 4, 256, side=16)
+    check_against_oracle(channel_last_inputs(inputs), True, paths, "mean", dtype, config)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["vim_ti_bi", "cross4_16x16", "vim_ti_one"])
+@pytest.mark.parametrize("config", [("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 0),
+                                    ("lane", 64, 32, 2, 0, 0, "input", "grid", 4, 3),
+                                    ("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 0, "grid")],
+                         ids=["loop", "segments3", "paths_grid"])
+def test_lane_forward_channel_last_gpu(kind, config, dtype):
+    """The lane-owned forward (one path loop, three segments, one program per path) on channel-last inputs, with
+    the chunk backward reading its checkpoints: Vim-Ti's bi route, one direction, and a 16×16 cross4 route (N = 1)."""
+    if kind == "vim_ti_bi":
+        inputs, paths = make_inputs(16, 2, 384, 16, 197, dtype=dtype), route("bi", 2, 197)
+    elif kind == "vim_ti_one":
+        inputs, paths = make_inputs(16, 1, 384, 16, 197, dtype=dtype), None
     else:
         inputs, paths = make_inputs(8, 4, 96, 1, 256, dtype=dtype, with_z=False), route("cross", 4, 256, side=16)
     check_against_oracle(channel_last_inputs(inputs), True, paths, "mean", dtype, config)

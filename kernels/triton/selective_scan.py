@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .scan_common import _combine, _softplus  # noqa: F401
+from .scan_common import _combine, _merge_store, _softplus  # noqa: F401
 
 LOG2E = 1.4426950408889634
 
@@ -126,17 +126,7 @@ def _scan_fwd_kernel(
                 y = y * (z * tl.sigmoid(z))
             y = y * scale
             ooff = b64 * so_b + offs_d[:, None] * so_d + pos[None, :] * so_l
-            if ATOMIC:
-                tl.atomic_add(OUT + ooff, y, mask=m2, sem="relaxed")
-            elif PATH_LOOP:
-                if pi > 0:
-                    y += tl.load(ACC + ooff, mask=m2, other=0.0)
-                if pi == n_iter - 1:
-                    tl.store(OUT + ooff, y.to(OUT.dtype.element_ty), mask=m2)
-                else:
-                    tl.store(ACC + ooff, y, mask=m2)
-            else:
-                tl.store(OUT + ooff, y.to(OUT.dtype.element_ty), mask=m2)
+            _merge_store(OUT, ACC, ooff, y, m2, pi, n_iter, ATOMIC, PATH_LOOP)
             h = tl.sum(tl.where(offs_t[None, None, :] == T - 1, hh, 0.0), axis=2)
         if SAVE_LAST:
             tl.store(LAST + ((b64 * npaths + p) * DIM) * NP + hs_off, h, mask=mask_d[:, None])
@@ -280,7 +270,11 @@ class ScanConfig(NamedTuple):
     = (…, dim, L) contiguous; "auto" = "input" (H100, `bench_scan.py --bwd-sweep`: fwd+bwd 1.10–1.12× faster for
     Vim-Ti's bi route and 1.50× for VMamba's cross4 on channel-last inputs, benchmarks/gpu_notes.md). `bwd_paths`
     (chunk backward of a multi-path route): "loop" = one program walks every path (dz merged in an fp32 buffer),
-    "grid" = one program per path (P× the programs; dz, when there is a gate, by fp32 atomics)."""
+    "grid" = one program per path (P× the programs; dz, when there is a gate, by fp32 atomics).
+    Fields of the "lane" forward (selective_scan_lane.py; its backward is the chunk kernel with T = `steps`): `tile`
+    = steps unrolled between two output stores; `segments` = pieces the sequence is cut into for parallelism (0 =
+    chosen from the lane count); `fwd_paths` = "loop" (one program walks every path; only with one segment) or
+    "grid" (one program per path, outputs merged by fp32 atomics), "auto" = "loop" where allowed."""
 
     variant: str
     bd: int
@@ -290,10 +284,13 @@ class ScanConfig(NamedTuple):
     bwd_warps: int = 0
     grad_layout: str = "auto"
     bwd_paths: str = "loop"
+    tile: int = 8
+    segments: int = 0
+    fwd_paths: str = "auto"
 
 
 # Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
-# keyed by the state size class; the forward part of each equals default_config's on the GPU.
+# keyed by the state size class; their forward is the chunked kernel (default_config's before the lane forward).
 BWD_CANDIDATES = {
     16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 4, "channel_first"),
          ScanConfig("chunk", 4, 32, 2, 16, 8, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 2, "channel_first"),
@@ -309,14 +306,22 @@ BWD_GRID_CANDIDATES = {
 }
 
 
-def default_config(n_state: int, dim: int) -> ScanConfig:
-    """Tile choice from the H100 runs in benchmarks/RESULTS.md: the chunked variant; the step-sequential one was
-    slower there (its later steps' loads do not issue ahead of the earlier steps' stores, see gpu_notes.md). Under
-    Triton's interpreter (CPU tests) every tile element costs Python time, so tiles shrink to the problem."""
-    np2 = triton.next_power_of_2(n_state)
+def default_config(n_state: int, dim: int, n_paths: int = 1) -> ScanConfig:
+    """Tile choice from the H100 runs in benchmarks/RESULTS.md. A multi-path route with N ≥ 16 (Vim's bi route) takes
+    the lane-owned forward, one program per path (session 3's forward sweep: 0.52 vs 0.61 ms at Vim-Ti 224², 1.6 vs
+    1.95 ms at 1248²) with the chunk backward; one path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane)
+    keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait behind the
+    earlier steps' stores, see gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element costs Python
+    time, so tiles shrink to the problem."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
-    if np2 >= 16:
+    if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
+        return ScanConfig("lane", 32, 32, 1, 4, 2, "input", "grid", 8, 0, "grid")
+    return _chunk_default(n_state)
+
+
+def _chunk_default(n_state: int) -> ScanConfig:
+    if triton.next_power_of_2(n_state) >= 16:
         return ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")
     return ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")
 
@@ -347,7 +352,16 @@ def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, 
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
-    cfg = ScanConfig(*config) if config else default_config(n_state, dim)
+    cfg = ScanConfig(*config) if config else default_config(n_state, dim, n_paths)
+    if cfg.variant not in ("seq", "chunk", "lane"):
+        raise ValueError(f"variant must be 'seq', 'chunk' or 'lane', got {cfg.variant!r}")
+    if cfg.variant == "lane":
+        if save_last:
+            raise ValueError("the lane variant does not return the last state; use 'chunk' or 'seq'")
+        out, hs = launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, cfg,
+                                  _common_args(u, delta, A, B, C, D, z, delta_bias, paths), _empty_like_layout,
+                                  _channel_last)
+        return out, hs, None
     nchunk = triton.cdiv(length, cfg.steps)
     seq = cfg.variant == "seq"
     path_loop = not seq and n_paths > 1  # chunk kernel: one program per (batch, channels) walks every path
@@ -380,12 +394,16 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
-    cfg = ScanConfig(*config) if config else default_config(n_state, dim)
+    cfg = ScanConfig(*config) if config else default_config(n_state, dim, n_paths)
     nchunk = triton.cdiv(length, cfg.steps)
     if hs.shape[2] != nchunk:
         raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
     seq = cfg.variant == "seq"
-    bd, warps = cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+    if cfg.variant == "lane":  # the lane forward's gradients come from the chunk backward (T = the checkpoint stretch)
+        fallback = _chunk_default(n_state)
+        bd, warps = cfg.bwd_bd or fallback.bwd_bd, cfg.bwd_warps or fallback.bwd_warps
+    else:
+        bd, warps = cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
     if cfg.grad_layout not in ("auto", "input", "channel_first"):
         raise ValueError(f"grad_layout must be 'auto', 'input' or 'channel_first', got {cfg.grad_layout!r}")
     follow = cfg.grad_layout in ("input", "auto")
@@ -477,10 +495,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if not return_last_state:
         return out
     with torch.no_grad():
-        _, _, last = scan_paths_fwd(*args, None, bool(delta_softplus), 1.0, save_states=False, save_last=True)
+        _, _, last = scan_paths_fwd(*args, None, bool(delta_softplus), 1.0, save_states=False, save_last=True,
+                                    config=default_config(A.shape[-1], u.shape[1]))  # one path: never "lane"
     return out, last[:, 0]
 
 
+from .selective_scan_lane import launch_lane_fwd  # noqa: E402
 from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel  # noqa: E402 (needs the helpers above)
 
 __all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .scan_common import _softplus
+from .scan_common import _step_u_dt
 
 
 @triton.jit
@@ -25,19 +25,8 @@ def _step_inputs(U, DT, Bm, Cm, PATHS, p, t, valid, offs_d, mask_d, offs_n, mask
                  dtb, su_l, su_d, sdt_l, sdt_d, sb_n, sb_l, sc_n, sc_l, sp_p, sp_l,
                  HAS_PATHS: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Loads of one step: (pos, u, Δ, pre-softplus Δ, B_t, C_t); invalid steps give Δ = 0 (state passes through)."""
-    if HAS_PATHS:
-        pos = tl.load(PATHS + p * sp_p + t * sp_l, mask=valid, other=0)
-    else:
-        pos = t
-    md = mask_d & valid
-    u = tl.load(U + u_base + offs_d * su_d + pos * su_l, mask=md, other=0.0).to(tl.float32)
-    dt = tl.load(DT + dt_base + offs_d * sdt_d + pos * sdt_l, mask=md, other=0.0).to(tl.float32)
-    if HAS_DTB:
-        dt = dt + dtb
-    dt_raw = dt
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(md, dt, 0.0)
+    pos, u, dt, dt_raw = _step_u_dt(U, DT, PATHS, p, t, valid, offs_d, mask_d, u_base, dt_base, dtb, su_l, su_d,
+                                    sdt_l, sdt_d, sp_p, sp_l, HAS_PATHS, HAS_DTB, SOFTPLUS)
     mn = mask_n & valid
     bt = tl.load(Bm + b_base + offs_n * sb_n + pos * sb_l, mask=mn, other=0.0).to(tl.float32)
     ct = tl.load(Cm + c_base + offs_n * sc_n + pos * sc_l, mask=mn, other=0.0).to(tl.float32)
