@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from kernels.triton.mlstm import mlstm_triton  # noqa: E402
+from kernels.triton.mlstm import forward_mode, mlstm_triton  # noqa: E402
 from kernels.triton.roofline import device_line, emit_report, median_ms  # noqa: E402
 
 try:
@@ -159,9 +159,20 @@ def main() -> None:
         notes.append(f"{name} {shape}: chunkwise (bf16 in) vs fp32 parallel rel. diff {err:.1e}")
         t_o = timed(lambda *a: mlstm_triton(*a, backward="triton"), x, reps)
         t_t = timed(lambda *a: mlstm_triton(*a, backward="recompute"), x, reps)
+        t_w = timed(lambda *a: mlstm_triton(*a, forward="walk"), x, reps)
+        t_2 = timed(lambda *a: mlstm_triton(*a, forward="two_phase"), x, reps)
+        with torch.no_grad():
+            err2 = ((mlstm_triton(*x, forward="two_phase").float() - ours.float()).norm() / ours.float().norm()).item()
+        notes.append(f"{name}: two-phase vs walk forward rel. diff {err2:.1e}")
         t_r = timed(mlstm_parallel_ref, x, reps)
         t_s = timed(sdpa, x, reps)
-        rows.append([name, "chunkwise mLSTM (triton fwd, triton tile bwd; the default)", *t_o, "1.00", "1.00"])
+        rows.append([name, f"chunkwise mLSTM (triton fwd, triton tile bwd; the default: forward "
+                     f"{forward_mode(-(-shape[2] // 64), x[0].device)})",
+                     *t_o, "1.00", "1.00"])
+        rows.append([name, "chunkwise mLSTM, forward walk (one program per head walks the chunks)", *t_w,
+                     ratio(t_w[0], t_o[0]), ratio(t_w[1], t_o[1])])
+        rows.append([name, "chunkwise mLSTM, forward two_phase (states, then chunks in parallel)", *t_2,
+                     ratio(t_2[0], t_o[0]), ratio(t_2[1], t_o[1])])
         rows.append([name, "chunkwise mLSTM (triton fwd, PyTorch recompute bwd)", *t_t, ratio(t_t[0], t_o[0]),
                      ratio(t_t[1], t_o[1])])
         rows.append([name, "parallel mLSTM reference", *t_r, ratio(t_r[0], t_o[0]), ratio(t_r[1], t_o[1])])

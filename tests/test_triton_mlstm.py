@@ -32,11 +32,11 @@ def make_inputs(bsz, heads, length, dqk, dv, dtype=torch.float32, seed=0):
     return [x.to(DEV).to(dtype) for x in (q, k, v, i, f)]
 
 
-def check(inputs, dtype, backward="recompute"):
+def check(inputs, dtype, backward="recompute", forward=None):
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     ref_leaves = [x.detach().double().requires_grad_(True) for x in inputs]
     same_leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = mlstm_triton(*leaves, backward=backward)
+    out = mlstm_triton(*leaves, backward=backward, forward=forward)
     ref = mlstm_parallel_loop(*ref_leaves)
     same = mlstm_parallel_loop(*same_leaves, dtype=dtype)
     dh = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(ref.device)
@@ -56,6 +56,18 @@ def test_mlstm_matches_parallel(length, dqk, dv, backward):
     check(make_inputs(2, 2, length, dqk, dv), torch.float32, backward)
 
 
+@pytest.mark.parametrize("forward", ["walk", "two_phase"])
+def test_forward_modes_match_parallel(forward):
+    """The chunk walk and the two-phase forward (states first, then every chunk in parallel) on three chunks of 64,
+    the last one partial, with the Triton backward reading the statistics either forward saved."""
+    check(make_inputs(1, 2, 150, 8, 12), torch.float32, "triton", forward)
+
+
+def test_bad_forward_mode_is_refused():
+    with pytest.raises(ValueError, match="two_phase"):
+        mlstm_triton(*make_inputs(1, 1, 8, 8, 8), forward="parallel")
+
+
 def test_chunkwise_torch_twin_is_exact():
     inputs = [x.double() for x in make_inputs(1, 2, 50, 8, 8)]
     assert rel_err(mlstm_chunkwise_torch(*inputs, chunk=16), mlstm_parallel_loop(*inputs)) < 1e-12
@@ -67,3 +79,11 @@ def test_chunkwise_torch_twin_is_exact():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_vil_tiny_shape_gpu(dtype, backward):
     check(make_inputs(8, 4, 197, 96, 96, dtype=dtype), dtype, backward)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_phase_long_sequence_gpu(dtype):
+    """ViL-T heads at 1,000 tokens, batch 1: the shape where the two-phase forward is chosen."""
+    check(make_inputs(1, 4, 1000, 96, 96, dtype=dtype), dtype, "triton", "two_phase")
