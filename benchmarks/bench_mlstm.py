@@ -139,14 +139,42 @@ def ratio(a, b):
     return f"{a / b:.2f}" if isinstance(a, float) and isinstance(b, float) else "-"
 
 
+BWD_TILES = [(64, 8), (32, 8), (32, 4), (16, 4)]  # (tile side, warps) of the Triton backward; the first = the previous default
+
+
+def bwd_sweep(reps: int) -> None:
+    """fwd+bwd time of the Triton backward per tile (BWD_TILES) at the three shapes, against the first tile in the same
+    run, with the largest relative gradient difference from it (offline SASS: 64 × 64 tiles spill, 32/8 and 16/4 not)."""
+    rows = []
+    for name, shape in SHAPES.items():
+        x = make(*shape)
+        leaves = [t.detach().clone().requires_grad_(True) for t in x]
+        dout = torch.randn_like(mlstm_triton(*leaves))
+        base_t = base_g = None
+        for tile in BWD_TILES:
+            grads = torch.autograd.grad(mlstm_triton(*leaves, bwd_tile=tile), leaves, dout)
+            t = median_ms(lambda: torch.autograd.grad(mlstm_triton(*leaves, bwd_tile=tile), leaves, dout), reps=reps)
+            if base_t is None:
+                base_t, base_g = t, grads
+            diff = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(grads, base_g))
+            rows.append([name, f"tile {tile[0]}, {tile[1]} warps", t, f"{base_t / t:.2f}", f"{diff:.1e}"])
+            print(rows[-1], flush=True)
+    emit_report(f"device: {device_line()}; mLSTM Triton backward tiles", ["shape", "backward tile", "fwd+bwd ms",
+                "first row / this (same run)", "max grad rel. diff vs first row"], rows, [], None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--bwd-sweep", action="store_true", help="only the backward-tile table (BWD_TILES)")
     ap.add_argument("--tfla-child", nargs=3, default=None, metavar=("SHAPE", "KERNEL", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     reps = args.reps or (5 if args.quick else 30)
+    if args.bwd_sweep:
+        bwd_sweep(reps)
+        return
     if args.tfla_child:
         tfla_child(args.tfla_child[0], args.tfla_child[1], int(args.tfla_child[2]), reps)
         return

@@ -32,11 +32,11 @@ def make_inputs(bsz, heads, length, dqk, dv, dtype=torch.float32, seed=0):
     return [x.to(DEV).to(dtype) for x in (q, k, v, i, f)]
 
 
-def check(inputs, dtype, backward="recompute", forward=None):
+def check(inputs, dtype, backward="recompute", forward=None, bwd_tile=None):
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     ref_leaves = [x.detach().double().requires_grad_(True) for x in inputs]
     same_leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = mlstm_triton(*leaves, backward=backward, forward=forward)
+    out = mlstm_triton(*leaves, backward=backward, forward=forward, bwd_tile=bwd_tile)
     ref = mlstm_parallel_loop(*ref_leaves)
     same = mlstm_parallel_loop(*same_leaves, dtype=dtype)
     dh = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(ref.device)
@@ -63,6 +63,11 @@ def test_forward_modes_match_parallel(forward):
     check(make_inputs(1, 2, 150, 8, 12), torch.float32, "triton", forward)
 
 
+@pytest.mark.parametrize("bwd_tile", [(16, 4), (32, 2)])
+def test_backward_tiles_match_parallel(bwd_tile):
+    check(make_inputs(1, 2, 70, 8, 12), torch.float32, "triton", None, bwd_tile)
+
+
 def test_bad_forward_mode_is_refused():
     with pytest.raises(ValueError, match="two_phase"):
         mlstm_triton(*make_inputs(1, 1, 8, 8, 8), forward="parallel")
@@ -87,3 +92,11 @@ def test_vil_tiny_shape_gpu(dtype, backward):
 def test_two_phase_long_sequence_gpu(dtype):
     """ViL-T heads at 1,000 tokens, batch 1: the shape where the two-phase forward is chosen."""
     check(make_inputs(1, 4, 1000, 96, 96, dtype=dtype), dtype, "triton", "two_phase")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bwd_tile", [(32, 8), (32, 4), (16, 4)])
+def test_backward_tiles_gpu(dtype, bwd_tile):
+    check(make_inputs(4, 4, 300, 96, 96, dtype=dtype), dtype, "triton", None, bwd_tile)

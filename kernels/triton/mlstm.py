@@ -238,8 +238,8 @@ class MLSTMChunkwise(torch.autograd.Function):
     `mlstm_chunkwise_torch` under autograd ("recompute")."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, eps, backward, forward=None):
-        ctx.eps, ctx.mode = eps, backward
+    def forward(ctx, q, k, v, i, f, eps, backward, forward=None, bwd_tile=None):
+        ctx.eps, ctx.mode, ctx.bwd_tile = eps, backward, bwd_tile
         if backward == "triton" and any(ctx.needs_input_grad[:5]):  # inference skips the saved statistics
             h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, save_stats=True, mode=forward)
             ctx.save_for_backward(q, k, v, i, f, h, m, den)
@@ -253,7 +253,8 @@ class MLSTMChunkwise(torch.autograd.Function):
             from .mlstm_bwd import mlstm_bwd_triton
 
             q, k, v, i, f, h, m, den = ctx.saved_tensors
-            return (*mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, ctx.eps), None, None, None)
+            tile = dict(zip(("block", "warps"), ctx.bwd_tile)) if ctx.bwd_tile else {}
+            return (*mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, ctx.eps, **tile), None, None, None, None)
         inputs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
         length = inputs[0].shape[2]
         # few, long stretches: each Python-level chunk costs a dozen launches, and a stretch of ≤1024 steps keeps the
@@ -262,19 +263,21 @@ class MLSTMChunkwise(torch.autograd.Function):
         with torch.enable_grad():
             h = mlstm_chunkwise_torch(*inputs, eps=ctx.eps, chunk=chunk)
             grads = torch.autograd.grad(h, inputs, dh)
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 BACKWARDS = ("recompute", "triton")
 
 
-def mlstm_triton(q, k, v, i, f, eps: float = 1e-6, backward: str = "triton", forward: str | None = None):
+def mlstm_triton(q, k, v, i, f, eps: float = 1e-6, backward: str = "triton", forward: str | None = None,
+                 bwd_tile: tuple[int, int] | None = None):
     """Same contract as `kernels.mlstm.mlstm_parallel_ref`. `backward`: "triton" (the tile kernels of mlstm_bwd.py;
     on the H100 2.3–5.7× faster in fwd+bwd than "recompute" at ViL-T shapes, benchmarks/RESULTS.md) or "recompute"
-    (PyTorch chunkwise under autograd). `forward`: "walk", "two_phase" or None (chosen by `forward_mode`)."""
+    (PyTorch chunkwise under autograd). `forward`: "walk", "two_phase" or None (chosen by `forward_mode`).
+    `bwd_tile`: (tile side, warps) of the Triton backward, None = its default."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}; got {backward!r}")
-    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward)
+    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward, bwd_tile)
 
 
 __all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise", "forward_mode"]

@@ -119,8 +119,20 @@ def _mlstm_dq_kernel(Q, K, V, DH, FC, IG, M, INVN, DDEN, DQ, GROW, ARGM, L, DQK,
     tl.store(ARGM + bh * L + t, best_at, mask=mask_t)
 
 
-def mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, eps: float = 1e-6, block: int = 64):
-    """Gradients (dq, dk, dv, di, df) of the mLSTM cell; m, den: (b·h, L) fp32 saved by the forward."""
+def default_tile(length: int, head_width: int) -> tuple[int, int]:
+    """(tile side, warps) of the backward. For heads padded to ≥ 128 (ViL-T's 96), from the H100 sweep
+    (`bench_mlstm.py --bwd-sweep`): 64 × 64 tiles spill registers (offline SASS: 249 local loads in the dkv kernel);
+    16 / 4 warps is fastest at 196 tokens (1.27×), 32 / 4 warps at 6,084 (2.39×) and even at 729. Smaller heads keep
+    the 64-wide tile (not re-measured)."""
+    if head_width < 128:
+        return 64, 4
+    return (16, 4) if length <= 256 else (32, 4)
+
+
+def mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, eps: float = 1e-6, block: int | None = None,
+                     warps: int | None = None):
+    """Gradients (dq, dk, dv, di, df) of the mLSTM cell; m, den: (b·h, L) fp32 saved by the forward. `block` = the
+    (t, s) tile side and `warps` per program; None = `default_tile`."""
     bsz, heads, length, dqk = q.shape
     dvv = v.shape[-1]
     bh = bsz * heads
@@ -141,10 +153,11 @@ def mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, eps: float = 1e-6, block: int
     argm = torch.empty((bh, length), device=q.device, dtype=torch.int32)
     dkp, dvp = max(16, triton.next_power_of_2(dqk)), max(16, triton.next_power_of_2(dvv))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (bh, triton.cdiv(length, block))
     scale = 1.0 / math.sqrt(dqk)
     common = (q3, k3, v3, dh3, fc, ig, m, inv_n, dden)
-    warps = 8 if max(dkp, dvp) >= 128 else 4
+    auto_block, auto_warps = default_tile(length, max(dkp, dvp))
+    block, warps = block or auto_block, warps or auto_warps
+    grid = (bh, triton.cdiv(length, block))
     _mlstm_dkv_kernel[grid](*common, dk, dv, gcol, length, dqk, dvv, scale, BT=block, DKP=dkp, DVP=dvp, PREC=prec,
                             num_warps=warps)
     _mlstm_dq_kernel[grid](*common, dq, grow, argm, length, dqk, dvv, scale, BT=block, DKP=dkp, DVP=dvp, PREC=prec,
