@@ -164,6 +164,13 @@ def test_bad_gradient_layout_is_refused():
         out.sum().backward()
 
 
+def test_bad_lane_path_mode_is_refused():
+    leaves = make_inputs(1, 2, 4, 2, 8)
+    with pytest.raises(ValueError, match="fwd_paths"):
+        selective_scan_paths_triton(*leaves, paths=route("bi", 2, 8),
+                                    config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 1, "rows"))
+
+
 def test_single_path_wrapper_and_last_state():
     bsz, dim, n_state, length = 2, 4, 8, 40
     u, delta, A, B, C, D, z, bias = make_inputs(bsz, 1, dim, n_state, length)

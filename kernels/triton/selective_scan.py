@@ -495,8 +495,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if not return_last_state:
         return out
     with torch.no_grad():
-        _, _, last = scan_paths_fwd(*args, None, bool(delta_softplus), 1.0, save_states=False, save_last=True,
-                                    config=default_config(A.shape[-1], u.shape[1]))  # one path: never "lane"
+        _, _, last = scan_paths_fwd(*args, None, bool(delta_softplus), 1.0, save_states=False, save_last=True)
     return out, last[:, 0]
 
 

@@ -154,6 +154,8 @@ def launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale,
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
+    if cfg.fwd_paths not in ("auto", "loop", "grid"):
+        raise ValueError(f"fwd_paths must be 'auto', 'loop' or 'grid', got {cfg.fwd_paths!r}")
     ck, tile = cfg.steps, min(cfg.tile, cfg.steps)
     if ck % tile:
         raise ValueError(f"lane config: the checkpoint stretch ({ck}) must be a multiple of the tile ({tile})")
