@@ -215,17 +215,7 @@ def _scan_bwd_kernel(
                     y += dvec[:, None] * u
                 dz = dout * y * sig * (1.0 + z * (1.0 - sig))
                 zoff = b64 * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
-                if ATOMIC_Z:
-                    tl.atomic_add(DZ + zoff, dz, mask=m2, sem="relaxed")
-                elif PATH_LOOP:
-                    if pi > 0:
-                        dz += tl.load(DZACC + zoff, mask=m2, other=0.0)
-                    if pi == n_iter - 1:
-                        tl.store(DZ + zoff, dz.to(DZ.dtype.element_ty), mask=m2)
-                    else:
-                        tl.store(DZACC + zoff, dz, mask=m2)
-                else:
-                    tl.store(DZ + zoff, dz.to(DZ.dtype.element_ty), mask=m2)
+                _merge_store(DZ, DZACC, zoff, dz, m2, pi, n_iter, ATOMIC_Z, PATH_LOOP)
             # reverse scan for the adjoint state
             alpha = tl.exp2(dt_n[:, None, :] * a2[:, :, None])
             cc = ct[None, :, :] * dy[:, None, :]
