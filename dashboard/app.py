@@ -137,7 +137,7 @@ class DashboardApp:
         search = V.search_views(self.url, data) if not data.is_grid else ({}, {}, {})
         return html.Div([
             dcc.Link("← all studies", href="/"),
-            html.H1(name, id="study-title"), html.P(data.info.get("question") or "", className="muted"),
+            html.H1(name, id="study-title"), html.P(data.info.question or "", className="muted"),
             html.Div(id="study-status"),
             dcc.Store(id="study-name", data=name), dcc.Store(id="study-version", data=version),
             dcc.Interval(id="study-refresh", interval=self.refresh_ms),

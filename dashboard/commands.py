@@ -15,19 +15,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from nas.console import db_url, fail, study_name
+
 DEFAULT_PORT = 8050
-
-
-def _err(message: str) -> None:
-    from nas.cli import _fail  # the CLI's one way of printing bad input (exit code 2); imported late: cli imports us
-
-    _fail(message)
-
-
-def _db_url(db: str | None) -> str:
-    from nas.cli import _db_url as cli_db_url
-
-    return cli_db_url(db)
 
 
 def is_loopback(host: str) -> bool:
@@ -51,11 +41,11 @@ def dashboard(
 
     from .app import create_app
 
-    url = _db_url(db)
+    url = db_url(db)
     try:
         app = create_app(url)
     except StoreError as e:
-        _err(str(e))
+        fail(str(e))
     console = Console(stderr=True)
     if not is_loopback(host):
         console.print(f"[yellow]warning:[/yellow] serving on {host}: anyone who can reach this address can read "
@@ -75,15 +65,13 @@ def report(
 
     from .report import write_report
 
-    from nas.cli import _study_name
-
     try:
-        study = _study_name(study)
-        path = write_report(_db_url(db), study, out)
+        study = study_name(study)
+        path = write_report(db_url(db), study, out)
     except NasError as e:  # no database, unknown study, unreadable study file
-        _err(str(e))
+        fail(str(e))
     except OSError as e:
-        _err(f"cannot write {out}: {e}")
+        fail(f"cannot write {out}: {e}")
     Console().print(f"report for {study} → {path} ({path.stat().st_size / 2**20:.1f} MiB)", highlight=False)
 
 

@@ -1,8 +1,8 @@
 """Read-only access to the study database for the dashboard and `nas report`: database rows in, plain data out.
 
-Everything goes through `nas.store.Store(url, read_only=True)` (our tables) and a read-only Optuna storage (Optuna's
-tables, for the search views); nothing here writes. SQLite files are opened with `mode=ro`, so even a bug could not
-change a study while its driver runs.
+Everything goes through `nas.store.Store(url, read_only=True)`: our tables, and Optuna's through the same store's
+`optuna_storage()` (for the search views); nothing here writes. SQLite files are opened with `mode=ro`, so even a bug
+could not change a study while its driver runs.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import StoreError
-from nas.store import SQLITE_TIMEOUT_S, Store, TrialView, sqlite_path
-
-DONE_STATES = ("complete", "stopped")
+from nas.records import RunRecord, StudyRecord, TrialView
+from nas.store import Store
 
 
 def open_store(url: str) -> Store:
@@ -28,22 +27,18 @@ def open_store(url: str) -> Store:
 
 # ------------------------------------------------------------------------------------------------ studies list
 def study_list(store: Store) -> list[dict[str, Any]]:
-    """One row per study, newest first: status, trial counts by state, best accuracy, last update."""
-    rows = []
-    for r in store.studies():
-        rows.append({"name": r["name"], "question": r["question"], "kind": r["kind"], "status": r["status"],
-                     "done": r["complete"] + r["stopped"], "running": r["running"],
-                     "failed": r["failed"] + r["stale"], "cells": r["cells"], "best_val_acc": r["best_val_acc"],
-                     "updated_at": r["updated_at"]})
-    return rows
+    """One display row per study, newest first (the input of `figures.studies_table`): status, trials done /
+    running / failed (stale included), best accuracy, last update."""
+    return [{"name": r.name, "question": r.question, "kind": r.kind, "status": r.status, "done": r.done,
+             "running": r.running, "failed": r.failed, "cells": r.cells, "best_val_acc": r.best_val_acc,
+             "updated_at": r.updated_at} for r in store.studies()]
 
 
 def fingerprint(store: Store, name: str) -> str:
     """Changes whenever a study's trials or status change (the live view redraws only then, or while running)."""
     for r in store.studies():
-        if r["name"] == name:
-            return json.dumps([r["status"], r["complete"], r["running"], r["failed"], r["stale"], r["stopped"],
-                               str(r["updated_at"])])
+        if r.name == name:
+            return json.dumps([r.status, {s.value: n for s, n in r.counts.items()}, str(r.updated_at)])
     return ""
 
 
@@ -52,12 +47,13 @@ def fingerprint(store: Store, name: str) -> str:
 class StudyData:
     """What every view of one study starts from."""
     name: str
-    info: dict[str, Any]  # Store.study(): config, kind, status, runs, ...
+    info: StudyRecord
     trials: list[TrialView]
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.info["config"] or {}
+        """The study as it ran (its validated file as JSON)."""
+        return self.info.config
 
     @property
     def is_grid(self) -> bool:
@@ -88,21 +84,17 @@ def find_trial(data: StudyData, number: int) -> TrialView:
     return matches[-1]
 
 
-def run_of(info: dict[str, Any], trial: TrialView) -> dict[str, Any] | None:
+def run_of(info: StudyRecord, trial: TrialView) -> RunRecord | None:
     """The driver run a trial started in (its code version and hardware): the last run started before it."""
-    runs = [r for r in info.get("runs") or [] if r["started_at"] is not None]
-    if trial.started_at is None:
-        return runs[-1] if runs else None
-    before = [r for r in runs if r["started_at"] <= trial.started_at]
-    return before[-1] if before else (runs[0] if runs else None)
+    return info.run_of(trial.started_at)
 
 
 def model_file(store: Store, trial: TrialView) -> Path | None:
     """The trial's model file when it exists on this machine (only files the database lists are ever served)."""
-    arts = [a for a in store.artifacts(trial.id) if a["kind"] == "model"]
+    arts = [a for a in store.artifacts(trial.id) if a.kind == "model"]
     if not arts:
         return None
-    p = Path(arts[-1]["path"])
+    p = Path(arts[-1].path)
     return p if p.is_file() else None
 
 
@@ -117,25 +109,9 @@ class SearchData:
     importance_note: str = ""
 
 
-def _optuna_storage(url: str):  # noqa: ANN202 - optuna.storages.RDBStorage
-    """A read-only Optuna storage: SQLite opened with mode=ro, no table creation, no migration check."""
-    import optuna
-
-    path = sqlite_path(url)
-    if path is not None:
-        if not path.exists():
-            raise StoreError(f"no study database at {url}")
-        target = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S, "uri": True}}
-    else:
-        target, kwargs = url, {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(target, engine_kwargs=kwargs, skip_compatibility_check=True,
-                                      skip_table_creation=True)
-
-
 @lru_cache(maxsize=8)
-def _storage_cached(url: str):  # noqa: ANN202
-    return _optuna_storage(url)
+def _storage_cached(url: str):  # noqa: ANN202 - optuna.storages.RDBStorage, read-only
+    return Store(url, read_only=True).optuna_storage()
 
 
 def search_data(url: str, data: StudyData, *, importance: bool = True) -> SearchData:
@@ -215,6 +191,6 @@ def as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-__all__ = ["DONE_STATES", "SearchData", "StudyData", "as_text", "display_url", "epochs_by_trial", "find_trial",
+__all__ = ["SearchData", "StudyData", "as_text", "display_url", "epochs_by_trial", "find_trial",
            "fingerprint", "load_study", "model_file", "open_store", "run_of", "search_data", "sequence_length",
            "study_list"]

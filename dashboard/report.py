@@ -62,16 +62,15 @@ def build_report(url: str, name: str) -> str:
     data = Q.load_study(store, name)
     info = data.info
     summary = next((r for r in studies_table(Q.study_list(store)) if r["name"] == name), {})
-    runs = info.get("runs") or []
-    last = runs[-1] if runs else {}
-    meta = [("kind", info["kind"]), ("status", info["status"]),
+    last = info.runs[-1] if info.runs else None
+    meta = [("kind", info.kind), ("status", info.status),
             ("trials", f"{summary.get('done', '?')} done, {summary.get('running', '?')} running, "
-                       f"{summary.get('failed', '?')} failed of {info['cells']}"),
-            ("best val_acc", summary.get("best", "–")), ("runs", str(len(runs))),
-            ("code version", last.get("code_version", "–")),
-            ("hardware", ", ".join(f"{k}={v}" for k, v in (last.get("hardware") or {}).items()) or "–"),
-            ("last update", Q.as_text(info.get("updated_at")))]
-    parts = [f"<h1>{_e(name)}</h1>", f'<p class="muted">{_e(info.get("question"))}</p>',
+                       f"{summary.get('failed', '?')} failed of {info.cells}"),
+            ("best val_acc", summary.get("best", "–")), ("runs", str(len(info.runs))),
+            ("code version", last.code_version if last else "–"),
+            ("hardware", ", ".join(f"{k}={v}" for k, v in (last.hardware if last else {}).items()) or "–"),
+            ("last update", Q.as_text(info.updated_at))]
+    parts = [f"<h1>{_e(name)}</h1>", f'<p class="muted">{_e(info.question)}</p>',
              _table([{"k": k, "v": v} for k, v in meta], [("k", ""), ("v", "")])]
     av = V.ablation_view(data)
     if av is not None:

@@ -92,7 +92,7 @@ def trial_page(store: Any, data: StudyData, number: int) -> TrialPage:
     from .queries import find_trial
 
     t = find_trial(data, number)
-    run = run_of(data.info, t) or {}
+    run = run_of(data.info, t)
     costs = [("parameters", _fmt(t.num_params) if t.num_params is not None else "–")]
     costs += [(k, _fmt(v)) for k, v in t.cost.items() if k not in ("by_resolution", "flops_terms", "params")]
     for size, c in (t.cost.get("by_resolution") or {}).items():
@@ -114,8 +114,8 @@ def trial_page(store: Any, data: StudyData, number: int) -> TrialPage:
     path = model_file(store, t)
     return TrialPage(t.number, t.state, t.levels, t.seed, "–" if t.val_acc is None else f"{100 * t.val_acc:.2f}%",
                      spec, costs, sorted(t.kernel_paths.items()),
-                     [(k, _fmt(v)) for k, v in (run.get("hardware") or {}).items()],
-                     run.get("code_version") or "–", t.node_id or "–", t.error or "",
+                     [(k, _fmt(v)) for k, v in (run.hardware if run else {}).items()],
+                     (run.code_version if run else "") or "–", t.node_id or "–", t.error or "",
                      str(path) if path else None, curves)
 
 

@@ -1,2 +1,4 @@
-"""The platform: studies → trials → study database (see ARCHITECTURE.md). This package grows with the platform issue;
-today it holds the CLI's preset demo and the first building blocks (data, trial, measure, stats)."""
+"""The platform: study file → plan → rounds of trials on Ray Tune → study database (see ARCHITECTURE.md).
+
+config/schema (the validated study) → plan (cells, pre-flight; no Ray) → driver (rounds, resume; no Ray) → execute and
+tune_adapter (Ray Tune) → worker and trial (one trial; no Ray) → store (typed records) → stats, summary, export."""

@@ -14,32 +14,17 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from nas.console import EXIT_BAD_INPUT, console as _console, db_url as _db_url, fail as _fail  # noqa: F401
+from nas.console import study_name as _study_name
+from nas.records import TrialState
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-EXIT_BAD_INPUT = 2
-
-
-def _console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 150)
-
-
-def _fail(message: str) -> None:
-    from rich.markup import escape
-
-    Console(stderr=True, width=None if sys.stderr.isatty() else 150, emoji=False).print(
-        f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def _db_url(db: str | None) -> str:
-    from nas.config import DEFAULT_DB_URL
-
-    return db or DEFAULT_DB_URL
 
 
 @app.command()
@@ -64,18 +49,23 @@ def run(
     console = _console()
     try:
         sf = load_study(study, profile=profile, sets=set_, db_url=db, address=address)
-        from nas.execute import estimate_seconds, plan_study
+        from nas.plan import plan_study  # no Ray: a dry run never imports it
 
         with console.status("checking the study…") as status:
             plan = plan_study(sf, progress=lambda msg: status.update(msg))
     except NasError as e:
         _fail(str(e))
     st = plan.study
-    n = len(plan.cells) if st.kind == "grid" else st.search.n_trials
-    console.print(f"[bold]{st.name}[/bold]: {st.question or ''}  ({st.kind}, {n} trials, "
-                  f"search space {plan.space.name}, data {st.data.name} {st.data.img_size}², {len(st.seeds)} seed(s))")
+    console.print(f"[bold]{st.name}[/bold]: {st.question or ''}  ({st.kind}, {plan.n_trials} trials, "
+                  f"search space {plan.space.name}, data {st.data.name} {st.data.img_size}², "
+                  f"{len(st.initial_seeds)} seed(s))")
+    if st.adaptive_seeds is not None:
+        a = st.adaptive_seeds
+        console.print(f"adaptive seeding: {a.min} seeds now, up to {a.max} per level until the {a.confidence:.0%} "
+                      f"interval's half-width is at most {a.target_halfwidth:g} (display unit of "
+                      f"{st.objectives[0].metric})", highlight=False)
     if dry_run:
-        _print_plan(console, plan, estimate_seconds)
+        _print_plan(console, plan)
         return
     from nas.errors import StoreError
     from nas.store import Store
@@ -88,18 +78,17 @@ def run(
     _print_summary(console, store, st.name)
 
 
-def _print_plan(console: Console, plan, estimate) -> None:  # noqa: ANN001
+def _print_plan(console: Console, plan: Any) -> None:
     st = plan.study
     table = Table(title=f"{st.name}: trials (dry run, nothing written)")
     if st.kind == "grid":
         for col in ("#", *st.factors, "seed", "spec", "params", "est. CPU time"):
             table.add_column(col, justify="right" if col in ("#", "seed", "params", "est. CPU time") else "left")
         for i, c in enumerate(plan.cells):
-            pre = plan.preflight[c.spec.id]
-            table.add_row(str(i), *[c.levels[f] for f in st.factors], str(c.seed), c.spec.id, f"{pre['params']:,}",
-                          f"{estimate(plan, pre):.0f} s")
+            table.add_row(str(i), *[c.levels[f] for f in st.factors], str(c.seed), c.spec.id,
+                          f"{plan.preflight[c.spec.id].params:,}", f"{plan.estimate_seconds(c.spec.id):.0f} s")
         console.print(table)
-        total = sum(estimate(plan, plan.preflight[c.spec.id]) for c in plan.cells)
+        total = sum(plan.estimate_seconds(c.spec.id) for c in plan.cells)
         console.print(f"{len(plan.cells)} trials, estimated {total / 60:.1f} CPU-minutes of training "
                       "(from one timed training step per spec; a rough guide)")
     else:
@@ -112,7 +101,7 @@ def _print_plan(console: Console, plan, estimate) -> None:  # noqa: ANN001
                       f"{[(o.metric, o.resolved_direction) for o in st.objectives]}")
 
 
-def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa: ANN001
+def _run_with_progress(console: Console, plan: Any, store: Any, **kwargs: Any) -> None:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -124,14 +113,16 @@ def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa
     task = {"id": None}
     state = {"failed": 0, "running": 0, "done": 0}
 
-    def queued(q: int, stale: int, done: int) -> None:
-        msg = f"{done} trial(s) already done, {q} to run"
+    def queued(rnd: int, q: int, stale: int, done: int) -> None:
+        msg = f"{done} trial(s) already done, {q} to run" if rnd == 1 else f"round {rnd}: {q} more trial(s) to run"
         if stale:
             msg += f", {stale} stale trial(s) from an interrupted run re-queued"
-        console.print(msg)
-        task["id"] = progress.add_task("trials", total=q, info="")
+        progress.console.print(msg)
+        if task["id"] is not None:
+            progress.remove_task(task["id"])
+        task["id"] = progress.add_task("trials" if rnd == 1 else f"round {rnd}", total=q, info="")
 
-    def event(kind: str, info: dict) -> None:
+    def event(kind: str, info: dict[str, Any]) -> None:
         if task["id"] is None:
             return
         if kind == "start":
@@ -165,33 +156,33 @@ def _run_with_progress(console: Console, plan, store, **kwargs) -> None:  # noqa
                                              else ""))
 
 
-def _print_summary(console: Console, store, name: str, metric: str = "val_acc") -> None:  # noqa: ANN001
+def _print_summary(console: Console, store: Any, name: str, metric: str = "val_acc") -> None:
     from nas.summary import ablation_summary, ablation_table
 
     info = store.study(name)
-    cfg = info["config"]
+    cfg = info.config
     trials = store.trials(name)
-    if info["kind"] == "grid":
+    if info.kind == "grid":
         summ = ablation_summary(cfg, trials, metric)
         paper = cfg.get("paper") or {}
+        seeds = len({t.seed for t in trials if t.is_done})
         console.print(ablation_table(summ, title=f"{name}: {cfg.get('question') or ''}\n{summ.metric} on "
-                                                 f"{cfg['data']['name']}, {len(cfg['seeds'])} seeds",
-                                     paper_metric=None))
+                                                 f"{cfg['data']['name']}, {seeds} seeds", paper_metric=None))
         if paper:
             console.print(f"paper: {paper.get('source', '')} ({paper.get('metric', '')}). Our numbers come from a "
                           "tiny model on a small data set: compare the ordering and the gaps, not the values.",
                           highlight=False)
     else:
         _print_search(console, cfg, trials)
-    failed = [t for t in trials if t.state == "failed"]
+    failed = [t for t in trials if t.state is TrialState.FAILED]
     for t in failed[:5]:
         console.print(f"[red]failed trial {t.number}[/red] {t.levels}: {(t.error or '').splitlines()[0]}",
                       highlight=False)
 
 
-def _print_search(console: Console, cfg: dict, trials) -> None:  # noqa: ANN001
+def _print_search(console: Console, cfg: dict[str, Any], trials: list[Any]) -> None:
     objectives = [o["metric"] for o in cfg["objectives"]]
-    done = [t for t in trials if t.state == "complete"]
+    done = [t for t in trials if t.state is TrialState.COMPLETE]
     table = Table(title=f"{cfg['name']}: {len(done)} finished trials (best first by {objectives[0]})")
     for col in ("trial", "choices", *objectives, "params"):
         table.add_column(col)
@@ -204,7 +195,7 @@ def _print_search(console: Console, cfg: dict, trials) -> None:  # noqa: ANN001
                       *[f"{t.values.get(o):.4g}" if t.values.get(o) is not None else "–" for o in objectives],
                       f"{t.num_params:,}" if t.num_params else "–")
     console.print(table)
-    stopped = sum(t.state == "stopped" for t in trials)
+    stopped = sum(t.state is TrialState.STOPPED for t in trials)
     if stopped:
         console.print(f"{stopped} trial(s) stopped early by ASHA (their last epoch is in the database)")
 
@@ -224,20 +215,10 @@ def list_studies(db: Optional[str] = typer.Option(None, "--db", help="database U
     for col in ("study", "kind", "status", "done", "running", "failed", "cells", "best val_acc", "updated"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["status"], str(r["complete"] + r["stopped"]), str(r["running"]),
-                      str(r["failed"] + r["stale"]), str(r["cells"]),
-                      "–" if r["best_val_acc"] is None else f"{100 * r['best_val_acc']:.1f}%",
-                      r["updated_at"].strftime("%Y-%m-%d %H:%M"))
+        table.add_row(r.name, r.kind, r.status, str(r.done), str(r.running), str(r.failed), str(r.cells),
+                      "–" if r.best_val_acc is None else f"{100 * r.best_val_acc:.1f}%",
+                      r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else "–")
     _console().print(table)
-
-
-def _study_name(study: str) -> str:
-    p = Path(study)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        from nas.config import load_yaml
-
-        return str(load_yaml(p).get("name", p.stem))
-    return study
 
 
 @app.command()
@@ -276,20 +257,20 @@ def export(
         name = _study_name(study)
         info = store.study(name)
         if trial is None:
-            done = [t for t in store.trials(name, states=("complete",)) if t.val_acc is not None]
+            done = [t for t in store.trials(name, states=(TrialState.COMPLETE,)) if t.val_acc is not None]
             if not done:
                 raise StoreError(f"study {name!r} has no finished trial to export")
             chosen = max(done, key=lambda t: t.val_acc)
         else:
             chosen = store.trial(name, trial)
-        arts = [a for a in store.artifacts(chosen.id) if a["kind"] == "model"]
-        if not arts or not Path(arts[-1]["path"]).exists():
+        arts = [a for a in store.artifacts(chosen.id) if a.kind == "model"]
+        if not arts or not Path(arts[-1].path).exists():
             raise StoreError(f"trial {chosen.number} of {name!r} ({chosen.state}) has no model file" +
-                             (f" (expected {arts[-1]['path']})" if arts else ""))
+                             (f" (expected {arts[-1].path})" if arts else ""))
         meta = {"study": name, "trial": str(chosen.number), "seed": str(chosen.seed),
                 "val_acc": str(chosen.val_acc), "levels": ", ".join(f"{k}={v}" for k, v in chosen.levels.items()),
-                "question": info["question"]}
-        path = export_model_file(Path(arts[-1]["path"]), out, meta, pair=pair)
+                "question": info.question}
+        path = export_model_file(Path(arts[-1].path), out, meta, pair=pair)
     except StoreError as e:
         _fail(str(e))
     _console().print(f"trial {chosen.number} ({', '.join(f'{k}={v}' for k, v in chosen.levels.items())}, seed "

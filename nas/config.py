@@ -14,245 +14,22 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import StudyConfigError
+from .schema import (DEFAULT_DB_URL, METRICS, AdaptiveSeeds, AshaConfig, BudgetConfig, DataConfig,  # noqa: F401
+                     ExecutionConfig, FloatRange, IntRange, MeasureConfig, Objective, PaperConfig, SearchConfig,
+                     StorageConfig, Study, TrainConfig, VariantFactor, level_name, unknown_message)
+
+_level_name = level_name  # the name nas.summary imports
 
 STUDIES_DIR = Path("studies")
 SEARCH_SPACES_DIR = Path("search_spaces")
-DEFAULT_DB_URL = "sqlite:///runs/nas.db"
-
-# Metrics a trial produces (per epoch: the first four; after training: the cost ones).
-METRICS: dict[str, str] = {
-    "val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize",
-    "throughput": "maximize", "params": "minimize", "flops": "minimize", "peak_memory_bytes": "minimize",
-}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Strict):
-    """The data set every trial of the study trains on (generated per seed on the trial's device)."""
-    name: str = "digits"
-    n_train: int = Field(1024, ge=16, le=10_000_000)
-    n_test: int = Field(512, ge=16, le=10_000_000)
-    img_size: int = Field(32, ge=8, le=4096)
-    knobs: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _known(self) -> "DataConfig":
-        from .data import DATASETS, dataset_knobs
-
-        if self.name not in DATASETS:
-            raise ValueError(_unknown("data set", self.name, sorted(DATASETS)))
-        allowed = dataset_knobs(self.name)
-        for k in self.knobs:
-            if k not in allowed:
-                raise ValueError(f"unknown knob {k!r} for data set {self.name!r}; allowed: {', '.join(allowed)}")
-        return self
-
-
-class TrainConfig(_Strict):
-    """The training budget and recipe of one trial (see nas/trial.py)."""
-    epochs: int = Field(5, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    lr: float = Field(2e-3, gt=0, le=1.0)
-    weight_decay: float = Field(0.05, ge=0, le=10.0)
-    warmup_epochs: float = Field(0.5, ge=0, le=10_000)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    kernel_backend: str = "auto"
-    amp: bool | None = None
-
-
-class Objective(_Strict):
-    metric: str
-    direction: Literal["maximize", "minimize"] | None = None
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(_unknown("metric", v, list(METRICS)))
-        return v
-
-    @property
-    def resolved_direction(self) -> str:
-        return self.direction or METRICS[self.metric]
-
-
-class IntRange(_Strict):
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
-
-
-class FloatRange(_Strict):
-    low: float
-    high: float
-    log: bool = False
-
-
-Choice = Union[list[Any], IntRange, FloatRange]
-
-
-class SearchConfig(_Strict):
-    """A sampled search: Optuna picks `n_trials` points of `space` (dotted spec keys → choices or ranges)."""
-    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
-    n_trials: int = Field(20, ge=1, le=1_000_000)
-    space: dict[str, Choice]
-    seed: int = 0
-
-    @field_validator("space")
-    @classmethod
-    def _ranges(cls, space: dict[str, Choice]) -> dict[str, Choice]:
-        if not space:
-            raise ValueError("a search needs at least one key to vary")
-        for key, c in space.items():
-            if isinstance(c, list) and not c:
-                raise ValueError(f"{key}: an empty list of choices")
-            if isinstance(c, (IntRange, FloatRange)) and c.low >= c.high:
-                raise ValueError(f"{key}: low ({c.low}) must be below high ({c.high})")
-            if isinstance(c, (IntRange, FloatRange)) and c.log and c.low <= 0:
-                raise ValueError(f"{key}: a log range needs low > 0 (got {c.low})")
-        return space
-
-
-class BudgetConfig(_Strict):
-    """Match every candidate to a parameter budget by solving its width (or depth)."""
-    params: int = Field(ge=1_000, le=100_000_000_000)
-    tolerance: float = Field(0.02, gt=0, le=0.5)
-    solve: Literal["width", "depth"] = "width"
-
-
-class AshaConfig(_Strict):
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1)
-
-
-class ExecutionConfig(_Strict):
-    """How trials are scheduled: local Ray by default, `address` joins an existing cluster."""
-    max_concurrent: int | None = Field(None, ge=1, le=100_000)
-    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
-    gpus_per_trial: float = Field(0.0, ge=0, le=64)
-    gpu_memory_gb: float | None = Field(None, gt=0)
-    retries: int = Field(1, ge=0, le=100)
-    address: str | None = None
-    asha: AshaConfig | None = None
-    num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray may use (default: all)")
-
-
-class StorageConfig(_Strict):
-    url: str = DEFAULT_DB_URL
-    artifacts: str = "runs/artifacts"
-    ray_results: str = "runs/ray"
-
-
-class MeasureConfig(_Strict):
-    skip: bool = False
-    repeats: int = Field(3, ge=1, le=1000)
-    resolutions: list[int] = []
-
-
-class PaperConfig(_Strict):
-    """The published numbers this study can be compared with (from ../shared/reference/)."""
-    source: str
-    metric: str = "ImageNet-1K top-1 (%)"
-    values: dict[str, float] = {}
-    note: str = ""
-
-
-class VariantFactor(_Strict):
-    """A factor whose levels are named sets of overrides: {levels: {name: {dotted.key: value, ...}}}."""
-    levels: dict[str, dict[str, Any]]
-
-
-class Study(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-    question: str = ""
-    search_space: str
-    fixed: dict[str, Any] = {}
-    factors: dict[str, Union[list[Any], VariantFactor]] = {}
-    reference: dict[str, Any] = {}
-    search: SearchConfig | None = None
-    seeds: list[int] = Field([0, 1], min_length=1, max_length=1000)
-    data: DataConfig = Field(default_factory=DataConfig)  # built on use: its check imports the data module
-    train: TrainConfig = TrainConfig()
-    objectives: list[Objective] = Field([Objective(metric="val_acc")], min_length=1, max_length=4)
-    budget: BudgetConfig | None = None
-    execution: ExecutionConfig = ExecutionConfig()
-    storage: StorageConfig = StorageConfig()
-    measure: MeasureConfig = MeasureConfig()
-    paper: PaperConfig | None = None
-    profiles: dict[str, dict[str, Any]] = {}
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct non-negative integers (got {seeds})")
-        return seeds
-
-    @model_validator(mode="after")
-    def _shape(self) -> "Study":
-        if bool(self.factors) == bool(self.search):
-            raise ValueError("give exactly one of `factors` (a grid ablation) or `search` (a sampled search)")
-        for name, levels in self.factors.items():
-            n = len(levels) if isinstance(levels, list) else len(levels.levels)
-            if n < 1:
-                raise ValueError(f"factors.{name}: needs at least one level")
-            if isinstance(levels, list) and len({_level_name(v) for v in levels}) != len(levels):
-                raise ValueError(f"factors.{name}: levels repeat ({levels})")
-        for name, level in self.reference.items():
-            if name not in self.factors:
-                raise ValueError(f"reference.{name}: not a factor of this study (factors: {', '.join(self.factors)})")
-            if str(level) not in self.level_names(name):
-                raise ValueError(f"reference.{name}: {level!r} is not a level; levels: {self.level_names(name)}")
-        if self.execution.asha is not None and len(self.objectives) > 1:
-            raise ValueError("execution.asha: early stopping needs a single objective")
-        if self.execution.gpu_memory_gb and not self.execution.gpus_per_trial:
-            raise ValueError("execution.gpu_memory_gb needs execution.gpus_per_trial > 0")
-        return self
-
-    # ---- helpers --------------------------------------------------------------------------------------------
-    def level_names(self, factor: str) -> list[str]:
-        levels = self.factors[factor]
-        return [_level_name(v) for v in levels] if isinstance(levels, list) else list(levels.levels)
-
-    @property
-    def kind(self) -> str:
-        return "grid" if self.factors else "search"
-
-    @property
-    def reference_levels(self) -> dict[str, str]:
-        """The level every other level is compared with, per factor (the file's `reference` or the first level)."""
-        return {f: str(self.reference.get(f, self.level_names(f)[0])) for f in self.factors}
-
-    @property
-    def directions(self) -> list[str]:
-        return [o.resolved_direction for o in self.objectives]
-
-
-def _level_name(value: Any) -> str:
-    """A level's display name and Optuna categorical value: strings as they are, anything else as flow YAML."""
-    if isinstance(value, str):
-        return value
-    text = yaml.safe_dump(value, default_flow_style=True).strip()
-    return text.removesuffix("...").strip()  # PyYAML ends a bare scalar document with "..."
-
-
-def _unknown(what: str, value: Any, allowed: list[str]) -> str:
-    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return f"unknown {what} {value!r}{hint} Allowed: {', '.join(map(str, allowed))}"
-
-
 # -------------------------------------------------------------------------------------------------- loading
 class StudyFile(BaseModel):
     """A validated study plus where it came from (the text is stored with every run)."""
@@ -334,42 +111,61 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def load_study(name_or_path: str | Path, *, profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
                db_url: str | None = None, address: str | None = None) -> StudyFile:
-    """Read, merge (profile, then `--set`s, then `--db` / `--address`) and validate a study file."""
+    """Read, check and merge a study file: the file as written and every one of its profiles must validate (a broken
+    profile is found on the laptop, not on the cluster); then the run's own merge (profile, `--set`s, `--db`,
+    `--address`) is validated and returned."""
     path = resolve_study_path(name_or_path)
     raw = load_yaml(path)
     file = str(path)
-    if profile is not None:
-        profiles = raw.get("profiles") or {}
-        if not isinstance(profiles, dict) or profile not in profiles:
-            raise StudyConfigError(_unknown("profile", profile, sorted(profiles) if isinstance(profiles, dict)
-                                            else []) + (" (this study defines none)" if not profiles else ""),
-                                   file=file, key="profiles")
-        if not isinstance(profiles[profile], dict):
-            raise StudyConfigError("a profile must be a mapping of overrides", file=file, key=f"profiles.{profile}")
-        raw = deep_merge(raw, profiles[profile])
+    profiles = _profiles(raw, file)
+    if profile is not None and profile not in profiles:
+        raise StudyConfigError(unknown_message("profile", profile, sorted(profiles)) +
+                               (" (this study defines none)" if not profiles else ""), file=file, key="profiles")
+    validate_study(raw, file)
+    for name, overrides in profiles.items():
+        validate_study(deep_merge(raw, overrides), file, profile=name)
+    run = deep_merge(raw, profiles[profile]) if profile is not None else copy.deepcopy(raw)
     for item in sets:
         key, value = parse_set(item)
-        _set_dotted(raw, key, value, file)
+        _set_dotted(run, key, value, file)
     if db_url:
-        _set_dotted(raw, "storage.url", db_url, file)
+        _set_dotted(run, "storage.url", db_url, file)
     if address:
-        _set_dotted(raw, "execution.address", address, file)
-    study = validate_study(raw, file)
+        _set_dotted(run, "execution.address", address, file)
+    study = validate_study(run, file)
     return StudyFile(path=file, text=path.read_text(), study=study, profile=profile, overrides=tuple(sets))
 
 
-def validate_study(raw: dict[str, Any], file: str) -> Study:
+def _profiles(raw: dict[str, Any], file: str) -> dict[str, dict[str, Any]]:
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise StudyConfigError("`profiles` must map profile names to mappings of overrides, e.g. profiles: {gpu: "
+                               "{train: {device: cuda}}}", file=file, key="profiles")
+    for name, overrides in profiles.items():
+        if not isinstance(overrides, dict):
+            raise StudyConfigError(f"a profile must be a mapping of overrides (got {overrides!r})", file=file,
+                                   key=f"profiles.{name}")
+    return profiles
+
+
+def validate_study(raw: dict[str, Any], file: str, *, profile: str | None = None) -> Study:
+    """`raw` as a `Study`, or a StudyConfigError naming the file and the key (under `profiles.NAME.` when `raw` is
+    the file merged with that profile)."""
     try:
         return Study.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
-        raise StudyConfigError(_message(err, raw), file=file, key=key or None) from None
+        message = _message(err, raw)
+        if profile is not None:
+            key, message = f"profiles.{profile}" + (f".{key}" if key else ""), f"with profile {profile!r}: {message}"
+        raise StudyConfigError(message, file=file, key=key or None) from None
 
 
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part.startswith(("list[", "dict[")) or part in ("IntRange", "FloatRange",
-                                                                                      "VariantFactor"))
+                                                                                      "VariantFactor",
+                                                                                      "AdaptiveSeeds"))
 
 
 def _message(err: dict[str, Any], raw: dict[str, Any]) -> str:
@@ -393,9 +189,9 @@ def _allowed_keys(loc: list[Any]) -> list[str]:
         field = getattr(model, "model_fields", {}).get(str(part))
         if field is None:
             return []
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and
-                      issubclass(a, BaseModel)), ann)
+        options = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+                   for a in (typing.get_args(field.annotation) or (field.annotation,))]
+        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return list(getattr(model, "model_fields", {}))
 
 

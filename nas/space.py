@@ -18,8 +18,9 @@ from typing import Any
 
 from blocks import ArchSpec, InvalidSpecError, NasError, get_preset
 
-from .config import SEARCH_SPACES_DIR, FloatRange, IntRange, Study, VariantFactor, _level_name, _unknown, load_yaml
+from .config import SEARCH_SPACES_DIR, load_yaml
 from .errors import StudyConfigError
+from .schema import FloatRange, IntRange, Study, VariantFactor, level_name, unknown_message
 
 SEED_PARAM = "seed"
 
@@ -44,6 +45,18 @@ class Cell:
     budget: dict[str, Any] = field(default_factory=dict)  # how the parameter budget was met, if any
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One combination of a grid's factor levels with its resolved spec; its cells are its seeds."""
+    levels: dict[str, str]
+    spec: ArchSpec
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, study_name: str, seed: int) -> Cell:
+        return Cell(self.levels, seed, self.spec, cell_key(study_name, self.spec.id, seed),
+                    {**self.levels, SEED_PARAM: seed}, self.budget)
+
+
 def load_search_space(name: str, *, file: str | None = None) -> SearchSpace:
     candidates = [Path(name)] if name.endswith((".yaml", ".yml")) else \
         [SEARCH_SPACES_DIR / f"{name}.yaml"] + ([Path(file).resolve().parent.parent / SEARCH_SPACES_DIR /
@@ -51,7 +64,7 @@ def load_search_space(name: str, *, file: str | None = None) -> SearchSpace:
     path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         known = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.yaml")) if SEARCH_SPACES_DIR.is_dir() else []
-        raise StudyConfigError(_unknown("search space", name, known) + f" (looked for {path})", file=file,
+        raise StudyConfigError(unknown_message("search space", name, known) + f" (looked for {path})", file=file,
                                key="search_space")
     raw = load_yaml(path)
     where = str(path)
@@ -160,18 +173,18 @@ def level_overrides(study: Study, factor: str, level: str) -> dict[str, Any]:
     levels = study.factors[factor]
     if isinstance(levels, VariantFactor):
         return dict(levels.levels[level])
-    value = next(v for v in levels if _level_name(v) == level)
+    value = next(v for v in levels if level_name(v) == level)
     return {factor: value}
 
 
-def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes: int,
-                file: str | None = None) -> list[Cell]:
-    """Every factor combination × every seed, each with its spec and idempotent key. Two levels that build the same
-    model are an error (the ablation could not tell them apart)."""
+def grid_arms(study: Study, space: SearchSpace, *, img_size: int, num_classes: int,
+              file: str | None = None) -> list[Arm]:
+    """Every factor combination with its resolved spec (and parameter budget). Two levels that build the same model
+    are an error (the ablation could not tell them apart)."""
     for key, value in study.fixed.items():
         _check_choice(space, key, value, file, f"fixed.{key}")
     names = list(study.factors)
-    cells: list[Cell] = []
+    arms: list[Arm] = []
     seen: dict[str, dict[str, str]] = {}
     for combo in product(*(study.level_names(f) for f in names)):
         levels = dict(zip(names, combo))
@@ -190,10 +203,15 @@ def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes:
             raise StudyConfigError(f"levels {seen[spec.id]} and {levels} build the same model (spec {spec.id}); "
                                    "drop one of them", file=file, key="factors")
         seen[spec.id] = levels
-        for seed in study.seeds:
-            cells.append(Cell(levels, seed, spec, cell_key(study.name, spec.id, seed),
-                              {**levels, SEED_PARAM: seed}, budget))
-    return cells
+        arms.append(Arm(levels, spec, budget))
+    return arms
+
+
+def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes: int, file: str | None = None,
+                seeds: list[int] | None = None) -> list[Cell]:
+    """Every factor combination × every seed of the first round (or `seeds`), each with its idempotent key."""
+    arms = grid_arms(study, space, img_size=img_size, num_classes=num_classes, file=file)
+    return [a.cell(study.name, seed) for a in arms for seed in (study.initial_seeds if seeds is None else seeds)]
 
 
 def _blame(fixed: dict[str, Any], message: str, default: str | None) -> str | None:
@@ -219,7 +237,8 @@ def grid_distributions(study: Study) -> dict[str, Any]:
 
     dists: dict[str, Any] = {f: optuna.distributions.CategoricalDistribution(study.level_names(f))
                              for f in study.factors}
-    dists[SEED_PARAM] = optuna.distributions.CategoricalDistribution(list(study.seeds))
+    # every seed a later round may add: a categorical's choices may not change within an Optuna study
+    dists[SEED_PARAM] = optuna.distributions.CategoricalDistribution(study.max_seeds)
     return dists
 
 
@@ -235,7 +254,7 @@ def search_distributions(study: Study) -> dict[str, Any]:
         elif isinstance(c, FloatRange):
             dists[key] = optuna.distributions.FloatDistribution(c.low, c.high, log=c.log)
         else:
-            dists[key] = optuna.distributions.CategoricalDistribution([_level_name(v) for v in c])
+            dists[key] = optuna.distributions.CategoricalDistribution([level_name(v) for v in c])
     return dists
 
 
@@ -248,7 +267,7 @@ def search_overrides(study: Study, params: dict[str, Any]) -> dict[str, Any]:
     for key, c in study.search.space.items():
         v = params[key]
         if isinstance(c, list):
-            v = next((x for x in c if _level_name(x) == v), yaml.safe_load(v) if isinstance(v, str) else v)
+            v = next((x for x in c if level_name(x) == v), yaml.safe_load(v) if isinstance(v, str) else v)
         if key in ("dims", "depths") and isinstance(v, int):
             v = [v]
         out[key] = v
@@ -257,26 +276,13 @@ def search_overrides(study: Study, params: dict[str, Any]) -> dict[str, Any]:
 
 def search_cell(study: Study, space: SearchSpace, params: dict[str, Any], *, img_size: int,
                 num_classes: int) -> Cell:
+    """A sampled point of a search as a cell (its spec resolved here, in the driver; StudyConfigError if invalid)."""
     overrides = search_overrides(study, params)
     spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes, where="search")
-    seed = study.seeds[0]
-    return Cell({k: _level_name(v) for k, v in params.items()}, seed, spec, cell_key(study.name, spec.id, seed),
+    seed = study.initial_seeds[0]
+    return Cell({k: level_name(v) for k, v in params.items()}, seed, spec, cell_key(study.name, spec.id, seed),
                 dict(params), budget)
 
 
-def cell_from_params(study: Study, space: SearchSpace, params: dict[str, Any], *, img_size: int,
-                     num_classes: int) -> Cell:
-    """Rebuild a trial's cell from its Optuna parameters (what a Ray worker receives)."""
-    if study.kind == "search":
-        return search_cell(study, space, params, img_size=img_size, num_classes=num_classes)
-    levels = {f: str(params[f]) for f in study.factors}
-    overrides: dict[str, Any] = {}
-    for f, lv in levels.items():
-        overrides.update(level_overrides(study, f, lv))
-    spec, budget = trial_spec(study, space, overrides, img_size=img_size, num_classes=num_classes)
-    seed = int(params[SEED_PARAM])
-    return Cell(levels, seed, spec, cell_key(study.name, spec.id, seed), {**levels, SEED_PARAM: seed}, budget)
-
-
-__all__ = ["Cell", "SearchSpace", "apply_overrides", "cell_from_params", "cell_key", "expand_grid",
+__all__ = ["SEED_PARAM", "Arm", "Cell", "SearchSpace", "apply_overrides", "cell_key", "expand_grid", "grid_arms",
            "grid_distributions", "load_search_space", "search_cell", "search_distributions", "trial_spec"]

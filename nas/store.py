@@ -1,179 +1,31 @@
 """The study database: Optuna's RDB storage plus our own tables beside it, one URL for both.
 
 Optuna holds studies and trials (parameters, values, states) so `optuna.load_study` opens our database unchanged.
-Our tables (all named `nas_*`) hold what Optuna does not: the study file and search space text, every run of the
-driver with its code version and hardware, one row per trial attempt with its spec, seed, error, node, costs and
-kernel paths, per-epoch curves, and artifacts (model files). Only the driver writes.
-
-SQLite is put in WAL mode with a busy timeout, so a reader (dashboard, `nas show`) never blocks the writer.
-This is the only module that talks SQL.
+Our tables (`nas.database`) hold what Optuna does not: the study file and search space text, every run of the driver
+with its code version and hardware, one row per trial attempt with its spec, seed, error, node, costs and kernel
+paths, per-epoch curves, and artifacts (model files). Only the driver writes; readers open the store read-only
+(`Store(url, read_only=True)`, whose `optuna_storage()` is read-only too). Typed records (`nas.records`) go in and
+come out.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, func, select)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from .database import (EPOCH_METRICS, SQLITE_TIMEOUT_S, ArtifactRow, Base, EpochRow, RunRow, StudyRow,  # noqa: F401
+                       TrialRow, make_engine, now, optuna_storage, sqlite_path)
 from .errors import StoreError
+from .records import (ArtifactRecord, RunRecord, StudyRecord, StudySummary, TrialOutcome, TrialStart, TrialState,
+                      TrialView, finite)
 
-SQLITE_TIMEOUT_S = 60
 STALE_ERROR = "stale: the driver stopped while this trial was running (killed or crashed); re-queued"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class StudyRow(Base):
-    __tablename__ = "nas_studies"
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    question: Mapped[str] = mapped_column(Text, default="")
-    kind: Mapped[str] = mapped_column(String(16))  # grid | search
-    study_yaml: Mapped[str] = mapped_column(Text)
-    config: Mapped[dict] = mapped_column(JSON)  # the validated study (profile and --set applied)
-    search_space_yaml: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(16), default="created")  # running | finished | interrupted
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-    n_cells: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class RunRow(Base):
-    """One invocation of `nas run` (a study resumed three times has three)."""
-    __tablename__ = "nas_runs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    study_name: Mapped[str] = mapped_column(ForeignKey("nas_studies.name"), index=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    driver: Mapped[str] = mapped_column(String(256), default="")  # host:pid
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-    code_version: Mapped[str] = mapped_column(String(128), default="")
-    hardware: Mapped[dict] = mapped_column(JSON, default=dict)
-    command: Mapped[str] = mapped_column(Text, default="")
-    wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class TrialRow(Base):
-    """One attempt of one cell: a stale or failed attempt stays as history, its re-run is a new row."""
-    __tablename__ = "nas_trials"
-    __table_args__ = (UniqueConstraint("study_name", "optuna_trial_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    study_name: Mapped[str] = mapped_column(ForeignKey("nas_studies.name"), index=True)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("nas_runs.id"), nullable=True)
-    optuna_trial_id: Mapped[int] = mapped_column(Integer)
-    number: Mapped[int] = mapped_column(Integer)  # Optuna's trial number within the study
-    key: Mapped[str] = mapped_column(String(200), index=True)
-    levels: Mapped[dict] = mapped_column(JSON, default=dict)
-    params: Mapped[dict] = mapped_column(JSON, default=dict)
-    spec_id: Mapped[str] = mapped_column(String(32), default="")
-    spec_json: Mapped[str] = mapped_column(Text, default="")
-    seed: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="running")  # running|complete|failed|stale|stopped
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=1)
-    node_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    device: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    num_params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # 64-bit: > 2**31 on PostgreSQL
-    values: Mapped[dict] = mapped_column(JSON, default=dict)  # final objective values
-    cost: Mapped[dict] = mapped_column(JSON, default=dict)
-    budget: Mapped[dict] = mapped_column(JSON, default=dict)
-    kernel_paths: Mapped[dict] = mapped_column(JSON, default=dict)
-    wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class EpochRow(Base):
-    __tablename__ = "nas_epochs"
-    __table_args__ = (UniqueConstraint("trial_id", "epoch"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("nas_trials.id"), index=True)
-    epoch: Mapped[int] = mapped_column(Integer)
-    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
-    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
-    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class ArtifactRow(Base):
-    __tablename__ = "nas_artifacts"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("nas_trials.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(32), default="model")
-    path: Mapped[str] = mapped_column(Text)
-    bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # model files over 2 GiB
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-
-
-# ------------------------------------------------------------------------------------------------- engine
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a `sqlite:///` URL (None for other databases and in-memory SQLite)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    p = url[len("sqlite:///"):]
-    return None if p in ("", ":memory:") else Path(p)
-
-
-def make_engine(url: str, *, read_only: bool = False) -> Engine:
-    """An engine for `url`; SQLite files get WAL mode and a busy timeout (readers never block the driver)."""
-    path = sqlite_path(url)
-    try:
-        if url.startswith("sqlite"):
-            if path is not None and not read_only:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            if read_only and path is not None:
-                if not path.exists():
-                    raise StoreError(f"no study database at {url} (run `nas run STUDY` first, or pass --db URL)")
-                target = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-                engine = create_engine(target, connect_args={"timeout": SQLITE_TIMEOUT_S, "uri": True},
-                                       json_serializer=_json_dumps)
-            elif path is None:  # in-memory: one connection shared by every thread, or each would see its own db
-                engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False},
-                                       poolclass=StaticPool, json_serializer=_json_dumps)
-            else:
-                engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S}, json_serializer=_json_dumps)
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
-                cur = dbapi_conn.cursor()
-                if not read_only and path is not None:
-                    cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
-                cur.close()
-        else:
-            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_dumps)
-        with engine.connect():
-            pass
-    except StoreError:
-        raise
-    except (SQLAlchemyError, ModuleNotFoundError, OSError, ValueError) as e:
-        raise StoreError(f"cannot open the study database {url!r}: {str(e).splitlines()[0]}. Check the URL "
-                         "(sqlite:///path/to/file.db or postgresql+psycopg://user:pass@host/db) and that the server "
-                         "is running.") from None
-    return engine
 
 
 def code_version() -> str:
@@ -200,6 +52,7 @@ def code_version() -> str:
 
 
 def hardware() -> dict[str, Any]:
+    """Where the driver runs: host, platform, Python and PyTorch versions, CPUs and GPUs."""
     import platform
 
     import torch
@@ -209,37 +62,6 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return hw
-
-
-# -------------------------------------------------------------------------------------------------- store
-@dataclass
-class TrialView:
-    """A finished or running trial as readers see it (plain data, no session attached)."""
-    id: int
-    number: int
-    key: str
-    levels: dict[str, str]
-    seed: int
-    state: str
-    val_acc: float | None
-    values: dict[str, Any]
-    spec_id: str
-    spec_json: str
-    error: str | None
-    cost: dict[str, Any]
-    num_params: int | None
-    kernel_paths: dict[str, str]
-    node_id: str | None
-    wall_seconds: float | None
-    train_seconds: float | None
-    budget: dict[str, Any]
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    def row(self) -> dict[str, Any]:
-        """Flat dict for nas.stats: factor levels, seed and metrics side by side."""
-        return {**self.levels, "seed": self.seed, "val_acc": self.val_acc, **self.values,
-                "throughput": self.cost.get("throughput"), "params": self.num_params, "flops": self.cost.get("flops")}
 
 
 class Store:
@@ -274,14 +96,8 @@ class Store:
                 raise
 
     def optuna_storage(self):  # noqa: ANN201 - optuna.storages.RDBStorage
-        import optuna
-
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if self.url.startswith("sqlite") \
-            else {"pool_pre_ping": True}
-        try:
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
-        except Exception as e:  # optuna wraps driver errors in several types
-            raise StoreError(f"Optuna cannot open {self.url!r}: {str(e).splitlines()[0]}") from None
+        """Optuna's storage in this database, opened the same way as ours (read-only when this store is)."""
+        return optuna_storage(self.url, read_only=self.read_only)
 
     # ---- studies and runs ---------------------------------------------------------------------------------
     def upsert_study(self, *, name: str, question: str, kind: str, study_yaml: str, config: dict[str, Any],
@@ -289,11 +105,11 @@ class Store:
         with self.session() as s:
             row = s.get(StudyRow, name)
             if row is None:
-                row = StudyRow(name=name, created_at=_now())
+                row = StudyRow(name=name, created_at=now())
                 s.add(row)
             row.question, row.kind, row.study_yaml, row.config = question, kind, study_yaml, config
             row.search_space_yaml, row.n_cells, row.status, row.updated_at = search_space_yaml, n_cells, "running", \
-                _now()
+                now()
 
     def start_run(self, study_name: str, command: str) -> int:
         with self.session() as s:
@@ -306,13 +122,13 @@ class Store:
     def finish_run(self, run_id: int, status: str, wall_seconds: float) -> None:
         with self.session() as s:
             run = s.get(RunRow, run_id)
-            run.status, run.finished_at, run.wall_seconds = status, _now(), wall_seconds
+            run.status, run.finished_at, run.wall_seconds = status, now(), wall_seconds
             st = s.get(StudyRow, run.study_name)
-            st.status, st.updated_at = status, _now()
+            st.status, st.updated_at = status, now()
 
     def heartbeat(self, run_id: int) -> None:
         with self.session() as s:
-            s.get(RunRow, run_id).heartbeat_at = _now()
+            s.get(RunRow, run_id).heartbeat_at = now()
 
     def active_driver(self, study_name: str, stale_after_s: float = 120.0) -> str | None:
         """`host:pid` of a driver still running this study, if any: on this host its pid must be alive; elsewhere
@@ -325,7 +141,7 @@ class Store:
                 if host == socket.gethostname():
                     if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
                         return r.driver
-                elif (_now() - r.heartbeat_at).total_seconds() < stale_after_s:
+                elif (now() - r.heartbeat_at).total_seconds() < stale_after_s:
                     return r.driver
             return None
 
@@ -335,115 +151,125 @@ class Store:
         with self.session() as s:
             rows = s.scalars(select(RunRow).where(RunRow.study_name == study_name, RunRow.status == "running")).all()
             for r in rows:
-                r.status, r.finished_at = "interrupted", r.finished_at or _now()
+                r.status, r.finished_at = "interrupted", r.finished_at or now()
             return len(rows)
 
     # ---- trials -------------------------------------------------------------------------------------------
-    def trial_started(self, *, study_name: str, run_id: int | None, optuna_trial_id: int, number: int, key: str,
-                      levels: dict[str, str], params: dict[str, Any], spec_id: str, spec_json: str, seed: int,
-                      budget: dict[str, Any]) -> int:
+    def trial_started(self, study_name: str, run_id: int | None, start: TrialStart) -> int:
+        """The row of this attempt (created; or, when Ray restarts the same Optuna trial, counted once more)."""
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.study_name == study_name,
-                                                  TrialRow.optuna_trial_id == optuna_trial_id))
+                                                  TrialRow.number == start.number))
             if row is None:
-                row = TrialRow(study_name=study_name, optuna_trial_id=optuna_trial_id, number=number)
+                row = TrialRow(study_name=study_name, optuna_trial_id=start.optuna_trial_id, number=start.number)
                 s.add(row)
             else:  # the same Optuna trial restarted by Ray (a retry after a worker error)
                 row.attempts += 1
-            row.run_id, row.key, row.levels, row.params = run_id, key, levels, params
-            row.spec_id, row.spec_json, row.seed, row.budget = spec_id, spec_json, seed, budget
-            row.state, row.error, row.started_at, row.finished_at = "running", None, _now(), None
+            _set_start(row, run_id, start)
+            row.state, row.error, row.started_at, row.finished_at = TrialState.RUNNING.value, None, now(), None
             s.flush()
             return row.id
 
-    def record_epoch(self, trial_id: int, epoch: int, metrics: dict[str, Any]) -> None:
+    def record_stale(self, study_name: str, run_id: int | None, start: TrialStart) -> int:
+        """An Optuna trial a dead driver left RUNNING before it wrote our row: recorded as a stale attempt (once:
+        a second call for the same trial returns the same row)."""
+        with self.session() as s:
+            row = s.scalar(select(TrialRow).where(TrialRow.study_name == study_name,
+                                                  TrialRow.number == start.number))
+            if row is not None:
+                return row.id
+            row = TrialRow(study_name=study_name, optuna_trial_id=start.optuna_trial_id, number=start.number)
+            _set_start(row, run_id, start)
+            row.state, row.error, row.finished_at = TrialState.STALE.value, STALE_ERROR, now()
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def record_epoch(self, trial_id: int, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """One epoch's metrics (re-reporting an epoch updates it); `node_id` and `device` go to the trial."""
         with self.session() as s:
             row = s.scalar(select(EpochRow).where(EpochRow.trial_id == trial_id, EpochRow.epoch == epoch))
             if row is None:
                 row = EpochRow(trial_id=trial_id, epoch=epoch)
                 s.add(row)
-            for k in ("train_loss", "val_loss", "val_acc", "lr", "seconds"):
+            for k in EPOCH_METRICS:
                 if k in metrics:
-                    setattr(row, k, _finite(metrics[k]))
+                    setattr(row, k, finite(metrics[k]))
             t = s.get(TrialRow, trial_id)
             t.node_id = metrics.get("node_id", t.node_id)
             t.device = metrics.get("device", t.device)
 
-    def trial_finished(self, trial_id: int, *, state: str, result: dict[str, Any] | None = None,
-                       error: str | None = None, values: dict[str, Any] | None = None) -> None:
-        r = result or {}
+    def trial_finished(self, trial_id: int, state: TrialState, outcome: TrialOutcome | None = None, *,
+                       error: str | None = None) -> None:
         with self.session() as s:
             t = s.get(TrialRow, trial_id)
-            t.state, t.error, t.finished_at = state, error, _now()
-            if r:
-                t.val_acc, t.val_loss = _finite(r.get("val_acc")), _finite(r.get("val_loss"))
-                t.num_params = r.get("num_params", t.num_params)
-                t.cost = r.get("cost", t.cost) or {}
-                t.kernel_paths = r.get("kernel_paths", t.kernel_paths) or {}
-                t.wall_seconds, t.train_seconds = r.get("wall_seconds"), r.get("train_seconds")
-                t.node_id = r.get("node_id", t.node_id)
-                t.device = r.get("device", t.device)
-            if values is not None:
-                t.values = {k: _finite(v) for k, v in values.items()}
+            t.state, t.error, t.finished_at = TrialState(state).value, error, now()
+            if outcome is not None:
+                t.val_acc, t.val_loss = finite(outcome.val_acc), finite(outcome.val_loss)
+                t.num_params = outcome.num_params if outcome.num_params is not None else t.num_params
+                t.cost = outcome.cost or t.cost or {}
+                t.kernel_paths = outcome.kernel_paths or t.kernel_paths or {}
+                t.wall_seconds, t.train_seconds = outcome.wall_seconds, outcome.train_seconds
+                t.node_id, t.device = outcome.node_id or t.node_id, outcome.device or t.device
+                t.values = {k: finite(v) for k, v in outcome.values.items()}
 
     def add_artifact(self, trial_id: int, path: Path, kind: str = "model") -> None:
         with self.session() as s:
             s.add(ArtifactRow(trial_id=trial_id, kind=kind, path=str(path), bytes=path.stat().st_size))
 
     def running_trials(self, study_name: str) -> dict[int, int]:
-        """{Optuna trial id: our row id} of the rows a study has in state 'running'."""
+        """{Optuna trial number: our row id} of the rows a study has in state running."""
         with self.session() as s:
-            return {oid: rid for rid, oid in s.execute(select(TrialRow.id, TrialRow.optuna_trial_id).where(
-                TrialRow.study_name == study_name, TrialRow.state == "running")).all()}
+            return {n: rid for rid, n in s.execute(select(TrialRow.id, TrialRow.number).where(
+                TrialRow.study_name == study_name, TrialRow.state == TrialState.RUNNING.value)).all()}
 
     def fail_stale_trials(self, study_name: str) -> list[int]:
-        """Our 'running' rows of a study whose driver is gone → 'stale' (returns their Optuna trial ids)."""
+        """Our running rows of a study whose driver is gone → stale (returns their Optuna trial numbers)."""
         with self.session() as s:
             rows = s.scalars(select(TrialRow).where(TrialRow.study_name == study_name,
-                                                    TrialRow.state == "running")).all()
+                                                    TrialRow.state == TrialState.RUNNING.value)).all()
             for r in rows:
-                r.state, r.error, r.finished_at = "stale", STALE_ERROR, _now()
-            return [r.optuna_trial_id for r in rows]
+                r.state, r.error, r.finished_at = TrialState.STALE.value, STALE_ERROR, now()
+            return [r.number for r in rows]
 
     # ---- reads --------------------------------------------------------------------------------------------
-    def studies(self) -> list[dict[str, Any]]:
+    def studies(self) -> list[StudySummary]:
+        """Every study, most recently updated first."""
         with self.session() as s:
-            counts = dict.fromkeys(("complete", "running", "failed", "stale", "stopped"), 0)
             out = []
             for st in s.scalars(select(StudyRow).order_by(StudyRow.updated_at.desc())).all():
-                c = dict(counts)
+                counts = dict.fromkeys(TrialState, 0)
                 for state, n in s.execute(select(TrialRow.state, func.count()).where(
                         TrialRow.study_name == st.name).group_by(TrialRow.state)).all():
-                    c[state] = n
-                best = s.scalar(select(func.max(TrialRow.val_acc)).where(TrialRow.study_name == st.name,
-                                                                         TrialRow.state == "complete"))
-                out.append({"name": st.name, "question": st.question, "kind": st.kind, "status": st.status,
-                            "cells": st.n_cells, "best_val_acc": best, "updated_at": st.updated_at, **c})
+                    counts[TrialState(state)] = n
+                best = s.scalar(select(func.max(TrialRow.val_acc)).where(
+                    TrialRow.study_name == st.name, TrialRow.state == TrialState.COMPLETE.value))
+                out.append(StudySummary(st.name, st.question, st.kind, st.status, st.n_cells, best, st.updated_at,
+                                        counts))
             return out
 
-    def study(self, name: str) -> dict[str, Any]:
+    def study(self, name: str) -> StudyRecord:
         with self.session() as s:
             st = s.get(StudyRow, name)
             if st is None:
-                known = [r for r in s.scalars(select(StudyRow.name)).all()]
+                known = list(s.scalars(select(StudyRow.name)).all())
                 raise StoreError(f"no study named {name!r} in {self.url}" +
                                  (f"; studies there: {', '.join(known)}" if known else " (the database is empty)"))
             runs = s.scalars(select(RunRow).where(RunRow.study_name == name).order_by(RunRow.id)).all()
-            return {"name": st.name, "question": st.question, "kind": st.kind, "status": st.status,
-                    "study_yaml": st.study_yaml, "config": st.config, "search_space_yaml": st.search_space_yaml,
-                    "cells": st.n_cells, "created_at": st.created_at, "updated_at": st.updated_at,
-                    "runs": [{"id": r.id, "status": r.status, "started_at": r.started_at, "finished_at":
-                              r.finished_at, "code_version": r.code_version, "hardware": r.hardware,
-                              "driver": r.driver, "wall_seconds": r.wall_seconds} for r in runs]}
+            return StudyRecord(st.name, st.question, st.kind, st.status, st.study_yaml, dict(st.config or {}),
+                               st.search_space_yaml, st.n_cells, st.created_at, st.updated_at,
+                               [RunRecord(r.id, r.status, r.started_at, r.finished_at, r.code_version,
+                                          dict(r.hardware or {}), r.driver, r.wall_seconds) for r in runs])
 
-    def trials(self, study_name: str, states: tuple[str, ...] | None = None) -> list[TrialView]:
+    def trials(self, study_name: str, states: tuple[TrialState, ...] | None = None) -> list[TrialView]:
+        """Every attempt of a study (or those in `states`), in Optuna's trial order."""
         with self.session() as s:
             # the view's columns only, as plain rows: no ORM objects, and `params` (JSON nobody reads here) is not
             # decoded; 2-3× faster on a 10,000-trial study (benchmarks/bench_large_study.py)
             q = select(*(getattr(TrialRow, f) for f in TrialView.__dataclass_fields__)).where(
                 TrialRow.study_name == study_name)
             if states:
-                q = q.where(TrialRow.state.in_(states))
+                q = q.where(TrialRow.state.in_([TrialState(x).value for x in states]))
             return [_view(t) for t in s.execute(q.order_by(TrialRow.number, TrialRow.id)).all()]
 
     def trial(self, study_name: str, number: int) -> TrialView:
@@ -455,21 +281,28 @@ class Store:
             return _view(t)
 
     def epochs(self, trial_id: int) -> list[dict[str, Any]]:
+        """Per-epoch metrics, one mapping per epoch: {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"}."""
         with self.session() as s:
             rows = s.scalars(select(EpochRow).where(EpochRow.trial_id == trial_id).order_by(EpochRow.epoch)).all()
-            return [{"epoch": r.epoch, "train_loss": r.train_loss, "val_loss": r.val_loss, "val_acc": r.val_acc,
-                     "lr": r.lr, "seconds": r.seconds} for r in rows]
+            return [{"epoch": r.epoch, **{k: getattr(r, k) for k in EPOCH_METRICS}} for r in rows]
 
-    def artifacts(self, trial_id: int) -> list[dict[str, Any]]:
+    def artifacts(self, trial_id: int) -> list[ArtifactRecord]:
         with self.session() as s:
             rows = s.scalars(select(ArtifactRow).where(ArtifactRow.trial_id == trial_id)
                              .order_by(ArtifactRow.id)).all()
-            return [{"kind": r.kind, "path": r.path, "bytes": r.bytes, "created_at": r.created_at} for r in rows]
+            return [ArtifactRecord(r.kind, r.path, r.bytes, r.created_at) for r in rows]
 
     def completed_keys(self, study_name: str) -> set[str]:
+        """Keys of the cells that have a result (complete or stopped): a resumed study never runs them again."""
         with self.session() as s:
-            return set(s.scalars(select(TrialRow.key).where(TrialRow.study_name == study_name,
-                                                            TrialRow.state.in_(("complete", "stopped")))).all())
+            return set(s.scalars(select(TrialRow.key).where(
+                TrialRow.study_name == study_name,
+                TrialRow.state.in_([x.value for x in TrialState.DONE]))).all())
+
+
+def _set_start(row: TrialRow, run_id: int | None, start: TrialStart) -> None:
+    row.run_id, row.key, row.levels, row.params = run_id, start.key, start.levels, start.params
+    row.spec_id, row.spec_json, row.seed, row.budget = start.spec_id, start.spec_json, start.seed, start.budget
 
 
 def _pid_alive(pid: int) -> bool:
@@ -487,37 +320,14 @@ def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
                      "(nas show, nas list, the dashboard) never write; only the driver (nas run) does")
 
 
-def _json_finite(x: Any) -> Any:
-    if isinstance(x, float):
-        return _finite(x)
-    if isinstance(x, dict):
-        return {k: _json_finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_finite(v) for v in x]
-    return x
-
-
-def _json_dumps(x: Any) -> str:
-    """JSON columns: NaN and ±inf become null, as in our float columns (PostgreSQL rejects NaN in JSON; SQLite would
-    store text that is not JSON)."""
-    return json.dumps(_json_finite(x))
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if f == f and abs(f) != float("inf") else None
-
-
 def _view(t: Any) -> TrialView:  # a TrialRow or a row of its columns
-    return TrialView(id=t.id, number=t.number, key=t.key, levels=dict(t.levels or {}), seed=t.seed, state=t.state,
-                     val_acc=t.val_acc, values=dict(t.values or {}), spec_id=t.spec_id, spec_json=t.spec_json,
-                     error=t.error, cost=dict(t.cost or {}), num_params=t.num_params,
+    return TrialView(id=t.id, number=t.number, key=t.key, levels=dict(t.levels or {}), seed=t.seed,
+                     state=TrialState(t.state), val_acc=t.val_acc, values=dict(t.values or {}), spec_id=t.spec_id,
+                     spec_json=t.spec_json, error=t.error, cost=dict(t.cost or {}), num_params=t.num_params,
                      kernel_paths=dict(t.kernel_paths or {}), node_id=t.node_id, wall_seconds=t.wall_seconds,
                      train_seconds=t.train_seconds, budget=dict(t.budget or {}), started_at=t.started_at,
                      finished_at=t.finished_at)
 
 
-__all__ = ["STALE_ERROR", "Store", "TrialView", "code_version", "hardware", "make_engine", "sqlite_path"]
+__all__ = ["STALE_ERROR", "ArtifactRecord", "RunRecord", "Store", "StudyRecord", "StudySummary", "TrialOutcome",
+           "TrialStart", "TrialState", "TrialView", "code_version", "hardware", "make_engine", "sqlite_path"]

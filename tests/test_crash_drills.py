@@ -7,8 +7,9 @@ kill the same `nas run` command is started again; a last run finishes the study.
   driver killed between the two leaves a cell COMPLETE in Optuna but running in our tables; the restart marks it
   stale and runs it again, so Optuna ends with two COMPLETE trials for that cell. The drill hit this once in four
   runs (the gap lasted seconds: the driver had stalled after Tune saved its experiment state);
-- every stale trial re-queued: no Optuna trial is left RUNNING; every row marked stale has its Optuna trial failed
-  with the `nas:stale` mark, and the stale re-queues the restarts reported add up to the Optuna trials so marked;
+- every stale trial re-queued: no Optuna trial is left RUNNING; every row marked stale has its Optuna trial failed,
+  every Optuna trial a restart failed has a row marked stale (one the driver died before writing is written then), and
+  the stale re-queues the restarts reported add up to no more than those rows;
 - per-epoch curves of finished trials intact: epochs 1..E for each.
 
 The moments are of three kinds: a delay after start (the driver may be planning, starting Ray or running trials),
@@ -88,10 +89,11 @@ class DrillResult:
     repeated: int = 0
     repeated_in_optuna: int = 0
     stale_rows: int = 0  # our rows marked stale
-    optuna_stale: int = 0  # Optuna trials failed as stale by a restart
+    optuna_stale: int = 0  # Optuna trials failed as stale by a restart (their rows are marked stale)
     requeued_reported: int = 0  # sum of "N stale trial(s) ... re-queued" printed by the restarts
     left_running_in_optuna: int = 0
-    stale_rows_unmarked: int = 0  # rows marked stale whose Optuna trial was not failed as stale
+    stale_rows_unmarked: int = 0  # rows marked stale whose Optuna trial was not failed
+    failed_without_row: int = 0  # Optuna trials failed (by a restart: nothing else fails here) with no stale row
     broken_curves: int = 0
     complete: int = 0
     seconds: float = 0.0
@@ -110,7 +112,8 @@ class DrillResult:
         lines.append(f"  finished trials lost: {self.lost}; repeated: {self.repeated} (Optuna: "
                      f"{self.repeated_in_optuna}); stale trials re-queued: {self.optuna_stale} (reported by the "
                      f"restarts: {self.requeued_reported}; our rows marked stale: {self.stale_rows}); left RUNNING in "
-                     f"Optuna: {self.left_running_in_optuna}; broken curves: {self.broken_curves}; complete: "
+                     f"Optuna: {self.left_running_in_optuna}; failed in Optuna without a stale row: "
+                     f"{self.failed_without_row}; broken curves: {self.broken_curves}; complete: "
                      f"{self.complete}/{N_CELLS}")
         return "\n".join(lines)
 
@@ -290,15 +293,16 @@ def _tally(result: DrillResult, url: str, seen_complete: dict[str, tuple[int, fl
     ot = optuna.load_study(study_name=NAME, storage=url)
     ot_trials = ot.get_trials(deepcopy=False)
     result.left_running_in_optuna = sum(t.state == TrialState.RUNNING for t in ot_trials)
-    result.optuna_stale = sum(bool(t.system_attrs.get("nas:stale")) for t in ot_trials)
+    failed_in_optuna = {t.number for t in ot_trials if t.state == TrialState.FAIL}
     ot_done: dict[str, int] = {}
     for t in ot_trials:
         if t.state == TrialState.COMPLETE:
             ot_done[t.user_attrs.get("nas:key")] = ot_done.get(t.user_attrs.get("nas:key"), 0) + 1
     result.repeated_in_optuna = sum(n - 1 for n in ot_done.values())
-    stale_ids = {r["optuna_trial_id"] for r in _rows(url) if r["state"] == "stale"}
-    marked = {t._trial_id for t in ot_trials if t.system_attrs.get("nas:stale")}
-    result.stale_rows_unmarked = len(stale_ids - marked)
+    stale_numbers = {r["number"] for r in _rows(url) if r["state"] == "stale"}
+    result.optuna_stale = len(stale_numbers & failed_in_optuna)
+    result.stale_rows_unmarked = len(stale_numbers - failed_in_optuna)
+    result.failed_without_row = len(failed_in_optuna - stale_numbers)
     result.requeued_reported = sum(int(m) for out in result.outputs
                                    for m in re.findall(r"(\d+) stale trial\(s\) from an interrupted run re-queued",
                                                        out))
@@ -310,7 +314,7 @@ def _rows(url: str) -> list[dict[str, Any]]:
     from nas.store import make_engine
 
     with make_engine(url, read_only=True).connect() as con:
-        return [dict(r._mapping) for r in con.execute(text(f"select optuna_trial_id, state from nas_trials "
+        return [dict(r._mapping) for r in con.execute(text(f"select number, state from nas_trials "
                                                            f"where study_name = '{NAME}'"))]
 
 
@@ -333,6 +337,7 @@ def test_crash_drill_loses_and_repeats_nothing(tmp_path):
                       "Optuna's tell and our row's update", stacklevel=1)
     assert r.left_running_in_optuna == 0, r.summary()
     assert r.stale_rows_unmarked == 0, r.summary()  # every stale row's Optuna trial was failed and re-queued
+    assert r.failed_without_row == 0, r.summary()  # every Optuna trial a restart failed is recorded as stale
     assert r.stale_rows <= r.optuna_stale, r.summary()
     assert r.requeued_reported <= r.optuna_stale, r.summary()  # a restart killed before printing reports nothing
     assert r.optuna_stale >= 1, r.summary()  # the mid-trial kills did leave stale trials

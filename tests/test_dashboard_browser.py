@@ -228,6 +228,7 @@ def test_unknown_study_says_so(page: tuple[Any, Watch], server: str) -> None:
 
 
 def test_live_refresh_shows_a_new_study_without_reload(page: tuple[Any, Watch], server: str, fx: Fixture) -> None:
+    from nas.records import TrialStart
     from nas.store import Store
 
     pg, watch = page
@@ -243,9 +244,9 @@ def test_live_refresh_shows_a_new_study_without_reload(page: tuple[Any, Watch], 
     open_tab(pg, "Trials")
     pg.wait_for_selector("#trials-table")
     writer = Store(fx.url)
-    writer.trial_started(study_name="arrives_later", run_id=None, optuna_trial_id=10_000, number=0,
-                         key="arrives_later/0", levels={"readout": "head"}, params={}, spec_id="", spec_json="",
-                         seed=0, budget={})
+    writer.trial_started("arrives_later", None, TrialStart(number=0, optuna_trial_id=10_000, key="arrives_later/0",
+                                                           levels={"readout": "head"}, params={}, spec_id="",
+                                                           spec_json="", seed=0))
     writer.engine.dispose()
     pg.wait_for_selector("#trials-table >> text=running", timeout=10_000)
     watch.check()

@@ -13,6 +13,7 @@ import pytest
 
 from blocks import build_backbone, get_preset
 from blocks.model_file import save_backbone
+from nas.records import TrialOutcome, TrialStart, TrialState
 from nas.store import Store
 
 GRID = "cls_demo"
@@ -82,9 +83,9 @@ def _add_grid(store: Store, root: Path) -> tuple[dict[tuple[str, int], int], int
             ot.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
                                                    values=[acc] if acc is not None else None))
             frozen = ot.get_trials(deepcopy=False)[-1]
-            row = store.trial_started(study_name=GRID, run_id=run, optuna_trial_id=frozen._trial_id,
-                                      number=frozen.number, key=f"{GRID}/{spec.id}/s{seed}", levels={"readout": level},
-                                      params=params, spec_id=spec.id, spec_json=spec.to_json(), seed=seed, budget={})
+            row = store.trial_started(GRID, run, TrialStart(
+                number=frozen.number, optuna_trial_id=frozen._trial_id, key=f"{GRID}/{spec.id}/s{seed}",
+                levels={"readout": level}, params=params, spec_id=spec.id, spec_json=spec.to_json(), seed=seed))
             numbers[(level, seed)] = frozen.number
             for epoch in (1, 2, 3):
                 frac = epoch / 3
@@ -94,16 +95,14 @@ def _add_grid(store: Store, root: Path) -> tuple[dict[tuple[str, int], int], int
                 if acc is None:
                     break
             if acc is None:
-                store.trial_finished(row, state="failed", error=FAILED_ERROR + "\n\nTraceback (most recent call "
-                                     "last): ...")
+                store.trial_finished(row, TrialState.FAILED, error=FAILED_ERROR + "\n\nTraceback (most recent "
+                                     "call last): ...")
                 failed = frozen.number
                 continue
-            store.trial_finished(row, state="complete", values={"val_acc": acc},
-                                 result={"val_acc": acc, "val_loss": 1.2, "num_params": 25354,
-                                         "cost": _cost(LEVELS.index(level)),
-                                         "kernel_paths": {"selective_scan_paths": "reference"},
-                                         "wall_seconds": 3.0, "train_seconds": 2.5, "node_id": "node-a",
-                                         "device": "cpu"})
+            store.trial_finished(row, TrialState.COMPLETE, TrialOutcome(
+                val_acc=acc, val_loss=1.2, num_params=25354, values={"val_acc": acc}, cost=_cost(LEVELS.index(level)),
+                kernel_paths={"selective_scan_paths": "reference"}, wall_seconds=3.0, train_seconds=2.5,
+                node_id="node-a", device="cpu"))
             store.add_artifact(row, model_path)
     store.finish_run(run, "finished", 42.0)
     return numbers, failed
@@ -123,14 +122,13 @@ def _add_search(store: Store) -> None:
         ot.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=[acc]))
         frozen = ot.get_trials(deepcopy=False)[-1]
         spec = get_preset("test_vim" if mixer == "ssm" else "test_deit").with_overrides({"dims": [dim]})
-        row = store.trial_started(study_name=SEARCH, run_id=run, optuna_trial_id=frozen._trial_id,
-                                  number=frozen.number, key=f"{SEARCH}/{frozen.number}",
-                                  levels={k: str(v) for k, v in params.items()}, params=params, spec_id=spec.id,
-                                  spec_json=spec.to_json(), seed=0, budget={})
+        row = store.trial_started(SEARCH, run, TrialStart(
+            number=frozen.number, optuna_trial_id=frozen._trial_id, key=f"{SEARCH}/{frozen.number}",
+            levels={k: str(v) for k, v in params.items()}, params=params, spec_id=spec.id, spec_json=spec.to_json(),
+            seed=0))
         store.record_epoch(row, 1, {"val_acc": acc, "train_loss": 1.0, "val_loss": 1.1})
-        store.trial_finished(row, state="complete", values={"val_acc": acc},
-                             result={"val_acc": acc, "num_params": 20000 + 300 * dim, "cost": _cost(acc, dim),
-                                     "kernel_paths": {}})
+        store.trial_finished(row, TrialState.COMPLETE, TrialOutcome(
+            val_acc=acc, num_params=20000 + 300 * dim, values={"val_acc": acc}, cost=_cost(acc, dim)))
     store.finish_run(run, "finished", 10.0)
 
 

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import nas.data  # noqa: F401  (heavy imports paid at collection)
+import blocks.backbone  # noqa: F401  (timm's first import costs seconds; pay it at collection too)
 import nas.execute  # noqa: F401
 from nas.cli import app
 from nas.config import (AshaConfig, DataConfig, ExecutionConfig, MeasureConfig, StorageConfig, Study,
@@ -62,7 +63,7 @@ DICTS = ["factors", "fixed", "data.knobs", "profiles", "reference", "data", "tra
          "measure"]
 # `storage.url` is left out: `--db` replaces it on every run here
 COMPONENTS = ["fixed.readout", "fixed.route", "fixed.mixer.name", "fixed.tokenizer.name", "data.name",
-              "search_space", "train.device"]
+              "search_space", "train.device", "train.kernel_backend"]
 BOOLISH = {"0", "1", "off", "on", "f", "t", "false", "true", "n", "no", "y", "yes"}
 FLOATISH = {"inf", "infinity", "nan"}
 

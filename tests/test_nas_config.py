@@ -10,9 +10,10 @@ import pytest
 
 from nas.config import load_study, parse_set
 from nas.errors import StudyConfigError
-from nas.space import (apply_overrides, cell_from_params, expand_grid, grid_distributions, load_search_space,
+from nas.plan import Plan
+from nas.records import TrialView
+from nas.space import (apply_overrides, expand_grid, grid_arms, grid_distributions, load_search_space, search_cell,
                        search_distributions)
-from nas.store import TrialView
 from nas.summary import ablation_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +51,12 @@ def test_grid_cells_have_stable_distinct_keys(monkeypatch):
     cells = expand_grid(st, space, img_size=32, num_classes=10)
     assert len(cells) == 5 * 2 and len({c.key for c in cells}) == 10
     assert [c.key for c in cells] == [c.key for c in expand_grid(st, space, img_size=32, num_classes=10)]
+    plan = Plan(load_study(DEFAULT), space, 10, grid_arms(st, space, img_size=32, num_classes=10))
+    assert [c.key for c in plan.cells] == [c.key for c in cells]
     for c in cells:
         assert c.spec.readout == c.levels["readout"] and c.spec.route is not None
-        again = cell_from_params(st, space, c.params, img_size=32, num_classes=10)
-        assert again.key == c.key and again.spec == c.spec
+        again = plan.grid_cell(c.params)  # what the driver does with a trial's Optuna parameters: a look-up
+        assert again.key == c.key and again.spec is plan.grid_cell(c.params).spec
 
 
 def test_variant_factor_and_same_model_levels_are_refused(tmp_path, monkeypatch):
@@ -96,8 +99,8 @@ def test_search_distributions_and_back(tmp_path, monkeypatch):
     st = load_study(_write(tmp_path, text)).study
     d = search_distributions(st)
     assert isinstance(d["dims"], optuna.distributions.IntDistribution) and d["readout"].choices == ("head", "mean")
-    cell = cell_from_params(st, load_search_space("tiny_plain"), {"readout": "mean", "dims": 48}, img_size=32,
-                            num_classes=10)
+    cell = search_cell(st, load_search_space("tiny_plain"), {"readout": "mean", "dims": 48}, img_size=32,
+                       num_classes=10)
     assert cell.spec.dims == (48,) and cell.spec.readout == "mean" and cell.seed == st.seeds[0]
     assert st.directions == ["maximize", "maximize"]
 
@@ -138,32 +141,69 @@ def test_dead_cluster_and_oversized_digits_are_refused_before_anything_is_writte
     assert not db.exists()
 
 
+def _grid_store(tmp_path: Path, sets: list[str]):  # noqa: ANN202
+    from nas.store import Store
+
+    sf = load_study(DEFAULT, sets=sets)
+    space = load_search_space(sf.study.search_space)
+    store = Store(f"sqlite:///{tmp_path / 'nas.db'}")
+    store.upsert_study(name=sf.study.name, question="", kind="grid", study_yaml="", config={}, search_space_yaml="",
+                       n_cells=2)
+    return sf.study, expand_grid(sf.study, space, img_size=32, num_classes=10), store
+
+
+def _start(link, cell, number: int):  # noqa: ANN001, ANN202
+    from nas.records import TrialStart
+
+    return TrialStart(number=number, optuna_trial_id=link.trial_id(number), key=cell.key, levels=cell.levels,
+                      params=cell.params, spec_id=cell.spec.id, spec_json="", seed=cell.seed)
+
+
 def test_resume_keeps_a_trial_optuna_saw_finish_while_our_row_said_running(tmp_path, monkeypatch):
     """The driver died after Tune told Optuna "complete" but before our callback wrote the row: the cell is done."""
     import optuna
 
-    from nas.config import load_study
-    from nas.execute import Plan, _optuna_study, requeue
-    from nas.store import Store
+    from nas.queue import KEY_ATTR, enqueue_cells, open_optuna, take_over
 
     monkeypatch.chdir(ROOT)
-    sf = load_study(DEFAULT, sets=["seeds=[0]", "factors.readout=[head, middle]"])
-    space = load_search_space(sf.study.search_space)
-    plan = Plan(sf, space, 10, expand_grid(sf.study, space, img_size=32, num_classes=10))
-    store = Store(f"sqlite:///{tmp_path / 'nas.db'}")
-    store.upsert_study(name=sf.study.name, question="", kind="grid", study_yaml="", config={}, search_space_yaml="",
-                       n_cells=2)
-    ot = _optuna_study(store, sf.study)
-    head, middle = plan.cells
-    ot.enqueue_trial(head.params, user_attrs={"nas:key": head.key})
-    trial = ot.ask(fixed_distributions=grid_distributions(sf.study))
-    row = store.trial_started(study_name=sf.study.name, run_id=None, optuna_trial_id=trial._trial_id,
-                              number=trial.number, key=head.key, levels=head.levels, params=head.params,
-                              spec_id=head.spec.id, spec_json="", seed=0, budget={})
-    ot.tell(trial, 0.75)  # Optuna knows it finished; our row still says running
-    queued, stale, skipped = requeue(store, plan, ot, retry_failed=False)
-    assert (queued, stale, skipped) == (1, 0, 1)  # only `middle` is queued; `head` is kept, not re-run
-    (t,) = [t for t in store.trials(sf.study.name) if t.id == row]
+    study, cells, store = _grid_store(tmp_path, ["seeds=[0]", "factors.readout=[head, middle]"])
+    link = open_optuna(store, study)
+    head, middle = cells
+    link.study.enqueue_trial(head.params, user_attrs={KEY_ATTR: head.key})
+    trial = link.study.ask(fixed_distributions=grid_distributions(study))
+    row = store.trial_started(study.name, None, _start(link, head, trial.number))
+    link.study.tell(trial, 0.75)  # Optuna knows it finished; our row still says running
+    took = take_over(store, link, study, None)
+    queued = enqueue_cells(store, link, study, cells, retry_failed=False)
+    assert (took.stale, took.kept, queued.to_run, queued.skipped) == (0, 1, 1, 1)  # only `middle` is queued
+    (t,) = [t for t in store.trials(study.name) if t.id == row]
     assert t.state == "complete" and t.val_acc == 0.75
-    waiting = ot.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert [w.user_attrs["nas:key"] for w in waiting] == [middle.key]
+    waiting = link.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [w.user_attrs[KEY_ATTR] for w in waiting] == [middle.key]
+
+
+def test_take_over_fails_what_a_dead_driver_left_running(tmp_path, monkeypatch):
+    """Two Optuna trials left RUNNING: one with our row (→ stale), one the driver died before writing (→ a stale row
+    is written now). Both are failed in Optuna through its public `tell`; both cells are queued again."""
+    import optuna
+
+    from nas.queue import KEY_ATTR, enqueue_cells, open_optuna, take_over
+    from nas.store import STALE_ERROR
+
+    monkeypatch.chdir(ROOT)
+    study, cells, store = _grid_store(tmp_path, ["seeds=[0]", "factors.readout=[head, middle]"])
+    link = open_optuna(store, study)
+    for c in cells:
+        link.study.enqueue_trial(c.params, user_attrs={KEY_ATTR: c.key})
+    first = link.study.ask(fixed_distributions=grid_distributions(study))
+    link.study.ask(fixed_distributions=grid_distributions(study))  # asked, but no row was ever written
+    store.trial_started(study.name, None, _start(link, cells[0], first.number))
+    took = take_over(store, link, study, None)
+    assert (took.stale, took.kept) == (2, 0)
+    ot = {t.number: t.state for t in link.study.get_trials()}
+    assert list(ot.values()) == [optuna.trial.TrialState.FAIL] * 2
+    rows = store.trials(study.name)
+    assert sorted(t.number for t in rows) == [0, 1] and {t.state for t in rows} == {"stale"}
+    assert all(t.error == STALE_ERROR for t in rows) and {t.key for t in rows} == {c.key for c in cells}
+    assert enqueue_cells(store, link, study, cells, retry_failed=False).to_run == 2
+    assert take_over(store, link, study, None).stale == 0  # idempotent

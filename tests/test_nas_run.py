@@ -87,10 +87,10 @@ def test_study_runs_to_its_table(finished):
         assert t.kernel_paths and t.node_id
         assert [e["epoch"] for e in store.epochs(t.id)] == [1, 2]
         (art,) = store.artifacts(t.id)
-        assert Path(art["path"]).is_file()
+        assert Path(art.path).is_file()
     info = store.study("e2e_study")
-    assert "readout" in info["study_yaml"] and info["runs"][0]["status"] == "finished"
-    assert info["runs"][0]["hardware"]["cpus"] and info["runs"][0]["code_version"]
+    assert "readout" in info.study_yaml and info.runs[0].status == "finished"
+    assert info.runs[0].hardware["cpus"] and info.runs[0].code_version
 
 
 def test_optuna_opens_our_database_unchanged(finished):
@@ -230,7 +230,7 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path, monkeypatch):
             s.get(RunRow, run_id).driver = f"{socket.gethostname()}:{sleeper.pid}"
         result = CliRunner().invoke(app, ["run", str(study), *_args(tmp_path)], terminal_width=200)
         assert result.exit_code == 2 and "is being run right now" in result.output, result.output
-        assert store.study("busy")["runs"][0]["status"] == "running"
+        assert store.study("busy").runs[0].status == "running"
     finally:
         sleeper.kill()
         sleeper.wait()

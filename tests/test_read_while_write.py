@@ -48,7 +48,7 @@ class Reader(threading.Thread):
         from nas.store import Store
 
         store = Store(self.url, read_only=True)
-        names = [r["name"] for r in store.studies()]
+        names = [r.name for r in store.studies()]
         if "rww" not in names:
             raise LookupError("study not written yet")
         store.study("rww")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nas.errors import StoreError
+from nas.records import TrialOutcome, TrialStart, TrialState
 from nas.store import STALE_ERROR, Store
 from tests._postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 
@@ -41,11 +42,10 @@ def _study(store: Store, name: str = "s1", n_cells: int = 4) -> None:
 
 
 def _trial(store: Store, run_id: int, ot_id: int, *, study: str = "s1", level: str = "head", seed: int = 0) -> int:
-    return store.trial_started(study_name=study, run_id=run_id, optuna_trial_id=ot_id, number=ot_id,
-                               key=f"{study}/{level}/{seed}", levels={"readout": level},
-                               params={"readout": level, "seed": seed}, spec_id=f"spec{level}",
-                               spec_json='{"readout": "%s"}' % level, seed=seed,
-                               budget={"params": 200000, "achieved": 199000, "knob": "width"})
+    return store.trial_started(study, run_id, TrialStart(
+        number=ot_id, optuna_trial_id=ot_id, key=f"{study}/{level}/{seed}", levels={"readout": level},
+        params={"readout": level, "seed": seed}, spec_id=f"spec{level}", spec_json='{"readout": "%s"}' % level,
+        seed=seed, budget={"params": 200000, "achieved": 199000, "knob": "width"}))
 
 
 def test_study_and_run_round_trip(url):
@@ -54,20 +54,21 @@ def test_study_and_run_round_trip(url):
     _study(store, n_cells=6)  # upsert: the second call updates the same row
     run = store.start_run("s1", "nas run studies/s1.yaml")
     info = store.study("s1")
-    assert info["question"] == "where should the class token go?" and info["kind"] == "grid"
-    assert info["cells"] == 6 and info["status"] == "running" and info["study_yaml"] == "name: s1\n"
-    assert info["config"]["nested"] == NESTED  # JSON round trip, nesting, unicode, None and bools kept
-    assert info["search_space_yaml"] == "name: tiny\n"
-    (r,) = info["runs"]
-    assert r["id"] == run and r["status"] == "running" and r["code_version"] and r["hardware"]["cpus"]
+    assert info.question == "where should the class token go?" and info.kind == "grid"
+    assert info.cells == 6 and info.status == "running" and info.study_yaml == "name: s1\n"
+    assert info.config["nested"] == NESTED  # JSON round trip, nesting, unicode, None and bools kept
+    assert info.search_space_yaml == "name: tiny\n"
+    (r,) = info.runs
+    assert r.id == run and r.status == "running" and r.code_version and r.hardware["cpus"]
     store.heartbeat(run)
     store.finish_run(run, "finished", 12.5)
     info = store.study("s1")
-    assert info["status"] == "finished" and info["runs"][0]["wall_seconds"] == 12.5
-    assert info["runs"][0]["finished_at"] >= info["runs"][0]["started_at"]
+    assert info.status == "finished" and info.runs[0].wall_seconds == 12.5
+    assert info.runs[0].finished_at >= info.runs[0].started_at
     run2 = store.start_run("s1", "again")
     assert store.mark_interrupted_runs("s1") == 1
-    assert [x["status"] for x in store.study("s1")["runs"]] == ["finished", "interrupted"] and run2 > run
+    assert [x.status for x in store.study("s1").runs] == ["finished", "interrupted"] and run2 > run
+    assert store.study("s1").run_of(None).id == run2
 
 
 def test_trial_lifecycle_epochs_artifacts(url, tmp_path):
@@ -86,31 +87,30 @@ def test_trial_lifecycle_epochs_artifacts(url, tmp_path):
         {"epoch": 2, "train_loss": 1.5, "val_loss": 1.4, "val_acc": 0.55, "lr": None, "seconds": None}]
     assert store.epochs(b) == []
     cost = {"throughput": 1234.5, "flops": 10**12, "by_resolution": {"32": {"ms": 1.5}}}
-    store.trial_finished(a, state="complete", result={"val_acc": 0.55, "val_loss": 1.4, "num_params": 3_000_000_000,
-                                                      "cost": cost, "kernel_paths": {"scan": "reference"},
-                                                      "wall_seconds": 3.0, "train_seconds": 2.5},
-                         values={"val_acc": 0.55, "throughput": 1234.5})
-    store.trial_finished(b, state="failed", error="RuntimeError: boom\n\ntraceback …")
+    store.trial_finished(a, TrialState.COMPLETE, TrialOutcome(
+        val_acc=0.55, val_loss=1.4, num_params=3_000_000_000, cost=cost, kernel_paths={"scan": "reference"},
+        wall_seconds=3.0, train_seconds=2.5, values={"val_acc": 0.55, "throughput": 1234.5}))
+    store.trial_finished(b, TrialState.FAILED, error="RuntimeError: boom\n\ntraceback …")
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"x" * 1000)
     store.add_artifact(a, model)
     store.add_artifact(a, model, kind="onnx")
     ta, tb = store.trials("s1")
     assert (ta.id, tb.id) == (a, b) and (ta.number, tb.number) == (1, 2)
-    assert ta.state == "complete" and ta.val_acc == 0.55 and ta.num_params == 3_000_000_000  # > 2**31
+    assert ta.state is TrialState.COMPLETE and ta.state == "complete" and ta.val_acc == 0.55
+    assert ta.num_params == 3_000_000_000  # > 2**31
     assert ta.cost == cost and ta.kernel_paths == {"scan": "reference"} and ta.values["throughput"] == 1234.5
     assert ta.node_id == "node-a" and ta.levels == {"readout": "head"} and ta.seed == 0
     assert ta.budget == {"params": 200000, "achieved": 199000, "knob": "width"}
     assert ta.row()["readout"] == "head" and ta.row()["throughput"] == 1234.5
     assert ta.finished_at >= ta.started_at and ta.wall_seconds == 3.0
     assert tb.state == "failed" and tb.error.startswith("RuntimeError: boom") and tb.val_acc is None
-    assert [t.id for t in store.trials("s1", states=("failed",))] == [b]
+    assert [t.id for t in store.trials("s1", states=(TrialState.FAILED,))] == [b]
     assert store.trial("s1", 2).id == b
     with pytest.raises(StoreError, match="no trial number 7"):
         store.trial("s1", 7)
     arts = store.artifacts(a)
-    assert [(x["kind"], x["bytes"], x["path"]) for x in arts] == [("model", 1000, str(model)),
-                                                                   ("onnx", 1000, str(model))]
+    assert [(x.kind, x.bytes, x.path) for x in arts] == [("model", 1000, str(model)), ("onnx", 1000, str(model))]
     assert store.artifacts(b) == []
 
 
@@ -123,7 +123,7 @@ def test_restart_of_a_trial_counts_attempts_and_stale_trials_are_failed(url):
     store.record_epoch(a, 1, {"val_acc": 0.1})
     assert _trial(store, run, 1) == a  # the same Optuna trial restarted by Ray: same row, one more attempt
     b = _trial(store, run, 2, level="tail")
-    store.trial_finished(b, state="complete", result={"val_acc": 0.9})
+    store.trial_finished(b, TrialState.COMPLETE, TrialOutcome(val_acc=0.9))
     o = _trial(store, run, 3, study="other")
     assert store.fail_stale_trials("s1") == [1]
     assert store.fail_stale_trials("s1") == []  # idempotent
@@ -131,7 +131,7 @@ def test_restart_of_a_trial_counts_attempts_and_stale_trials_are_failed(url):
     assert ta.state == "stale" and ta.error == STALE_ERROR and ta.finished_at is not None
     assert store.trial("other", 3).state == "running" and o  # another study's running trial is left alone
     assert store.completed_keys("s1") == {"s1/tail/0"}
-    store.trial_finished(_trial(store, run, 4, level="mid"), state="stopped", result={"val_acc": 0.4})
+    store.trial_finished(_trial(store, run, 4, level="mid"), TrialState.STOPPED, TrialOutcome(val_acc=0.4))
     assert store.completed_keys("s1") == {"s1/tail/0", "s1/mid/0"}
     assert store.completed_keys("nope") == set()
 
@@ -145,14 +145,15 @@ def test_studies_listing_counts_states_and_best(url):
                                       ("stopped", 0.95)], start=1):
         t = _trial(store, run, i, level=f"l{i}")
         if state != "running":
-            store.trial_finished(t, state=state, result={"val_acc": acc} if acc is not None else None)
-    rows = {r["name"]: r for r in store.studies()}
+            store.trial_finished(t, TrialState(state), TrialOutcome(val_acc=acc) if acc is not None else None)
+    rows = {r.name: r for r in store.studies()}
     assert set(rows) == {"s1", "s2"}
     r = rows["s1"]
-    assert (r["complete"], r["failed"], r["running"], r["stopped"], r["stale"]) == (2, 1, 1, 1, 0)
-    assert r["best_val_acc"] == pytest.approx(0.8)  # best over complete trials only
-    assert r["cells"] == 4 and r["kind"] == "grid"
-    assert rows["s2"]["complete"] == 0 and rows["s2"]["best_val_acc"] is None
+    assert [r.counts[s] for s in ("complete", "failed", "running", "stopped", "stale")] == [2, 1, 1, 1, 0]
+    assert (r.done, r.failed, r.running) == (3, 1, 1)
+    assert r.best_val_acc == pytest.approx(0.8)  # best over complete trials only
+    assert r.cells == 4 and r.kind == "grid"
+    assert rows["s2"].done == 0 and rows["s2"].best_val_acc is None
 
 
 def test_non_finite_numbers_are_stored_as_null(url):
@@ -164,10 +165,9 @@ def test_non_finite_numbers_are_stored_as_null(url):
                               "lr": "not a number", "seconds": 1.0})
     assert store.epochs(t) == [{"epoch": 1, "train_loss": None, "val_loss": None, "val_acc": None, "lr": None,
                                 "seconds": 1.0}]
-    store.trial_finished(t, state="failed", result={"val_acc": math.nan, "val_loss": math.inf,
-                                                    "cost": {"throughput": math.nan, "flops": 5,
-                                                             "by_res": [math.inf, 1.0]}},
-                         values={"val_acc": math.nan, "throughput": -math.inf})
+    store.trial_finished(t, TrialState.FAILED, TrialOutcome(
+        val_acc=math.nan, val_loss=math.inf, cost={"throughput": math.nan, "flops": 5, "by_res": [math.inf, 1.0]},
+        values={"val_acc": math.nan, "throughput": -math.inf}))
     (v,) = store.trials("s1")
     assert v.val_acc is None and v.values == {"val_acc": None, "throughput": None}
     assert v.cost == {"throughput": None, "flops": 5, "by_res": [None, 1.0]}  # inside JSON too: valid JSON
@@ -192,15 +192,15 @@ def test_read_only_store_reads_and_refuses_writes(url, tmp_path):
     run = writer.start_run("s1", "cmd")
     t = _trial(writer, run, 1)
     reader = Store(url, read_only=True)
-    assert [r["name"] for r in reader.studies()] == ["s1"] and reader.trials("s1")[0].id == t
+    assert [r.name for r in reader.studies()] == ["s1"] and reader.trials("s1")[0].id == t
     writes = [lambda: _study(reader, "s9"), lambda: reader.start_run("s1", "x"), lambda: _trial(reader, run, 5),
               lambda: reader.record_epoch(t, 1, {"val_acc": 0.5}),
-              lambda: reader.trial_finished(t, state="complete"), lambda: reader.fail_stale_trials("s1")]
+              lambda: reader.trial_finished(t, TrialState.COMPLETE), lambda: reader.fail_stale_trials("s1")]
     for write in writes:
         with pytest.raises(StoreError, match="read-only"):
             write()
-    assert [r["name"] for r in writer.studies()] == ["s1"] and writer.epochs(t) == []
-    assert writer.trials("s1")[0].state == "running" and len(writer.study("s1")["runs"]) == 1
+    assert [r.name for r in writer.studies()] == ["s1"] and writer.epochs(t) == []
+    assert writer.trials("s1")[0].state == "running" and len(writer.study("s1").runs) == 1
 
 
 def test_unreachable_database_is_a_store_error(tmp_path):
@@ -225,7 +225,17 @@ def test_optuna_shares_the_database(url):
     again = optuna.load_study(study_name="s1", storage=storage if url == "sqlite://" else url)
     assert len(again.trials) == 3 and again.trials[0].params == {"readout": "tail", "seed": 1}
     assert again.best_value == pytest.approx(0.31)
-    assert [r["name"] for r in store.studies()] == ["s1"]
+    assert [r.name for r in store.studies()] == ["s1"]
+    if url == "sqlite://":
+        return
+    # readers open Optuna's tables the same way as ours: read-only (on SQLite the file itself refuses writes)
+    reader = optuna.load_study(study_name="s1", storage=Store(url, read_only=True).optuna_storage())
+    assert len(reader.trials) == 3 and reader.best_value == pytest.approx(0.31)
+    if url.startswith("sqlite:///"):
+        with pytest.raises(Exception) as refused:  # noqa: PT011 - Optuna wraps the driver's error
+            reader.enqueue_trial({"readout": "head", "seed": 0})
+        assert "readonly" in f"{refused.value!r} {refused.value.__cause__!r} {refused.value.__context__!r}"
+        assert len(optuna.load_study(study_name="s1", storage=url).trials) == 3
 
 
 # ----------------------------------------------------------------------------------- nas run on PostgreSQL
@@ -271,7 +281,7 @@ def test_nas_run_on_postgresql(postgres_url, tmp_path):
     for t in trials:
         assert 0 <= t.val_acc <= 1 and t.num_params > 0 and t.node_id and t.cost["flops"] > 0
         assert [e["epoch"] for e in store.epochs(t.id)] == [1]
-        assert Path(store.artifacts(t.id)[0]["path"]).is_file()
+        assert Path(store.artifacts(t.id)[0].path).is_file()
     assert store.completed_keys("pg_study") == {t.key for t in trials}  # what a resumed run skips
     ot = optuna.load_study(study_name="pg_study", storage=postgres_url)
     assert sorted(t.state.name for t in ot.trials) == ["COMPLETE", "COMPLETE"]

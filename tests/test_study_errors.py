@@ -14,6 +14,7 @@ import ray
 from typer.testing import CliRunner
 
 import nas.data  # noqa: F401  (heavy imports are paid at collection, not by the first case's time limit)
+import blocks.backbone  # noqa: F401  (timm's first import costs seconds; pay it at collection too)
 import nas.execute  # noqa: F401
 import sklearn.datasets  # noqa: F401  (the digits data set's first import costs ~2 s)
 from nas.cli import app
@@ -43,6 +44,12 @@ CASES: dict[str, tuple[str, ...]] = {
     "lr_negative": ("key 'train.lr'", "greater than 0", "-0.001"),
     "seeds_negative": ("key 'seeds'", "non-negative", "-1"),
     "seeds_duplicate": ("key 'seeds'", "distinct"),
+    "seeds_adaptive_min_one": ("key 'seeds.min'", "at least 2 seeds", "got 1"),
+    "seeds_adaptive_min_above_max": ("key 'seeds.max'", "at least seeds.min (5)", "got 3"),
+    "seeds_adaptive_halfwidth_zero": ("key 'seeds.target_halfwidth'", "positive number", "got 0"),
+    "seeds_adaptive_too_many": ("key 'seeds.max'", "at most 100 seeds", "got 500"),
+    "profile_bad_value": ("key 'profiles.gpu.train.epochs'", "with profile 'gpu'", "greater than or equal to 1"),
+    "kernel_backend_typo": ("key 'train.kernel_backend'", "'tritn'", "did you mean 'triton'", "reference"),
     "unknown_metric": ("key 'objectives.0.metric'", "unknown metric 'accuracy'", "val_acc"),
     "factors_and_search": ("exactly one of `factors`", "`search`"),
     "neither_factors_nor_search": ("exactly one of `factors`", "`search`"),
@@ -71,7 +78,14 @@ FLAG_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "set_duplicate_seeds": (["--set", "seeds=[0, 0]"], (OK, "key 'seeds'", "distinct")),
     "set_unknown_readout": (["--set", "fixed.readout=centre"], (OK, "key 'fixed.readout'", "'centre'")),
     "missing_study_file": ([], ("no study file", "nope_not_a_study")),
+    "profile_bad_with_another_profile": (["--profile", "small"], (f"{BAD}/profile_bad_value.yaml",
+                                                                  "key 'profiles.gpu.train.epochs'")),
+    "profile_bad_when_chosen": (["--profile", "gpu"], (f"{BAD}/profile_bad_value.yaml",
+                                                       "key 'profiles.gpu.train.epochs'")),
 }
+FLAG_STUDY = {"missing_study_file": "studies/nope_not_a_study.yaml",
+              "profile_bad_with_another_profile": f"{BAD}/profile_bad_value.yaml",
+              "profile_bad_when_chosen": f"{BAD}/profile_bad_value.yaml"}
 UNREACHABLE_DBS = ["postgresql+psycopg://nobody@127.0.0.1:1/x", "sqlite:////proc/nope/x.db"]
 
 
@@ -123,7 +137,7 @@ def test_bad_study_file_dry_run_too(name, tmp_path):
 def test_bad_flag(name, tmp_path):
     db = tmp_path / "nas.db"
     extra, words = FLAG_CASES[name]
-    study = "studies/nope_not_a_study.yaml" if name == "missing_study_file" else OK
+    study = FLAG_STUDY.get(name, OK)
     code, out, _ = _run([study, *extra, "--db", f"sqlite:///{db}"])
     _assert_refused(code, out, words, db)
 

@@ -10,7 +10,7 @@ import pytest
 
 from nas.config import load_study
 from nas.data import make_dataset
-from nas.execute import plan_study
+from nas.plan import plan_study
 from nas.space import expand_grid, load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def test_study_loads_and_plans(path):
         n_levels = 1
         for f in study.factors:
             n_levels *= len(study.level_names(f))
-        assert len(plan.cells) == n_levels * len(study.seeds)
+        assert len(plan.cells) == n_levels * len(study.initial_seeds)
         keys = [c.key for c in plan.cells]
         assert len(set(keys)) == len(keys), "two grid cells share a key: resume would skip one of them"
         assert len({c.spec.id for c in plan.cells}) == n_levels
@@ -57,7 +57,7 @@ def test_study_loads_and_plans(path):
                 assert abs(c.budget["relative_error"]) <= study.budget.tolerance
     else:
         assert study.search is not None and len(plan.preflight) == 1
-    assert all(p["params"] > 0 for p in plan.preflight.values())
+    assert all(p.params > 0 for p in plan.preflight.values())
 
 
 # cls_token_position.yaml carries Vim Table 5's max-pool value (max: 73.4) but does not run readout `max`

@@ -1,0 +1,184 @@
+"""Plan a study before anything runs: the validated study → its cells, each with its resolved spec, key, CPU
+pre-flight and estimated cost. No Ray here: `nas run --dry-run` stops after planning and never imports it.
+
+A grid's arms (combinations of factor levels) are resolved once, here; a cell is an arm and a seed, so later rounds of
+adaptive seeding reuse the same resolved specs. A search's sampled points are resolved by `Plan.resolve_point`, also
+in the driver, as Optuna proposes them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from blocks import ArchSpec, NasError
+
+from .config import StudyFile
+from .errors import StudyConfigError
+from .schema import Study
+from .space import SEED_PARAM, Arm, Cell, SearchSpace, grid_arms, load_search_space, search_cell, trial_spec
+
+PREFLIGHT_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """A spec's CPU pre-flight: its parameter count and the time of one forward and one training step (batch of 8)."""
+    params: int
+    forward_ms: float
+    step_ms: float
+
+
+@dataclass
+class Plan:
+    """Everything known about a study before anything runs."""
+    file: StudyFile
+    space: SearchSpace
+    num_classes: int
+    arms: list[Arm]  # a grid's combinations of levels with their specs; a search's base spec (fixed choices)
+    preflight: dict[str, Preflight] = field(default_factory=dict)  # spec id → its pre-flight
+
+    @property
+    def study(self) -> Study:
+        return self.file.study
+
+    @property
+    def is_grid(self) -> bool:
+        return self.study.kind == "grid"
+
+    @property
+    def cells(self) -> list[Cell]:
+        """The first round: every arm × the first seeds (a search's cells are sampled as it runs: none here)."""
+        return self.cells_for({a.spec.id: self.study.initial_seeds for a in self.arms}) if self.is_grid else []
+
+    @property
+    def n_trials(self) -> int:
+        """Trials of the first round (a grid) or of the whole search."""
+        return len(self.cells) if self.is_grid else self.study.search.n_trials
+
+    def cells_for(self, seeds_by_spec: Mapping[str, Sequence[int]]) -> list[Cell]:
+        """The cells of the given arms (by spec id) and seeds, in arm order."""
+        return [a.cell(self.study.name, s) for a in self.arms for s in seeds_by_spec.get(a.spec.id, ())]
+
+    def grid_cell(self, params: Mapping[str, Any]) -> Cell:
+        """The grid cell named by Optuna parameters (factor levels and seed): looked up, never resolved again."""
+        levels = {f: str(params[f]) for f in self.study.factors}
+        arm = next((a for a in self.arms if a.levels == levels), None)
+        if arm is None:
+            raise StudyConfigError(f"no grid cell has the levels {levels}", key="factors")
+        return arm.cell(self.study.name, int(params[SEED_PARAM]))
+
+    def resolve_point(self, params: Mapping[str, Any]) -> Cell:
+        """A search's sampled point as a cell, its spec (and parameter budget) resolved here, in the driver;
+        StudyConfigError when the point is not a valid model."""
+        return search_cell(self.study, self.space, dict(params), img_size=self.study.data.img_size,
+                           num_classes=self.num_classes)
+
+    def estimate_seconds(self, spec_id: str) -> float:
+        """Rough CPU time of one trial of this spec from its pre-flight (batch of 8, scaled linearly to the batch
+        size): training steps plus one evaluation pass per epoch. A guide for planning, not a promise."""
+        pre, st = self.preflight[spec_id], self.study
+        scale = st.train.batch_size / PREFLIGHT_BATCH
+        steps = math.ceil(st.data.n_train / st.train.batch_size)
+        evals = math.ceil(st.data.n_test / st.train.batch_size)
+        return st.train.epochs * (steps * pre.step_ms + evals * pre.forward_ms) * scale / 1e3
+
+
+def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None) -> Plan:
+    """Check everything that can be checked on the CPU before a trial is scheduled: the search space, the objectives,
+    the cluster address, the data, every distinct spec (built, two forwards, one training step). StudyConfigError
+    names the file and the key."""
+    study = sf.study
+    space = load_search_space(study.search_space, file=sf.path)
+    if "throughput" in [o.metric for o in study.objectives] and study.measure.skip:
+        raise StudyConfigError("objective 'throughput' needs measure.skip: false", file=sf.path, key="objectives")
+    address = study.execution.address
+    if address and address != "auto" and not address.startswith("ray://"):
+        check_reachable(address, file=sf.path)  # before anything is written, not when Ray starts
+    num_classes = _probe_data(study, sf.path)
+    if study.kind == "grid":
+        arms = grid_arms(study, space, img_size=study.data.img_size, num_classes=num_classes, file=sf.path)
+    else:
+        base, budget = trial_spec(study, space, {}, img_size=study.data.img_size, num_classes=num_classes,
+                                  file=sf.path)
+        arms = [Arm({"(base)": "fixed choices"}, base, budget)]
+    return Plan(sf, space, num_classes, arms, _preflight_all(study, arms, sf.path, progress))
+
+
+def _preflight_all(study: Study, arms: list[Arm], file: str,
+                   progress: Callable[[str], None] | None) -> dict[str, Preflight]:
+    import torch
+
+    out: dict[str, Preflight] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))  # time it as a worker would run it
+    try:
+        for arm in arms:
+            if progress:
+                progress(f"pre-flight {arm.levels}")
+            try:
+                out[arm.spec.id] = preflight_spec(arm.spec)
+            except Exception as e:  # noqa: BLE001 - any failure here is the spec's
+                raise StudyConfigError(f"pre-flight failed for {arm.levels}: {type(e).__name__}: {e}", file=file,
+                                       key="factors" if study.kind == "grid" else "fixed") from None
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def preflight_spec(spec: ArchSpec) -> Preflight:
+    """Build on the CPU and run two forward passes of a small batch and two training steps: catches what validation
+    on the meta device cannot (numerics, shape errors deep in a mixer) before any trial is scheduled."""
+    import torch
+
+    from blocks import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone(spec, kernel_backend="reference").eval()
+    x = torch.randn(PREFLIGHT_BATCH, spec.in_chans, spec.img_size, spec.img_size)
+    with torch.no_grad():
+        out = model(x)
+        t = time.perf_counter()
+        model(x)  # timed second: the first call pays one-off costs
+    ms = (time.perf_counter() - t) * 1e3
+    if out.shape != (PREFLIGHT_BATCH, spec.num_classes) or not torch.isfinite(out).all():
+        raise NasError(f"spec {spec.id}: forward gave shape {tuple(out.shape)} / non-finite values")
+    model.train()
+    for _ in range(2):  # one training step's cost (forward + backward), timed on the second
+        t = time.perf_counter()
+        model(x).float().square().mean().backward()
+    step_ms = (time.perf_counter() - t) * 1e3
+    return Preflight(sum(p.numel() for p in model.parameters()), ms, step_ms)
+
+
+def _probe_data(study: Study, file: str) -> int:
+    """Make the data on the CPU before anything runs: its class count, and any data error (a missing path, more
+    images asked of a finite set than it has). Generated sets are probed with a small slice; digits in full (cheap)."""
+    from .data import make_dataset
+
+    d = study.data
+    full = d.name == "digits"
+    try:
+        probe = make_dataset(d.name, seed=0, n_train=d.n_train if full else min(d.n_train, 32),
+                             n_test=d.n_test if full else min(d.n_test, 32), img_size=d.img_size, **d.knobs)
+    except NasError as e:
+        raise StudyConfigError(str(e), file=file, key="data") from None
+    return probe.num_classes
+
+
+def check_reachable(address: str, timeout_s: float = 10.0, file: str | None = None) -> None:
+    """Fail fast on a cluster that is not there (ray.init would wait a long time)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or address, int(port) if port.isdigit() else 6379), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise StudyConfigError(f"no Ray cluster answers at {address!r} ({e}); start it with `ray start --head` or "
+                               "check the address", file=file, key="execution.address") from None
+
+
+__all__ = ["PREFLIGHT_BATCH", "Plan", "Preflight", "check_reachable", "plan_study", "preflight_spec"]

@@ -1,0 +1,203 @@
+"""Ray Tune's two hooks into the driver, on public Ray and Optuna APIs: the searcher (Tune asks it what to run next;
+it asks Optuna and resolves the cell) and the callback (Tune tells it what happened; it writes the store).
+
+The searcher resolves each trial's cell once, in the driver, and puts it in the trial's config (`TASK`): the worker
+trains it as given and the callback records it as given. An invalid sampled point of a search is recorded as failed
+and never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from blocks import NasError
+
+from .driver import Round, RunContext
+from .queue import KEY_ATTR
+from .records import TrialOutcome, TrialStart, TrialState
+from .space import grid_distributions, search_distributions
+from .worker import FINAL, MODEL_FILE
+
+TASK = "nas_task"  # the trial config's entry that carries its resolved cell (a TrialStart as data)
+
+
+class StudySearcher(Searcher):
+    """Tune's searcher over our Optuna study: `ask` for a point (a queued grid cell first), resolve its cell, `tell`
+    the outcome (FAIL for a trial that errored after reporting epochs, PRUNED for one ASHA stopped)."""
+
+    def __init__(self, ctx: RunContext, rnd: Round) -> None:
+        st = ctx.plan.study
+        metrics = [o.metric for o in st.objectives]
+        modes = ["max" if d == "maximize" else "min" for d in st.directions]
+        super().__init__(metric=metrics if len(metrics) > 1 else metrics[0],
+                         mode=modes if len(modes) > 1 else modes[0])
+        self.ctx, self.left, self.metrics = ctx, rnd.to_run, metrics
+        self.distributions = grid_distributions(st) if ctx.plan.is_grid else search_distributions(st)
+        self.asked: dict[str, Any] = {}  # Tune trial id → optuna.Trial
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # our metric, mode and space come from the study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        while self.left > 0:
+            self.left -= 1
+            ot_trial = self.ctx.optuna.study.ask(fixed_distributions=self.distributions)
+            start = self._resolve(ot_trial)
+            if start is not None:
+                self.asked[trial_id] = ot_trial
+                return {**ot_trial.params, TASK: start.as_config()}
+        return Searcher.FINISHED
+
+    def _resolve(self, ot_trial: Any) -> TrialStart | None:
+        """The asked trial's cell (a grid's looked up, a search's resolved now), or None when the point is invalid:
+        then it is told FAIL and recorded as a failed attempt without training."""
+        plan, params = self.ctx.plan, dict(ot_trial.params)
+        number, ot_id = ot_trial.number, self.ctx.optuna.trial_id(ot_trial.number)
+        if plan.is_grid and KEY_ATTR not in ot_trial.user_attrs:  # not one of ours: the queue ran dry
+            self.ctx.optuna.study.tell(ot_trial, state=_ot_state("FAIL"))
+            self.left = 0
+            return None
+        try:
+            cell = plan.grid_cell(params) if plan.is_grid else plan.resolve_point(params)
+        except NasError as e:
+            self.ctx.optuna.study.tell(ot_trial, state=_ot_state("FAIL"))
+            record_invalid(self.ctx, number, ot_id, params, str(e))
+            return None
+        ot_trial.set_user_attr(KEY_ATTR, cell.key)
+        return TrialStart(number=number, optuna_trial_id=ot_id, key=cell.key, levels=cell.levels,
+                          params=dict(cell.params), spec_id=cell.spec.id, spec_json=cell.spec.to_json(),
+                          seed=cell.seed, budget=dict(cell.budget))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self.asked.get(trial_id)
+        if ot_trial is not None and len(self.metrics) == 1 and result.get(self.metrics[0]) is not None \
+                and "epoch" in result:
+            ot_trial.report(float(result[self.metrics[0]]), int(result["epoch"]))  # what PRUNED keeps
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self.asked.pop(trial_id, None)
+        if ot_trial is None:
+            return
+        tell = self.ctx.optuna.study.tell
+        values = [None if result is None else result.get(m) for m in self.metrics]
+        if error or result is None:
+            tell(ot_trial, state=_ot_state("FAIL"), skip_if_finished=True)
+        elif not result.get(FINAL):  # stopped early (ASHA): Optuna keeps the last reported value
+            tell(ot_trial, state=_ot_state("PRUNED"), skip_if_finished=True)
+        elif any(v is None for v in values):
+            tell(ot_trial, state=_ot_state("FAIL"), skip_if_finished=True)
+        else:
+            tell(ot_trial, [float(v) for v in values], skip_if_finished=True)
+
+
+def _ot_state(name: str) -> Any:
+    from optuna.trial import TrialState as OT
+
+    return OT[name]
+
+
+def record_invalid(ctx: RunContext, number: int, ot_id: int, params: dict[str, Any], error: str) -> None:
+    """A sampled point that is not a valid model: one failed attempt in the store, no training."""
+    st = ctx.plan.study
+    seed = st.initial_seeds[0]
+    row = ctx.store.trial_started(st.name, ctx.run_id, TrialStart(
+        number=number, optuna_trial_id=ot_id, key=f"{st.name}/invalid/{number}",
+        levels={k: str(v) for k, v in params.items()}, params=params, spec_id="", spec_json="", seed=seed,
+        budget={"error": error}))
+    ctx.store.trial_finished(row, TrialState.FAILED, error=f"invalid sampled point: {error}")
+    ctx.on_event("failed", {"trial": f"optuna-{number}", "error": f"invalid sampled point: {error}"})
+
+
+class StoreCallback(tune.Callback):
+    """Runs in the driver: the only writer of the study database. Tune pickles its callbacks with the experiment
+    state (for `Tuner.restore`, which we do not use: the store resumes); the live objects stay in this process."""
+
+    def __init__(self, ctx: RunContext, artifacts: Path) -> None:
+        self.ctx, self.artifacts = ctx, artifacts
+        self.rows: dict[str, int] = {}
+        self.last_beat = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rows": dict(self.rows)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.rows, self.last_beat = state["rows"], time.monotonic()
+
+    def _row(self, trial: Any) -> int | None:
+        if trial.trial_id not in self.rows and TASK in trial.config:
+            start = TrialStart.from_config(trial.config[TASK])
+            self.rows[trial.trial_id] = self.ctx.store.trial_started(self.ctx.plan.study.name, self.ctx.run_id,
+                                                                     start)
+        return self.rows.get(trial.trial_id)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        self.ctx.on_event("start", {"trial": trial.trial_id, "row": self._row(trial)})
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        # Tune restarts the same trial (same Optuna trial): forget its cached row so the restart's on_trial_start goes
+        # through `trial_started` again, which counts the attempt and marks the row running
+        self.rows.pop(trial.trial_id, None)
+        self.ctx.on_event("retry", {"trial": trial.trial_id, "error": error_text(trial)})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+        row = self._row(trial)
+        if row is not None and "epoch" in result:
+            self.ctx.store.record_epoch(row, int(result["epoch"]), result)
+        self.ctx.on_event("epoch", {"trial": trial.trial_id, "epoch": result.get("epoch"),
+                                    "val_acc": result.get("val_acc")})
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        row = self._row(trial)
+        if row is None:
+            return
+        st = self.ctx.plan.study
+        res = dict(trial.last_result or {})
+        final = bool(res.get(FINAL))
+        outcome = TrialOutcome.from_report(res, [o.metric for o in st.objectives])
+        self.ctx.store.trial_finished(row, TrialState.COMPLETE if final else TrialState.STOPPED, outcome)
+        ckpt = trial.checkpoint
+        if final and ckpt is not None and (Path(ckpt.path) / MODEL_FILE).exists():
+            number = TrialStart.from_config(trial.config[TASK]).number
+            dst = self.artifacts / st.name / f"trial_{number:05d}.safetensors"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(ckpt.path) / MODEL_FILE, dst)
+            self.ctx.store.add_artifact(row, dst)
+        self.ctx.on_event("complete" if final else "stopped", {"trial": trial.trial_id, "val_acc": res.get("val_acc")})
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        row = self._row(trial)
+        err = error_text(trial)
+        if row is not None:
+            self.ctx.store.trial_finished(row, TrialState.FAILED, error=err)
+        self.ctx.on_event("failed", {"trial": trial.trial_id, "error": err.splitlines()[0] if err else ""})
+
+    def on_step_end(self, iteration, trials, **info) -> None:  # noqa: ANN001
+        if time.monotonic() - self.last_beat > 10:
+            self.ctx.store.heartbeat(self.ctx.run_id)
+            self.last_beat = time.monotonic()
+
+
+def error_text(trial: Any) -> str:
+    """The worker's exception (first line) and the end of Ray's traceback text."""
+    try:
+        err = trial.get_error()
+    except Exception:  # noqa: BLE001
+        err = None
+    text = str(err) if err is not None else ""
+    if not text and trial.error_file and os.path.exists(trial.error_file):
+        text = Path(trial.error_file).read_text()
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    # the worker's exception is the last line of Ray's traceback text
+    tail = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln or "Diverged" in ln), "")
+    return (tail or (lines[-1] if lines else "unknown error")).strip()[:2000] + ("\n\n" + text[-6000:] if text
+                                                                                 else "")
+
+
+__all__ = ["TASK", "StoreCallback", "StudySearcher", "error_text", "record_invalid"]

@@ -1,0 +1,166 @@
+"""The driver's loop without Ray: plan → queue → rounds, run by a stand-in runner that drives our real Tune searcher
+(`StudySearcher`: Optuna's ask/tell, the cell resolved in the driver) and writes the store as the callback does, with
+made-up accuracies instead of training. Checks rounds of adaptive seeding with a plugged-in policy, that a resumed
+study repeats no (spec, seed), that a search's invalid points are failed without training, and that a dry run
+never imports Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from blocks import ArchSpec
+from nas.config import load_study
+from nas.driver import Round, RunContext, run_study
+from nas.plan import plan_study
+from nas.records import TrialOutcome, TrialStart, TrialState
+from nas.rounds import arm_results, next_round
+from nas.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTIVE = """
+name: {name}
+search_space: tiny_plain
+fixed: {{dims: [8], depths: [1], readout: mean}}
+factors:
+  route: [uni, bi]
+seeds: {{min: 2, max: 4, target_halfwidth: 1.0}}
+data: {{name: digits, n_train: 32, n_test: 32, img_size: 16}}
+train: {{epochs: 1, batch_size: 16}}
+measure: {{skip: true}}
+"""
+SEARCH = """
+name: {name}
+search_space: tiny_plain
+fixed: {{mixer: {{name: attention, params: {{head_dim: 8, causal: true}}}}, route: uni, dims: [16], depths: [1]}}
+search: {{sampler: random, n_trials: 6, seed: 0, space: {{readout: [head, mean]}}}}
+seeds: [0]
+data: {{name: digits, n_train: 32, n_test: 32, img_size: 16}}
+train: {{epochs: 1, batch_size: 16}}
+measure: {{skip: true}}
+"""
+
+pytestmark = pytest.mark.usefixtures("at_repo_root", "one_torch_thread")
+
+
+class FakeRunner:
+    """Runs a round as Tune would, minus Ray and training: the searcher's configs in, the store written as our
+    callback writes it, Optuna told through the searcher. Accuracy: 0.5 + 0.01 · seed (+0.1 for route bi)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list[tuple[str, int]]] = []
+
+    def run_round(self, ctx: RunContext, rnd: Round) -> bool:
+        from ray.tune.search import Searcher
+
+        from nas.tune_adapter import TASK, StudySearcher
+        from nas.worker import FINAL
+
+        searcher, ran = StudySearcher(ctx, rnd), []
+        while (config := searcher.suggest(f"t{len(ran)}")) != Searcher.FINISHED:
+            start = TrialStart.from_config(config[TASK])
+            assert ArchSpec.from_json(start.spec_json).id == start.spec_id  # resolved in the driver, travels as JSON
+            assert start.spec_id in start.key
+            assert all(config[k] == v for k, v in start.params.items())  # Optuna's parameters name the trial
+            row = ctx.store.trial_started(ctx.plan.study.name, ctx.run_id, start)
+            acc = 0.5 + 0.01 * start.seed + 0.1 * (start.levels.get("route") == "bi")
+            ctx.store.trial_finished(row, TrialState.COMPLETE, TrialOutcome(val_acc=acc, values={"val_acc": acc}))
+            searcher.on_trial_complete(f"t{len(ran)}", {FINAL: True, "val_acc": acc})
+            ctx.on_event("complete", {})
+            ran.append((start.levels.get("route", ""), start.seed))
+        self.rounds.append(ran)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _plan(tmp_path: Path, text: str, name: str):  # noqa: ANN202
+    path = tmp_path / "studies" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.format(name=name))
+    return plan_study(load_study(path, db_url=f"sqlite:///{tmp_path / 'nas.db'}"))
+
+
+def _bi_to_four(study, results):  # noqa: ANN001, ANN202 - a stand-in policy: level bi needs 4 seeds, uni is settled
+    return {r.spec_id: 4 for r in results if r.levels["route"] == "bi"}
+
+
+def test_adaptive_study_runs_min_seeds_then_the_rounds_a_policy_asks_for(tmp_path):
+    plan = _plan(tmp_path, ADAPTIVE, "adaptive")
+    assert plan.study.initial_seeds == [0, 1] and plan.study.max_seeds == [0, 1, 2, 3]
+    assert [(c.levels["route"], c.seed) for c in plan.cells] == [("uni", 0), ("uni", 1), ("bi", 0), ("bi", 1)]
+    store = Store(plan.study.storage.url)
+    queued: list[tuple[int, int, int, int]] = []
+    runner = FakeRunner()
+    out = run_study(plan, store, runner, policy=_bi_to_four, on_queued=lambda *a: queued.append(a))
+    assert runner.rounds == [[("uni", 0), ("uni", 1), ("bi", 0), ("bi", 1)], [("bi", 2), ("bi", 3)]]
+    assert (out.rounds, out.queued, out.completed, out.failed) == (2, 6, 6, 0)  # then the policy asks for nothing new
+    assert [q[:2] for q in queued] == [(1, 4), (2, 2)]
+    keys = [t.key for t in store.trials("adaptive")]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    results = {r.levels["route"]: r for r in arm_results(plan, store.trials("adaptive"))}
+    assert results["bi"].values == pytest.approx({0: 60.0, 1: 61.0, 2: 62.0, 3: 63.0})  # percentage points
+    # resumed: nothing is run again, whatever the policy asks for
+    again = FakeRunner()
+    out = run_study(plan, store, again, policy=_bi_to_four)
+    assert again.rounds == [] and out.queued == 0 and out.skipped_done == 4
+    assert len(store.trials("adaptive")) == 6
+    more = next_round(plan, store.trials("adaptive"), lambda study, results: {r.spec_id: 99 for r in results})
+    assert [(c.levels["route"], c.seed) for c in more] == [("uni", 2), ("uni", 3)]  # capped at seeds.max
+    ot = optuna.load_study(study_name="adaptive", storage=plan.study.storage.url)
+    assert sorted(t.state.name for t in ot.trials) == ["COMPLETE"] * 6
+
+
+def test_without_a_policy_an_adaptive_study_stops_after_its_min_seeds(tmp_path):
+    plan = _plan(tmp_path, ADAPTIVE, "no_policy")
+    runner = FakeRunner()
+    out = run_study(plan, Store(plan.study.storage.url), runner)
+    assert [len(r) for r in runner.rounds] == [4] and out.rounds == 1
+
+
+def test_a_plain_list_of_seeds_has_one_round(tmp_path):
+    plan = _plan(tmp_path, ADAPTIVE.replace("{{min: 2, max: 4, target_halfwidth: 1.0}}", "[0, 1]"), "plain")
+    runner = FakeRunner()
+    out = run_study(plan, Store(plan.study.storage.url), runner, policy=_bi_to_four)
+    assert [len(r) for r in runner.rounds] == [4] and out.rounds == 1
+    assert next_round(plan, Store(plan.study.storage.url).trials("plain"), _bi_to_four) == []
+
+
+def test_invalid_sampled_points_are_failed_without_training(tmp_path):
+    plan = _plan(tmp_path, SEARCH, "search_invalid")
+    store = Store(plan.study.storage.url)
+    runner = FakeRunner()
+    out = run_study(plan, store, runner)
+    trials = store.trials("search_invalid")
+    invalid = [t for t in trials if "/invalid/" in t.key]
+    trained = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert len(trials) == 6 and invalid and trained, [(t.key, t.state) for t in trials]
+    assert all(t.state is TrialState.FAILED and "only ever sees itself" in t.error for t in invalid)
+    assert all(t.levels["readout"] == "head" for t in invalid) and {t.levels["readout"] for t in trained} == {"mean"}
+    assert sum(len(r) for r in runner.rounds) == len(trained)  # the invalid ones never reached a worker
+    assert (out.completed, out.failed) == (len(trained), len(invalid))
+    ot = optuna.load_study(study_name="search_invalid", storage=plan.study.storage.url)
+    assert sorted(t.state.name for t in ot.trials) == sorted(["FAIL"] * len(invalid) + ["COMPLETE"] * len(trained))
+
+
+def test_dry_run_never_imports_ray_and_announces_adaptive_seeding(tmp_path):
+    study = tmp_path / "studies" / "dry.yaml"
+    study.parent.mkdir(parents=True)
+    study.write_text(ADAPTIVE.format(name="dry"))
+    db = tmp_path / "nas.db"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom nas.cli import app\n"
+            f"r = CliRunner().invoke(app, ['run', {str(study)!r}, '--dry-run', '--db', 'sqlite:///{db}'])\n"
+            "print(r.output)\nprint('exit', r.exit_code)\n"
+            "print('ray imported:', sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))[:3])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"COLUMNS": "200", **dict(__import__("os").environ)})
+    out = proc.stdout
+    assert "exit 0" in out, out + proc.stderr
+    assert "ray imported: []" in out, out
+    assert "adaptive seeding: 2 seeds now, up to 4" in " ".join(out.split()), out
+    assert not db.exists()
