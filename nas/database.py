@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
                         create_engine, event)
@@ -22,6 +22,9 @@ from sqlalchemy.pool import StaticPool
 
 from .errors import StoreError
 from .records import finite
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 SQLITE_TIMEOUT_S = 60
 
@@ -179,7 +182,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     return engine
 
 
-def optuna_storage(url: str, *, read_only: bool = False):  # noqa: ANN201 - optuna.storages.RDBStorage
+def optuna_storage(url: str, *, read_only: bool = False) -> RDBStorage:
     """Optuna's storage in the same database; read-only: no table creation, no migration check, SQLite `mode=ro`."""
     import optuna
 

@@ -14,7 +14,7 @@ import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,9 @@ from .database import (EPOCH_METRICS, SQLITE_TIMEOUT_S, ArtifactRow, Base, Epoch
 from .errors import StoreError
 from .records import (ArtifactRecord, RunRecord, StudyRecord, StudySummary, TrialOutcome, TrialStart, TrialState,
                       TrialView, finite)
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 STALE_ERROR = "stale: the driver stopped while this trial was running (killed or crashed); re-queued"
 
@@ -95,7 +98,7 @@ class Store:
                 s.rollback()
                 raise
 
-    def optuna_storage(self):  # noqa: ANN201 - optuna.storages.RDBStorage
+    def optuna_storage(self) -> RDBStorage:
         """Optuna's storage in this database, opened the same way as ours (read-only when this store is)."""
         return optuna_storage(self.url, read_only=self.read_only)
 

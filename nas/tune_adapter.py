@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from blocks import NasError
@@ -44,6 +45,17 @@ class StudySearcher(Searcher):
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # our metric, mode and space come from the study
+
+    # Tune pickles its searcher with the experiment state, for `Tuner.restore`, which we do not use (the store and
+    # Optuna's tables resume a study): the live objects (store, Optuna study, event sink) stay in this process.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"left": self.left, "metrics": self.metrics}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: a study resumes from its database."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("a study resumes from its database: run `nas run` again")
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self.left > 0:
@@ -130,30 +142,31 @@ class StoreCallback(tune.Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.rows, self.last_beat = state["rows"], time.monotonic()
 
-    def _row(self, trial: Any) -> int | None:
+    def _row(self, trial: Trial) -> int | None:
         if trial.trial_id not in self.rows and TASK in trial.config:
             start = TrialStart.from_config(trial.config[TASK])
             self.rows[trial.trial_id] = self.ctx.store.trial_started(self.ctx.plan.study.name, self.ctx.run_id,
                                                                      start)
         return self.rows.get(trial.trial_id)
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.ctx.on_event("start", {"trial": trial.trial_id, "row": self._row(trial)})
 
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # Tune restarts the same trial (same Optuna trial): forget its cached row so the restart's on_trial_start goes
         # through `trial_started` again, which counts the attempt and marks the row running
         self.rows.pop(trial.trial_id, None)
         self.ctx.on_event("retry", {"trial": trial.trial_id, "error": error_text(trial)})
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
+                        **info: Any) -> None:
         row = self._row(trial)
         if row is not None and "epoch" in result:
             self.ctx.store.record_epoch(row, int(result["epoch"]), result)
         self.ctx.on_event("epoch", {"trial": trial.trial_id, "epoch": result.get("epoch"),
                                     "val_acc": result.get("val_acc")})
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         row = self._row(trial)
         if row is None:
             return
@@ -171,20 +184,20 @@ class StoreCallback(tune.Callback):
             self.ctx.store.add_artifact(row, dst)
         self.ctx.on_event("complete" if final else "stopped", {"trial": trial.trial_id, "val_acc": res.get("val_acc")})
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         row = self._row(trial)
         err = error_text(trial)
         if row is not None:
             self.ctx.store.trial_finished(row, TrialState.FAILED, error=err)
         self.ctx.on_event("failed", {"trial": trial.trial_id, "error": err.splitlines()[0] if err else ""})
 
-    def on_step_end(self, iteration, trials, **info) -> None:  # noqa: ANN001
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat > 10:
             self.ctx.store.heartbeat(self.ctx.run_id)
             self.last_beat = time.monotonic()
 
 
-def error_text(trial: Any) -> str:
+def error_text(trial: Trial) -> str:
     """The worker's exception (first line) and the end of Ray's traceback text."""
     try:
         err = trial.get_error()

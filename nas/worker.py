@@ -11,10 +11,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .records import TrialStart
 from .schema import ExecutionConfig, Study, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FILE = "model.safetensors"
 FINAL = "final"  # set in the last report of a trial that trained to the end
@@ -25,7 +28,7 @@ FAULT_ENV = "NAS_INJECT_FAULT"
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
 
-def choose_device(train: TrainConfig, execution: ExecutionConfig):  # noqa: ANN201 - torch.device
+def choose_device(train: TrainConfig, execution: ExecutionConfig) -> torch.device:
     """The study's device (`auto`: CUDA when there is one), with the per-trial GPU memory cap applied: several small
     trials share a GPU (fractional `gpus_per_trial`) and one must not take the others' memory."""
     import torch
