@@ -91,6 +91,10 @@ def _print_plan(console: Console, plan: Any) -> None:
         total = sum(plan.estimate_seconds(c.spec.id) for c in plan.cells)
         console.print(f"{len(plan.cells)} trials, estimated {total / 60:.1f} CPU-minutes of training "
                       "(from one timed training step per spec; a rough guide)")
+        if st.adaptive_seeds is not None:
+            most = len(st.max_seeds) * sum(plan.estimate_seconds(a.spec.id) for a in plan.arms)
+            console.print(f"later rounds: at most {len(st.max_seeds) * len(plan.arms)} trials in all, "
+                          f"{most / 60:.1f} CPU-minutes")
     else:
         table.add_column("key")
         table.add_column("choices")
