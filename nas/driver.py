@@ -85,15 +85,16 @@ def run_study(plan: Plan, store: Store, runner: RoundRunner, *, command: str = "
         on_event(kind, info)
 
     ctx = RunContext(plan, store, link, run_id, event)
-    status, queued, skipped, rnd = "finished", 0, 0, 0
+    status, queued, skipped, rnd, stale = "finished", 0, 0, 0, 0
     try:
         takeover = take_over(store, link, study, run_id)
+        stale = takeover.stale
         cells = plan.cells
         while True:
             rnd += 1
             q = enqueue_cells(store, link, study, cells, retry_failed=retry_failed) if plan.is_grid else \
                 search_budget(store, link, study, takeover.stale_params)
-            on_queued(rnd, q.to_run, takeover.stale if rnd == 1 else 0, q.skipped)
+            on_queued(rnd, q.to_run, stale if rnd == 1 else 0, q.skipped)
             skipped = q.skipped if rnd == 1 else skipped
             if q.to_run == 0 and rnd > 1:
                 break  # what the policy asks for is all done, failed or waiting: nothing more to learn
@@ -115,8 +116,8 @@ def run_study(plan: Plan, store: Store, runner: RoundRunner, *, command: str = "
         finally:
             wall = time.perf_counter() - t0
             store.finish_run(run_id, status, wall)
-    return Outcome(study.name, store.url, queued, counts["complete"] + counts["stopped"], counts["failed"],
-                   takeover.stale, skipped, wall, interrupted=status != "finished", rounds=rnd)
+    return Outcome(study.name, store.url, queued, counts["complete"] + counts["stopped"], counts["failed"], stale,
+                   skipped, wall, interrupted=status != "finished", rounds=rnd)
 
 
 __all__ = ["EventFn", "Outcome", "QueuedFn", "Round", "RoundRunner", "RunContext", "run_study"]

@@ -82,9 +82,9 @@ class TuneRunner:
         return True
 
     def close(self) -> None:
-        import ray
-
         if self.started and not self.plan.study.execution.address:
+            import ray
+
             ray.shutdown()
 
 
