@@ -17,7 +17,7 @@ from typing import Any
 
 from nas.errors import StoreError
 from nas.records import RunRecord, StudyRecord, TrialView
-from nas.store import Store
+from nas.store import Store, optuna_storage
 
 
 def open_store(url: str) -> Store:
@@ -110,8 +110,8 @@ class SearchData:
 
 
 @lru_cache(maxsize=8)
-def _storage_cached(url: str):  # noqa: ANN202 - optuna.storages.RDBStorage, read-only
-    return Store(url, read_only=True).optuna_storage()
+def _storage_cached(url: str):  # noqa: ANN202 - optuna.storages.RDBStorage
+    return optuna_storage(url, read_only=True)  # as `Store(url, read_only=True).optuna_storage()` opens it
 
 
 def search_data(url: str, data: StudyData, *, importance: bool = True) -> SearchData:

@@ -333,4 +333,5 @@ def _view(t: Any) -> TrialView:  # a TrialRow or a row of its columns
 
 
 __all__ = ["STALE_ERROR", "ArtifactRecord", "RunRecord", "Store", "StudyRecord", "StudySummary", "TrialOutcome",
-           "TrialStart", "TrialState", "TrialView", "code_version", "hardware", "make_engine", "sqlite_path"]
+           "TrialStart", "TrialState", "TrialView", "code_version", "hardware", "make_engine", "optuna_storage",
+           "sqlite_path"]
