@@ -36,6 +36,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 def build_db(root: Path, n_trials: int, n_levels: int = 10, name: str = STUDY) -> str:
     """A finished grid study of `n_trials` (levels × seeds) in root/bench.db, written as the driver writes."""
+    from nas.records import TrialOutcome, TrialStart, TrialState
     from nas.store import Store
 
     url = f"sqlite:///{root / 'bench.db'}"
@@ -52,13 +53,12 @@ def build_db(root: Path, n_trials: int, n_levels: int = 10, name: str = STUDY) -
     rng = random.Random(0)
     for i in range(n_trials):
         level, seed = levels[i % n_levels], seeds[i // n_levels]
-        row = store.trial_started(study_name=name, run_id=run, optuna_trial_id=i, number=i,
-                                  key=f"{name}/{level}/s{seed}", levels={"readout": level}, params={}, spec_id=level,
-                                  spec_json="{}", seed=seed, budget={})
+        row = store.trial_started(name, run, TrialStart(number=i, optuna_trial_id=i, key=f"{name}/{level}/s{seed}",
+                                                        levels={"readout": level}, params={}, spec_id=level,
+                                                        spec_json="{}", seed=seed))
         acc = 0.6 + 0.01 * (i % n_levels) + rng.gauss(0, 0.02)
-        store.trial_finished(row, state="complete", values={"val_acc": acc},
-                             result={"val_acc": acc, "num_params": 25000, "cost": {"throughput": 1500.0,
-                                                                                  "flops": 1_000_000}})
+        store.trial_finished(row, TrialState.COMPLETE, TrialOutcome(
+            val_acc=acc, num_params=25000, values={"val_acc": acc}, cost={"throughput": 1500.0, "flops": 1_000_000}))
     store.finish_run(run, "finished", 1.0)
     store.engine.dispose()
     return url

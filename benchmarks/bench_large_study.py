@@ -96,7 +96,7 @@ def _has_study(url: str, n_trials: int) -> bool:
     from nas.store import Store
 
     try:
-        return any(r["name"] == STUDY and r["complete"] == n_trials for r in Store(url, read_only=True).studies())
+        return any(r.name == STUDY and r.done == n_trials for r in Store(url, read_only=True).studies())
     except StoreError:
         return False
 

@@ -44,7 +44,7 @@ def run_baseline(study: str, sets: list[str]) -> tuple[float, float]:
 
     from nas.config import load_study
     from nas.data import make_dataset
-    from nas.execute import plan_study
+    from nas.plan import plan_study
     from nas.trial import run_trial
 
     plan = plan_study(load_study(study, sets=sets))
@@ -69,18 +69,19 @@ def main() -> None:
     ap.add_argument("--skip-baseline", action="store_true")
     args = ap.parse_args()
 
+    from nas.records import TrialState
     from nas.store import Store
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         wall, out = run_platform(args.study, args.sets, tmp)
         store = Store(f"sqlite:///{tmp / 'nas.db'}", read_only=True)
-        name = store.studies()[0]["name"]
-        trials = store.trials(name, states=("complete",))
+        name = store.studies()[0].name
+        trials = store.trials(name, states=(TrialState.COMPLETE,))
         train = sum(t.train_seconds or 0 for t in trials)
         trial_wall = sum(t.wall_seconds or 0 for t in trials)
         info = store.study(name)
-        concurrency = max(1, int((os.cpu_count() or 1) // info["config"]["execution"]["cpus_per_trial"]))
+        concurrency = max(1, int((os.cpu_count() or 1) // info.config["execution"]["cpus_per_trial"]))
     print("\n".join(line for line in out.splitlines() if "trial(s)" in line))
     base_wall = base_train = None
     if not args.skip_baseline:
