@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -39,8 +39,7 @@ def dashboard(
     scaling, trial pages with a model download. Reads the database only; refreshes while a study runs."""
     from nas.errors import StoreError
 
-    from .app import create_app
-
+    create_app = _from_extra("dashboard", "dashboard.app", "create_app")
     url = db_url(db)
     try:
         app = create_app(url)
@@ -63,8 +62,7 @@ def report(
     """Write one self-contained HTML file (plotly.js inlined, no network needed) with the study's figures."""
     from nas.errors import NasError
 
-    from .report import write_report
-
+    write_report = _from_extra("report", "dashboard.report", "write_report")
     try:
         study = study_name(study)
         path = write_report(db_url(db), study, out)
@@ -73,6 +71,18 @@ def report(
     except OSError as e:
         fail(f"cannot write {out}: {e}")
     Console().print(f"report for {study} → {path} ({path.stat().st_size / 2**20:.1f} MiB)", highlight=False)
+
+
+def _from_extra(command: str, module: str, name: str) -> Any:
+    """`module.name`, or exit 2 saying which extra to install (the core install has no Dash or Plotly)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in ("dash", "plotly"):
+            raise
+        fail(f"`nas {command}` needs the dashboard extra ({e.name} is not installed): pip install -e '.[dashboard]'")
 
 
 def register(app: typer.Typer) -> None:

@@ -51,3 +51,14 @@ def test_dashboard_missing_database_exits_2(tmp_path: Path, served: list[dict[st
                                        ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
 def test_is_loopback(host: str, loop: bool) -> None:
     assert is_loopback(host) is loop
+
+
+def test_dashboard_without_the_dashboard_extra_says_what_to_install(fx: Fixture, monkeypatch: pytest.MonkeyPatch,
+                                                                    served: list[dict[str, Any]]) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "dashboard.app", raising=False)
+    monkeypatch.setitem(sys.modules, "dash", None)  # as if Dash were not installed (the core install)
+    res = CliRunner().invoke(app, ["dashboard", "--db", fx.url])
+    assert res.exit_code == 2 and "needs the dashboard extra" in res.output and "[dashboard]" in res.output
+    assert served == []
