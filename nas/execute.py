@@ -66,19 +66,24 @@ class TuneRunner:
         trainable = tune.with_resources(tune.with_parameters(train_cell, study_json=study.model_dump(mode="json")),
                                         {"cpu": ex.cpus_per_trial, "gpu": ex.gpus_per_trial})
         name = f"{study.name}-run{ctx.run_id}" + (f"-round{rnd.number}" if rnd.number > 1 else "")
+        callback = StoreCallback(ctx, Path(study.storage.artifacts).resolve())
+        # no CheckpointConfig(num_to_keep): a trial reports one checkpoint (its model, at the end), so there is nothing
+        # to prune, and with num_to_keep Tune snapshots the whole experiment (every trial, as JSON) on each trial's
+        # checkpoint: O(trials) per finished trial (benchmarks/RESULTS.md, "Scale")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=StudySearcher(ctx, rnd), scheduler=scheduler,
                                         num_samples=rnd.to_run, max_concurrent_trials=concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(Path(study.storage.ray_results).resolve()),
-                                      callbacks=[StoreCallback(ctx, Path(study.storage.artifacts).resolve())],
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=ex.retries),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                      callbacks=[callback], verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=ex.retries)),
         )
         try:
             tuner.fit()
         except KeyboardInterrupt:
             return False
+        finally:
+            callback.flush()  # the epochs of the last second, however the round ended
         return True
 
     def close(self) -> None:

@@ -152,6 +152,15 @@ class TrialOutcome:
 
 
 @dataclass(frozen=True)
+class EpochReport:
+    """One epoch as a worker reported it: the metrics of `nas.database.EPOCH_METRICS` it has, and the trial's
+    `node_id` and `device` (they go to the trial's row)."""
+    trial_id: int  # our row of the attempt
+    epoch: int
+    metrics: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class ArtifactRecord:
     kind: str  # model | onnx | ...
     path: str
@@ -195,5 +204,5 @@ class TrialView:
 
 TrialRecord = TrialView  # the same record under the name the store's other records follow
 
-__all__ = ["ArtifactRecord", "RunRecord", "StudyRecord", "StudySummary", "TrialOutcome", "TrialRecord", "TrialStart",
-           "TrialState", "TrialView", "finite"]
+__all__ = ["ArtifactRecord", "EpochReport", "RunRecord", "StudyRecord", "StudySummary", "TrialOutcome", "TrialRecord",
+           "TrialStart", "TrialState", "TrialView", "finite"]

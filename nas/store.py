@@ -14,16 +14,16 @@ import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .database import (EPOCH_METRICS, SQLITE_TIMEOUT_S, ArtifactRow, Base, EpochRow, RunRow, StudyRow,  # noqa: F401
                        TrialRow, make_engine, now, optuna_storage, sqlite_path)
 from .errors import StoreError
-from .records import (ArtifactRecord, RunRecord, StudyRecord, StudySummary, TrialOutcome, TrialStart, TrialState,
-                      TrialView, finite)
+from .records import (ArtifactRecord, EpochReport, RunRecord, StudyRecord, StudySummary, TrialOutcome, TrialStart,
+                      TrialState, TrialView, finite)
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -190,17 +190,45 @@ class Store:
 
     def record_epoch(self, trial_id: int, epoch: int, metrics: Mapping[str, Any]) -> None:
         """One epoch's metrics (re-reporting an epoch updates it); `node_id` and `device` go to the trial."""
+        self.record_epochs([EpochReport(trial_id, epoch, metrics)])
+
+    def record_epochs(self, reports: Sequence[EpochReport]) -> None:
+        """Many epochs in one transaction, as `record_epoch` would write them one by one (later reports of the same
+        epoch update it): one read of the rows that exist, then inserts and updates in bulk. The callback batches
+        what the workers report, so a thousand trials reporting every second cost a few statements a second, not
+        a transaction each (benchmarks/bench_scale.py)."""
+        cols: dict[tuple[int, int], dict[str, Any]] = {}
+        where: dict[int, dict[str, Any]] = {}  # trial row → its node_id and device, where reported
+        for r in reports:
+            cols.setdefault((r.trial_id, r.epoch), {}).update(
+                {k: finite(r.metrics[k]) for k in EPOCH_METRICS if k in r.metrics})
+            where.setdefault(r.trial_id, {}).update({k: r.metrics[k] for k in ("node_id", "device")
+                                                     if k in r.metrics})
+        if not cols:
+            return
         with self.session() as s:
-            row = s.scalar(select(EpochRow).where(EpochRow.trial_id == trial_id, EpochRow.epoch == epoch))
-            if row is None:
-                row = EpochRow(trial_id=trial_id, epoch=epoch)
-                s.add(row)
-            for k in EPOCH_METRICS:
-                if k in metrics:
-                    setattr(row, k, finite(metrics[k]))
-            t = s.get(TrialRow, trial_id)
-            t.node_id = metrics.get("node_id", t.node_id)
-            t.device = metrics.get("device", t.device)
+            existing: dict[tuple[int, int], int] = {}
+            for ids in _chunks(sorted({t for t, _ in cols})):
+                existing.update({(t, e): i for i, t, e in s.execute(select(EpochRow.id, EpochRow.trial_id,
+                                                                           EpochRow.epoch).where(
+                    EpochRow.trial_id.in_(ids)))})
+            new = [{"trial_id": t, "epoch": e, **dict.fromkeys(EPOCH_METRICS), **c} for (t, e), c in cols.items()
+                   if (t, e) not in existing]
+            changed = [{"id": existing[k], **c} for k, c in cols.items() if k in existing and c]
+            if new:
+                s.execute(insert(EpochRow), new)
+            if changed:
+                s.execute(update(EpochRow), changed)
+            where = {t: w for t, w in where.items() if w}
+            moved = []
+            for ids in _chunks(sorted(where)):
+                for i, node_id, device in s.execute(select(TrialRow.id, TrialRow.node_id, TrialRow.device).where(
+                        TrialRow.id.in_(ids))):
+                    now_at = {"node_id": node_id, "device": device, **where[i]}
+                    if (now_at["node_id"], now_at["device"]) != (node_id, device):
+                        moved.append({"id": i, **now_at})
+            if moved:
+                s.execute(update(TrialRow), moved)
 
     def trial_finished(self, trial_id: int, state: TrialState, outcome: TrialOutcome | None = None, *,
                        error: str | None = None) -> None:
@@ -303,6 +331,12 @@ class Store:
                 TrialRow.state.in_([x.value for x in TrialState.DONE]))).all())
 
 
+def _chunks(ids: list[int], size: int = 1000) -> Iterator[list[int]]:
+    """`ids` in slices small enough for one IN (...) on every database."""
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
+
+
 def _set_start(row: TrialRow, run_id: int | None, start: TrialStart) -> None:
     row.run_id, row.key, row.levels, row.params = run_id, start.key, start.levels, start.params
     row.spec_id, row.spec_json, row.seed, row.budget = start.spec_id, start.spec_json, start.seed, start.budget
@@ -332,6 +366,6 @@ def _view(t: Any) -> TrialView:  # a TrialRow or a row of its columns
                      finished_at=t.finished_at)
 
 
-__all__ = ["STALE_ERROR", "ArtifactRecord", "RunRecord", "Store", "StudyRecord", "StudySummary", "TrialOutcome",
-           "TrialStart", "TrialState", "TrialView", "code_version", "hardware", "make_engine", "optuna_storage",
-           "sqlite_path"]
+__all__ = ["STALE_ERROR", "ArtifactRecord", "EpochReport", "RunRecord", "Store", "StudyRecord", "StudySummary",
+           "TrialOutcome", "TrialStart", "TrialState", "TrialView", "code_version", "hardware", "make_engine",
+           "optuna_storage", "sqlite_path"]

@@ -20,8 +20,10 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -83,11 +85,14 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{log}")
         return proc
 
-    def start(self) -> None:
+    def start(self, *, durable: bool = False) -> None:
+        """Tests run without durability (fsync and synchronous commits off: faster, and a test's data dies with it);
+        `durable=True` keeps PostgreSQL's defaults, as a benchmark of commit latency needs."""
         self.run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "nas", "--auth=trust", "-E", "UTF8",
                  "--no-sync", "--locale=C")
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                "-c max_connections=200" + ("" if durable else
+                                            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"))
         self.run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
                  "-t", str(START_TIMEOUT_S), "start")
 
@@ -118,11 +123,9 @@ def skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
+@contextmanager
+def running_server(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """A server started in a fresh directory, stopped and deleted on exit (see `PostgresServer.start`)."""
     user = _run_as()
     # as root the server's account must reach its directory: /tmp, not a TMPDIR that only root may enter
     root = Path(tempfile.mkdtemp(prefix="nas-pg-", dir="/tmp" if user else None))
@@ -131,11 +134,20 @@ def postgres_server():
         os.chown(root, pw.pw_uid, pw.pw_gid)
     server = PostgresServer(find_bin_dir(), root, _free_port(), user)
     try:
-        server.start()
+        server.start(durable=durable)
         yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -114,6 +114,39 @@ def test_trial_lifecycle_epochs_artifacts(url, tmp_path):
     assert store.artifacts(b) == []
 
 
+def test_a_batch_of_epochs_is_stored_as_one_by_one(url):
+    """`record_epochs` (the callback's batched write) leaves what `record_epoch` calls in the same order leave."""
+    from nas.records import EpochReport
+
+    reports = [EpochReport(1, 1, {"train_loss": 2.0, "val_acc": 0.3, "node_id": "n1", "device": "cpu"}),
+               EpochReport(2, 1, {"val_acc": 0.2, "lr": float("nan")}),
+               EpochReport(1, 2, {"val_acc": 0.5, "seconds": 1.5}),
+               EpochReport(1, 2, {"val_acc": 0.55}),  # a re-report in the same batch
+               EpochReport(1, 3, {"val_acc": 0.6, "node_id": "n2"})]  # the trial moved
+    store = Store(url)
+    rows = {}
+    for name in ("one_by_one", "batched"):
+        _study(store, name=name)
+        run = store.start_run(name, "cmd")
+        rows[name] = {i: _trial(store, run, i, study=name) for i in (1, 2)}
+    one, many = rows["one_by_one"], rows["batched"]
+    for r in reports:
+        store.record_epoch(one[r.trial_id], r.epoch, r.metrics)
+    store.record_epoch(one[2], 1, {"val_acc": 0.25})
+    mine = [EpochReport(many[r.trial_id], r.epoch, r.metrics) for r in reports]
+    store.record_epochs(mine[:2])
+    store.record_epochs(mine[2:])  # epoch 1 of trial 2 exists now: the next batch updates it, never duplicates it
+    store.record_epochs([EpochReport(many[2], 1, {"val_acc": 0.25})])
+    for i in (1, 2):
+        assert store.epochs(many[i]) == store.epochs(one[i])
+    assert store.epochs(many[1])[1] == {"epoch": 2, "train_loss": None, "val_loss": None, "val_acc": 0.55,
+                                        "lr": None, "seconds": 1.5}
+    assert store.epochs(many[2]) == [{"epoch": 1, "train_loss": None, "val_loss": None, "val_acc": 0.25, "lr": None,
+                                      "seconds": None}]  # NaN stored as NULL
+    assert [(t.node_id, t.number) for t in store.trials("batched")] == \
+        [(t.node_id, t.number) for t in store.trials("one_by_one")] == [("n2", 1), (None, 2)]
+
+
 def test_restart_of_a_trial_counts_attempts_and_stale_trials_are_failed(url):
     store = Store(url)
     _study(store)
