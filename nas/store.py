@@ -78,6 +78,7 @@ class Store:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         if read_only:
             event.listen(self._session, "before_flush", _refuse_writes)
+            event.listen(self._session, "do_orm_execute", _refuse_bulk_writes)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "read_only": self.read_only}
@@ -355,6 +356,11 @@ def _pid_alive(pid: int) -> bool:
 def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
     raise StoreError(f"this store is read-only ({session.bind.url.render_as_string(hide_password=True)}): readers "
                      "(nas show, nas list, the dashboard) never write; only the driver (nas run) does")
+
+
+def _refuse_bulk_writes(state: Any) -> None:  # statements that skip the flush (bulk inserts and updates)
+    if state.is_insert or state.is_update or state.is_delete:
+        _refuse_writes(state.session, None, None)
 
 
 def _view(t: Any) -> TrialView:  # a TrialRow or a row of its columns

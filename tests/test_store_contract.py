@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nas.errors import StoreError
-from nas.records import TrialOutcome, TrialStart, TrialState
+from nas.records import EpochReport, TrialOutcome, TrialStart, TrialState
 from nas.store import STALE_ERROR, Store
 from tests._postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 
@@ -116,8 +116,6 @@ def test_trial_lifecycle_epochs_artifacts(url, tmp_path):
 
 def test_a_batch_of_epochs_is_stored_as_one_by_one(url):
     """`record_epochs` (the callback's batched write) leaves what `record_epoch` calls in the same order leave."""
-    from nas.records import EpochReport
-
     reports = [EpochReport(1, 1, {"train_loss": 2.0, "val_acc": 0.3, "node_id": "n1", "device": "cpu"}),
                EpochReport(2, 1, {"val_acc": 0.2, "lr": float("nan")}),
                EpochReport(1, 2, {"val_acc": 0.5, "seconds": 1.5}),
@@ -228,6 +226,7 @@ def test_read_only_store_reads_and_refuses_writes(url, tmp_path):
     assert [r.name for r in reader.studies()] == ["s1"] and reader.trials("s1")[0].id == t
     writes = [lambda: _study(reader, "s9"), lambda: reader.start_run("s1", "x"), lambda: _trial(reader, run, 5),
               lambda: reader.record_epoch(t, 1, {"val_acc": 0.5}),
+              lambda: reader.record_epochs([EpochReport(t, 2, {"val_acc": 0.5})]),  # bulk: no ORM flush to stop it
               lambda: reader.trial_finished(t, TrialState.COMPLETE), lambda: reader.fail_stale_trials("s1")]
     for write in writes:
         with pytest.raises(StoreError, match="read-only"):
