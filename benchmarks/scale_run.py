@@ -174,12 +174,15 @@ def run(url: str, concurrent: int, trials: int, epochs: int, epoch_s: float, fai
     nas.execute.train_cell = sim_trainable(fail_every)  # the trainable TuneRunner wraps and hands to Tune
     epochs_at: list[float] = []
     cpu_at: list[float] = []  # the driver's CPU seconds (process minus simulated workers) at each report
+    ended_at: list[float] = []  # when each trial ended (complete, stopped or failed)
     queued_at: list[float] = []
     counts: dict[str, int] = {}
     last_print = [time.monotonic()]
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
         counts[kind] = counts.get(kind, 0) + 1
+        if kind in ("complete", "stopped", "failed"):
+            ended_at.append(time.monotonic())
         if kind == "epoch":
             epochs_at.append(time.monotonic())
             cpu_at.append(time.process_time() - managers[-1].worker_s)
@@ -215,21 +218,32 @@ def run(url: str, concurrent: int, trials: int, epochs: int, epoch_s: float, fai
     wall, cpu = time.monotonic() - t0, time.process_time() - c0
     mgr = managers[-1]
     n = len(epochs_at)
-    i, j = n // 10, (9 * n) // 10  # the steady window: from the 10 % to the 90 % report
-    steady = (j - i) / (epochs_at[j] - epochs_at[i]) if epochs_at[j] > epochs_at[i] else float("nan")
-    steady_cpu_ms = 1e3 * (cpu_at[j] - cpu_at[i]) / max(1, j - i)
-    first_epoch = epochs_at[0] - queued_at[0] if epochs_at and queued_at else float("nan")
+    ours = sum(v["total_s"] for k, v in timers.summary().items() if k.startswith(("searcher.", "callback.")))
     driver_cpu = cpu - mgr.worker_s
     return {"url": url.split(":")[0], "concurrent": concurrent, "trials": trials, "epochs": epochs,
             "epoch_s": epoch_s, "offered_per_s": concurrent / epoch_s, "reports": n, "sim_results": mgr.results,
             "completed": out.completed, "failed": out.failed, "wall_s": wall, "capped": capped.is_set(),
-            "queue_s": (queued_at[0] - t0) if queued_at else float("nan"), "first_report_after_queue_s": first_epoch,
-            "steady_reports_per_s": steady, "mean_reports_per_s": n / wall,
-            "driver_cpu_s": driver_cpu, "sim_worker_cpu_s": mgr.worker_s,
-            "driver_cpu_ms_per_report": 1e3 * driver_cpu / max(1, n), "steady_driver_cpu_ms_per_report": steady_cpu_ms,
-            "steady_driver_cpu_share": (cpu_at[j] - cpu_at[i]) / (epochs_at[j] - epochs_at[i]), "lag": pct(mgr.lags) if mgr.lags else {},
-            "timers": timers.summary(), "mem_before_mib": mem0, "mem_after_mib": rss_mib(),
-            "load_avg": os.getloadavg()}
+            "queue_s": (queued_at[0] - t0) if queued_at else float("nan"),
+            "first_report_after_queue_s": epochs_at[0] - queued_at[0] if epochs_at and queued_at else float("nan"),
+            **steady(epochs_at, cpu_at, ended_at), "mean_reports_per_s": n / wall,
+            "ours_ms_per_report": 1e3 * ours / max(1, n), "driver_cpu_s": driver_cpu,
+            "sim_worker_cpu_s": mgr.worker_s, "driver_cpu_ms_per_report": 1e3 * driver_cpu / max(1, n),
+            "lag": pct(mgr.lags) if mgr.lags else {}, "timers": timers.summary(), "mem_before_mib": mem0,
+            "mem_after_mib": rss_mib(), "load_avg": os.getloadavg()}
+
+
+def steady(epochs_at: list[float], cpu_at: list[float], ended_at: list[float]) -> dict[str, float]:
+    """Rates in the steady window, from the 10 % to the 90 % report: reports and trial ends a second, the driver's
+    CPU a report and its share of one core."""
+    n = len(epochs_at)
+    i, j = n // 10, (9 * n) // 10
+    span = epochs_at[j] - epochs_at[i]
+    if span <= 0:
+        return {}
+    return {"steady_reports_per_s": (j - i) / span,
+            "steady_trials_ended_per_s": sum(epochs_at[i] <= t <= epochs_at[j] for t in ended_at) / span,
+            "steady_driver_cpu_ms_per_report": 1e3 * (cpu_at[j] - cpu_at[i]) / (j - i),
+            "steady_driver_cpu_share": (cpu_at[j] - cpu_at[i]) / span}
 
 
 def main() -> None:
