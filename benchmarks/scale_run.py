@@ -206,12 +206,15 @@ def run(url: str, concurrent: int, trials: int, epochs: int, epoch_s: float, fai
         capped.set()
         os.kill(os.getpid(), signal.SIGINT)
 
+    timer = threading.Timer(max_wall or 1e9, cap)
+    timer.daemon = True
     if max_wall:
-        threading.Timer(max_wall, cap).start()
+        timer.start()
     t0, c0 = time.monotonic(), time.process_time()
     if prof:
         prof.enable()
     out = nas.execute.run_study(plan, store, max_concurrent=concurrent, on_event=on_event, on_queued=on_queued)
+    timer.cancel()
     if prof:
         prof.disable()
         prof.dump_stats(profile)
