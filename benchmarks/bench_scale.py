@@ -75,10 +75,12 @@ def concurrency_run(url: str, n: int, args: argparse.Namespace, nas_root: Path |
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"scale_run.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        print(f"    scale_run.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}", flush=True)
+        return None
     res = json.loads(out.read_text())
     print(f"    {time.monotonic() - t:.0f} s: {res['steady_reports_per_s']:.0f} reports/s of {n / args.epoch_s:.0f} "
-          f"offered, {res['steady_driver_cpu_ms_per_report']:.1f} ms CPU per report", flush=True)
+          f"offered, {res['steady_driver_cpu_ms_per_report']:.1f} ms CPU per report, {res['started']:,} trials "
+          f"started, {res['reports']:,} reports", flush=True)
     return res
 
 
@@ -95,8 +97,16 @@ def concurrency(args: argparse.Namespace, work: Path) -> list[dict]:
                   flush=True)
             res = concurrency_run(urls[backend](), n, args, before if variant == "before" else None,
                                   work / f"{variant}-{backend}-{n}.json")
-            rows.append({"variant": variant, "backend": backend, **res})
+            if res is not None:
+                rows.append({"variant": variant, "backend": backend, **res})
+                save(args, rows, [])
     return rows
+
+
+def save(args: argparse.Namespace, conc: list[dict], sug: list[dict]) -> None:
+    """Everything measured so far, as JSON (after every run: a long benchmark cut short keeps what it has)."""
+    if args.out:
+        args.out.write_text(json.dumps({"device": device(), "concurrency": conc, "suggest": sug}, indent=1))
 
 
 @contextmanager
@@ -205,7 +215,7 @@ def print_tables(conc: list[dict], sug: list[dict]) -> None:
               "trial start / end, searcher ms | queueing s | peak RSS MiB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in conc:
-            lag, w = r["lag"], "store: every write"
+            lag, w = r["lag"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}, "store: every write"
             print(f"| {r['variant']} | {r['backend']} | {r['concurrent']:,} | {r['offered_per_s']:,.0f} | "
                   f"{r['steady_reports_per_s']:.0f}{' (capped)' if r['capped'] else ''} | "
                   f"{r['steady_trials_ended_per_s']:.1f} | {r['steady_driver_cpu_ms_per_report']:.1f} | "
@@ -254,8 +264,7 @@ def main() -> None:
             print("Optuna's suggest time (SQLite):", flush=True)
             sug = suggest(a, Path(tmp))
     print_tables(conc, sug)
-    if a.out:
-        a.out.write_text(json.dumps({"device": device(), "concurrency": conc, "suggest": sug}, indent=1))
+    save(a, conc, sug)
 
 
 if __name__ == "__main__":

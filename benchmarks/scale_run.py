@@ -225,7 +225,8 @@ def run(url: str, concurrent: int, trials: int, epochs: int, epoch_s: float, fai
     driver_cpu = cpu - mgr.worker_s
     return {"url": url.split(":")[0], "concurrent": concurrent, "trials": trials, "epochs": epochs,
             "epoch_s": epoch_s, "offered_per_s": concurrent / epoch_s, "reports": n, "sim_results": mgr.results,
-            "completed": out.completed, "failed": out.failed, "wall_s": wall, "capped": capped.is_set(),
+            "completed": out.completed, "failed": out.failed, "started": counts.get("start", 0), "wall_s": wall,
+            "capped": capped.is_set(),
             "queue_s": (queued_at[0] - t0) if queued_at else float("nan"),
             "first_report_after_queue_s": epochs_at[0] - queued_at[0] if epochs_at and queued_at else float("nan"),
             **steady(epochs_at, cpu_at, ended_at), "mean_reports_per_s": n / wall,
@@ -240,9 +241,10 @@ def steady(epochs_at: list[float], cpu_at: list[float], ended_at: list[float]) -
     CPU a report and its share of one core."""
     n = len(epochs_at)
     i, j = n // 10, (9 * n) // 10
-    span = epochs_at[j] - epochs_at[i]
-    if span <= 0:
-        return {}
+    span = epochs_at[j] - epochs_at[i] if n >= 10 else 0.0
+    if span <= 0:  # (almost) nothing reported: no steady state to speak of
+        return dict.fromkeys(("steady_reports_per_s", "steady_trials_ended_per_s", "steady_driver_cpu_ms_per_report",
+                              "steady_driver_cpu_share"), float("nan"))
     return {"steady_reports_per_s": (j - i) / span,
             "steady_trials_ended_per_s": sum(epochs_at[i] <= t <= epochs_at[j] for t in ended_at) / span,
             "steady_driver_cpu_ms_per_report": 1e3 * (cpu_at[j] - cpu_at[i]) / (j - i),
