@@ -212,8 +212,8 @@ def print_tables(conc: list[dict], sug: list[dict]) -> None:
     if conc:
         print("\n| variant | db | at once | offered reports/s | sustained reports/s | trials ended/s | "
               "driver CPU ms / report | our code ms / report | lag p50 / p99 s | store write p50 / p95 / p99 ms | "
-              "trial start / end, searcher ms | queueing s | peak RSS MiB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "trial start / end, searcher ms | queueing s | first report s | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in conc:
             lag, w = r["lag"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}, "store: every write"
             print(f"| {r['variant']} | {r['backend']} | {r['concurrent']:,} | {r['offered_per_s']:,.0f} | "
@@ -222,7 +222,7 @@ def print_tables(conc: list[dict], sug: list[dict]) -> None:
                   f"{r['ours_ms_per_report']:.1f} | {lag['p50_ms'] / 1e3:.1f} / {lag['p99_ms'] / 1e3:.1f} | "
                   f"{_ms(r, w)} / {_ms(r, w, 'p95_ms')} / {_ms(r, w, 'p99_ms')} | "
                   f"{_ms(r, 'searcher.suggest')} / {_ms(r, 'searcher.on_trial_complete')} | {r['queue_s']:.0f} | "
-                  f"{r['mem_after_mib']['VmHWM']:.0f} |")
+                  f"{r.get('first_report_s', float('nan')):.0f} | {r['mem_after_mib']['VmHWM']:.0f} |")
     if sug:
         print("\n| sampler | finished | running | first ask ms | ask ms (median) | ask ms (max) |")
         print("|---|---|---|---|---|---|")

@@ -229,6 +229,7 @@ def run(url: str, concurrent: int, trials: int, epochs: int, epoch_s: float, fai
             "capped": capped.is_set(),
             "queue_s": (queued_at[0] - t0) if queued_at else float("nan"),
             "first_report_after_queue_s": epochs_at[0] - queued_at[0] if epochs_at and queued_at else float("nan"),
+            "first_report_s": epochs_at[0] - t0 if epochs_at else float("nan"),
             **steady(epochs_at, cpu_at, ended_at), "mean_reports_per_s": n / wall,
             "ours_ms_per_report": 1e3 * ours / max(1, n), "driver_cpu_s": driver_cpu,
             "sim_worker_cpu_s": mgr.worker_s, "driver_cpu_ms_per_report": 1e3 * driver_cpu / max(1, n),
