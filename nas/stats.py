@@ -72,12 +72,10 @@ def metric_kind(metric: str) -> MetricKind:
 
 # ------------------------------------------------------------------------------------------- distributions
 def t_critical(df: int, confidence: float = 0.95) -> float:
-    """The two-sided Student-t critical value: the exact 95% table for df <= 30 (the common case, and it spares
-    `nas show` scipy's import time), else scipy's when installed, else the conservative table (95% only)."""
+    """The two-sided Student-t critical value: scipy's (installed with scikit-learn), else the 95% table (exact to
+    six decimals up to df = 30, conservative above)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if math.isclose(confidence, 0.95) and df <= len(_T975):
-        return _T975[df - 1]
     try:
         from scipy.stats import t
     except ImportError:
