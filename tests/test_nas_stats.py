@@ -155,7 +155,8 @@ def test_min_detectable_difference_matches_statsmodels_power(sd, n, alpha):
 
     d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=0.8, alternative="two-sided")
     assert stats.min_detectable_difference(sd, n, alpha) == pytest.approx(sd * d, rel=1e-4)
-    assert stats.min_detectable_difference(0.0, 5, 0.05) == 0.0 and math.isnan(stats.min_detectable_difference(1, 1, .05))
+    assert stats.min_detectable_difference(0.0, 5, 0.05) == 0.0
+    assert math.isnan(stats.min_detectable_difference(1.0, 1, 0.05))
 
 
 LEVELS = {"ref": {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69},
@@ -197,7 +198,8 @@ def test_corrected_intervals_never_contradict_holm_on_random_studies():
         k, n = int(rng.integers(2, 6)), int(rng.integers(2, 7))
         vals = {f"l{i}": {s: float(np.clip(0.8 + rng.normal(0, 0.03) + (0.03 * rng.normal() if i else 0), 0, 1))
                           for s in range(n)} for i in range(k)}
-        for d in stats.compare_levels(vals, "l0", stats.metric_kind("val_acc"), n_test=500, looks=int(rng.integers(1, 4))):
+        looks = int(rng.integers(1, 4))
+        for d in stats.compare_levels(vals, "l0", stats.metric_kind("val_acc"), n_test=500, looks=looks):
             assert (d.adj_low > 0 or d.adj_high < 0) == (d.verdict != stats.NO_DIFFERENCE)
             assert -1 <= d.adj_low <= d.adj_high <= 1 and d.adj_low <= d.mean <= d.adj_high
 
