@@ -12,7 +12,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from .stats import BETTER, TOO_FEW, WORSE, MetricKind, compare_levels, metric_kind, summarize, values_by_level
 from .store import TrialView
@@ -179,13 +182,13 @@ def display_columns(summary: AblationSummary) -> list[tuple[str, str]]:
     """(key, title) of the ablation table's columns, shared by `nas show`, `nas report` and the dashboard."""
     conf = f"{100 * summary.confidence:g}%"
     holm = "Holm" + (f", {summary.looks} looks" if summary.looks > 1 else "")
-    cols = [("level", summary.factor), ("params", "params"), ("n", "n"),
-            ("mean", f"mean {summary.metric}{summary.kind.unit}"), ("ci", f"{conf} CI"),
-            ("diff", f"Δ vs {summary.reference} (paired)"), ("diff_ci", f"Δ {conf} CI ({holm})"),
-            ("verdict", "verdict"), ("mde", "detectable Δ")]
-    if any(r.paper is not None for r in summary.rows):
-        cols += [("paper", "paper"), ("paper_diff", f"paper Δ vs {summary.reference}")]
-    return cols
+    paper = any(r.paper is not None for r in summary.rows)  # the paper's columns sit beside ours
+    cols = [("level", summary.factor), ("params", "params"), ("n", "n"), ("mean", f"mean{summary.kind.unit}"),
+            ("ci", f"{conf} CI")]
+    cols += [("paper", "paper")] if paper else []
+    cols += [("diff", f"Δ vs {summary.reference}"), ("diff_ci", f"Δ {conf} CI ({holm})")]
+    cols += [("paper_diff", "paper Δ")] if paper else []
+    return cols + [("verdict", "verdict"), ("mde", "detectable Δ")]
 
 
 def display_rows(summary: AblationSummary, digits: int = 1) -> list[dict[str, str]]:
@@ -205,8 +208,7 @@ def display_rows(summary: AblationSummary, digits: int = 1) -> list[dict[str, st
                                                   if r.diff_adj_low is not None else "–"),
             "verdict": "" if r.is_reference else verdict, "mde": mde,
             "paper": "–" if r.paper is None else f"{r.paper:.1f}",
-            "paper_diff": "(reference)" if r.is_reference else ("–" if r.paper_diff is None else
-                                                                 f"{r.paper_diff:+.1f}")})
+            "paper_diff": "" if r.is_reference else "–" if r.paper_diff is None else f"{r.paper_diff:+.1f}"})
     return out
 
 
@@ -222,17 +224,20 @@ def method_note(summary: AblationSummary) -> str:
             "find with 80 % power.")
 
 
-def ablation_table(summary: AblationSummary, *, title: str, paper_metric: str | None = None) -> Table:
+def ablation_table(summary: AblationSummary, *, title: str, paper_metric: str | None = None) -> Group:
     """The table `nas show` prints (accuracy in percent, one decimal), the method under it."""
-    t = Table(title=title, caption=method_note(summary), caption_justify="left")
+    t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # 11 columns fit 120
+    rows = display_rows(summary)
     for key, heading in display_columns(summary):
         if key == "paper" and paper_metric:
             heading += f" {paper_metric}"
-        t.add_column(heading, justify="left" if key in ("level", "verdict") else "right")
+        text = key in ("level", "verdict")
+        t.add_column(heading.replace(" (", "\n(") if not text else heading, justify="left" if text else "right",
+                     no_wrap=key in ("ci", "diff_ci"), max_width=10 if key == "verdict" else None)
     keys = [k for k, _ in display_columns(summary)]
-    for r, cells in zip(summary.rows, display_rows(summary)):
+    for r, cells in zip(summary.rows, rows):
         t.add_row(*(cells[k] for k in keys), style="bold" if r.is_reference else None)
-    return t
+    return Group(t, Text(method_note(summary), style="dim"))  # not a caption: a long one widens the table
 
 
 __all__ = ["AblationSummary", "LevelRow", "ablation_summary", "ablation_table", "display_columns", "display_rows",
