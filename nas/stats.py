@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from .errors import NasError
@@ -71,6 +72,7 @@ def metric_kind(metric: str) -> MetricKind:
 
 
 # ------------------------------------------------------------------------------------------- distributions
+@lru_cache(maxsize=512)
 def t_critical(df: int, confidence: float = 0.95) -> float:
     """The two-sided Student-t critical value: scipy's (installed with scikit-learn), else the 95% table (exact to
     six decimals up to df = 30, conservative above)."""
