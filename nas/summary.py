@@ -21,6 +21,7 @@ from .stats import BETTER, TOO_FEW, WORSE, MetricKind, compare_levels, metric_ki
 from .store import TrialView
 
 COMBINED = "cell"
+FINISHED = ("complete", "stopped")
 
 
 @dataclass(frozen=True)
@@ -63,26 +64,60 @@ def _label(levels: dict[str, str], factors: list[str]) -> str:
     return levels[factors[0]] if len(factors) == 1 else ", ".join(f"{f}={levels[f]}" for f in factors)
 
 
-def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: str = "val_acc") -> AblationSummary:
-    """From a stored study config (its `factors`, `reference`, `paper`) and its trials. One factor: its levels;
-    several: every combination as one level."""
+def _design(config: dict[str, Any]) -> tuple[list[str], dict[str, list[str]], dict[str, str], str, list[str]]:
+    """factors, their level names, the reference's levels and label, and every level label in the study's order."""
     factors = list(config.get("factors") or {})
     if not factors:
         raise ValueError("not a grid study: it has no factors (use the search view)")
     level_names = {f: _names(config["factors"][f]) for f in factors}
     ref_levels = {f: str((config.get("reference") or {}).get(f, level_names[f][0])) for f in factors}
-    reference = _label(ref_levels, factors)
-    # the latest attempt per key wins (stale and failed attempts before a success are history)
+    wanted = [_label(dict(zip(factors, combo)), factors) for combo in _product([level_names[f] for f in factors])]
+    return factors, level_names, ref_levels, _label(ref_levels, factors), wanted
+
+
+def _latest(trials: list[TrialView]) -> dict[str, TrialView]:
+    """The latest attempt per cell key; a finished one wins (stale and failed attempts before a success are
+    history)."""
     latest: dict[str, TrialView] = {}
     for t in trials:
-        if t.state in ("complete", "stopped") or t.key not in latest or latest[t.key].state not in ("complete",
-                                                                                                    "stopped"):
+        if t.state in FINISHED or t.key not in latest or latest[t.key].state not in FINISHED:
             latest[t.key] = t
+    return latest
+
+
+@dataclass(frozen=True)
+class SeedResults:
+    """What `nas.adaptive.next_cells` needs from a stored study."""
+
+    levels: list[str]  # every level label, in the study's order
+    reference: str
+    results: dict[str, dict[int, float | None]]  # finished cells only: the metric, None for a failed trial
+    n_test: int | None
+
+
+def seed_results(config: dict[str, Any], trials: list[TrialView], metric: str = "val_acc") -> SeedResults:
+    """The finished cells of a grid study per level label (running and stale attempts are not finished: the policy
+    asks for them again)."""
+    factors, _, _, reference, wanted = _design(config)
+    results: dict[str, dict[int, float | None]] = {}
+    for t in _latest(trials).values():
+        if t.state not in (*FINISHED, "failed") or not all(f in t.levels for f in factors):
+            continue
+        value = (t.val_acc if metric == "val_acc" else t.row().get(metric)) if t.state in FINISHED else None
+        results.setdefault(_label(t.levels, factors), {})[t.seed] = value
+    n_test = (config.get("data") or {}).get("n_test") if metric_kind(metric).proportion else None
+    return SeedResults(wanted, reference, results, n_test)
+
+
+def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: str = "val_acc") -> AblationSummary:
+    """From a stored study config (its `factors`, `reference`, `paper`) and its trials. One factor: its levels;
+    several: every combination as one level."""
+    factors, level_names, ref_levels, reference, wanted = _design(config)
     rows = []
     order: list[str] = []
     params: dict[str, int] = {}
     label_levels: dict[str, dict[str, str]] = {}
-    for t in latest.values():
+    for t in _latest(trials).values():
         if not all(f in t.levels for f in factors):
             continue
         label = _label(t.levels, factors)
@@ -92,9 +127,8 @@ def ablation_summary(config: dict[str, Any], trials: list[TrialView], metric: st
         if label not in order:
             order.append(label)
         value = t.val_acc if metric == "val_acc" else t.row().get(metric)
-        ok = t.state in ("complete", "stopped")
+        ok = t.state in FINISHED
         rows.append({COMBINED: label, "seed": t.seed, metric: value if ok else None})
-    wanted = [_label(dict(zip(factors, combo)), factors) for combo in _product([level_names[f] for f in factors])]
     order = [w for w in wanted if w in order] + [o for o in order if o not in wanted]
     kind, (confidence, looks) = metric_kind(metric), _error_split(config.get("seeds"))
     n_test = (config.get("data") or {}).get("n_test") if kind.proportion else None
@@ -240,5 +274,5 @@ def ablation_table(summary: AblationSummary, *, title: str, paper_metric: str | 
     return Group(t, Text(method_note(summary), style="dim"))  # not a caption: a long one widens the table
 
 
-__all__ = ["AblationSummary", "LevelRow", "ablation_summary", "ablation_table", "display_columns", "display_rows",
-           "method_note"]
+__all__ = ["AblationSummary", "LevelRow", "SeedResults", "ablation_summary", "ablation_table", "display_columns",
+           "display_rows", "method_note", "seed_results"]

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from nas import stats
 from nas.store import TrialView
-from nas.summary import ablation_summary, ablation_table, display_columns, display_rows
+from nas.summary import ablation_summary, ablation_table, display_columns, display_rows, seed_results
 
 ACC = {"head": [0.912, 0.925, 0.905, 0.918, 0.921], "middle": [0.951, 0.957, 0.944, 0.962, 0.949],
        "tail": [0.905, 0.931, 0.899, 0.925, 0.915], "double": [0.49, 0.93, 0.88, 0.91, 0.62],
@@ -113,3 +113,18 @@ def test_failed_seeds_and_a_metric_that_is_not_accuracy():
     assert r.diff == 0 and r.verdict == "no difference detected" and display_rows(s)[1]["mean"] == "2.6e+04"
     with pytest.raises(ValueError, match="not a grid study"):
         ablation_summary({"factors": {}}, [])
+
+
+def test_seed_results_feed_the_adaptive_policy():
+    from nas.adaptive import next_cells
+
+    ts = _trials({"head": [0.9, 0.91, 0.92], "middle": [0.95, 0.96, 0.97]})
+    ts[1] = _tv(1, "head", 1, None, "failed")  # finished without a value: never asked again
+    ts[5] = _tv(5, "middle", 2, None, "stale")  # interrupted: not finished, asked again
+    ts.append(_tv(9, "middle", 0, None, "failed"))  # a failed retry after a success: the success wins
+    sr = seed_results({**CONFIG, "factors": {"readout": ["head", "middle", "tail"]}}, ts)
+    assert sr.levels == ["head", "middle", "tail"] and sr.reference == "head" and sr.n_test == 512
+    assert sr.results == {"head": {0: 0.9, 1: None, 2: 0.92}, "middle": {0: 0.95, 1: 0.96}}
+    settings = {"min": 3, "max": 6, "target_halfwidth": 1.0}
+    assert next_cells(sr.results, sr.reference, settings, levels=sr.levels, n_test=sr.n_test) == \
+        [("tail", 0), ("tail", 1), ("middle", 2), ("tail", 2)]
