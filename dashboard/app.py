@@ -169,12 +169,10 @@ class DashboardApp:
         view = V.ablation_view(data, metric, reference)
         if view is None:
             return F.go.Figure(layout={"title": "a search study has no factors: see the Search tab"}), "", None
-        cols = [("level", view.data.factor), ("n", "n"), ("mean", f"mean{view.data.unit}"), ("ci", "95% CI"),
-                ("diff", f"Δ vs {view.data.reference} (paired)"), ("diff_ci", "Δ 95% CI"),
-                ("paper", "paper"), ("paper_diff", "paper Δ")]
-        note = html.P(f"paper: {view.data.paper_source} ({view.data.paper_metric}). Compare the ordering and "
-                      "the gaps, not the values." if view.data.paper_source else "", className="muted")
-        return view.figure, [_table(view.table, cols), note], view.data.reference
+        paper = (f" Paper: {view.data.paper_source} ({view.data.paper_metric}); compare the ordering and the gaps, "
+                 "not the values." if view.data.paper_source else "")
+        note = html.P(view.data.note + paper, className="muted")
+        return view.figure, [_table(view.table, view.data.columns), note], view.data.reference
 
     def trials_table(self, data: Q.StudyData) -> html.Table:
         rows = [{"number": str(t.number), "levels": ", ".join(f"{k}={v}" for k, v in t.levels.items()),
@@ -334,14 +332,15 @@ class DashboardApp:
 def _warm_up() -> None:
     """Build one small figure at start-up: Plotly loads its validators on first use (about a second), which would
     otherwise land on the first page a user opens."""
-    from nas.stats import t_critical
+    from nas.stats import t_pvalue
 
     row = {"level": "a", "n": 2, "n_failed": 0, "mean": 1.0, "ci_low": 0.5, "ci_high": 1.5, "diff": None,
-           "diff_low": None, "diff_high": None, "paper": 1.0, "paper_diff": None, "is_reference": True}
+           "diff_low": None, "diff_high": None, "diff_adj_low": None, "diff_adj_high": None, "verdict": "",
+           "n_pairs": 0, "opposite_to_paper": False, "paper": 1.0, "paper_diff": None, "is_reference": True}
     data = F.AblationData("f", "val_acc", " (%)", "a", ["a"], [{"level": "a", "seed": 0, "value": 1.0, "number": 0}],
                           [row])
     F.ablation_figure(data).to_plotly_json()
-    t_critical(2)  # scipy.stats, imported on first use
+    t_pvalue(1.0, 2)  # scipy.stats, imported on first use
 
 
 def create_app(db_url: str, *, refresh_ms: int = REFRESH_MS) -> Dash:

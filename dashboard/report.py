@@ -74,10 +74,8 @@ def build_report(url: str, name: str) -> str:
              _table([{"k": k, "v": v} for k, v in meta], [("k", ""), ("v", "")])]
     av = V.ablation_view(data)
     if av is not None:
-        cols = [("level", av.data.factor), ("n", "n"), ("mean", f"mean{av.data.unit}"), ("ci", "95% CI"),
-                ("diff", f"Δ vs {av.data.reference} (paired)"), ("diff_ci", "Δ 95% CI"), ("paper", "paper"),
-                ("paper_diff", "paper Δ")]
-        parts.append("<section><h2>Ablation table</h2>" + _table(av.table, cols) +
+        parts.append("<section><h2>Ablation table</h2>" + _table(av.table, av.data.columns) +
+                     f'<p class="muted">{_e(av.data.note)}</p>' +
                      (f'<p class="muted">paper: {_e(av.data.paper_source)} ({_e(av.data.paper_metric)}). Compare '
                       "the ordering and the gaps, not the values.</p>" if av.data.paper_source else "") + "</section>")
     for i, (sid, heading, fig) in enumerate(report_figures(store, url, data)):

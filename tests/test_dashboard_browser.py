@@ -155,6 +155,9 @@ def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture,
     assert len(seeds["x"]) == 8
     table = pg.inner_text("#ablation-table")
     assert "(reference)" in table and "+5.33" in table and "2 (+1 failed)" in table and "76.1" in table
+    assert "better" in table and "no difference detected" in table and "Holm" in table and "[+3.26, +7.40]" in table
+    y = pg.evaluate("() => document.querySelector('#ablation-graph .js-plotly-plot').layout.yaxis.range")
+    assert 0 <= y[0] < y[1] <= 100  # accuracy: the axis stays inside 0–100 %
     shot(pg, "02_ablation")
     # another reference level: the paired differences are taken against it
     pg.click("#reference")

@@ -227,3 +227,48 @@ def test_database_url_is_shown_without_its_password() -> None:
 def test_spec_summary_escapes_and_survives_bad_json() -> None:
     assert FC.spec_summary("not json") == "(no spec)"
     assert "&lt;" in FC.spec_summary(json.dumps({"mixer": {"name": "<x>"}}))
+
+
+def test_ablation_rows_carry_the_holm_corrected_interval_and_verdict_by_hand() -> None:
+    from scipy.stats import t as student
+
+    rows = {r["level"]: r for r in F.ablation_data(CONFIG, grid_trials()).rows}
+    # two comparisons. middle − head = (5, 6, 5) points: mean 16/3, sd 1/√3, t = 16, p = 2·sf(16; 2) → Holm's first
+    # step (0.05/2) rejects, so its interval is drawn at 97.5 %; tail − head = (−4, +2): t = −1/3, not rejected,
+    # drawn where Holm stopped (0.05/(2 − 1) = 95 %)
+    sd = 1 / math.sqrt(3)
+    assert rows["middle"]["p_value"] == pytest.approx(2 * student.sf(16, 2), rel=1e-9)
+    half = student.ppf(1 - 0.025 / 2, 2) * sd / math.sqrt(3)
+    assert (rows["middle"]["diff_adj_low"], rows["middle"]["diff_adj_high"]) == (pytest.approx(16 / 3 - half),
+                                                                                  pytest.approx(16 / 3 + half))
+    assert rows["middle"]["verdict"] == "better" and rows["tail"]["verdict"] == "no difference detected"
+    half = t_critical(1) * 3 * math.sqrt(2) / math.sqrt(2)  # sd of (−4, 2) is 3·√2
+    assert rows["tail"]["diff_adj_low"] == pytest.approx(-1 - half) and rows["tail"]["n_pairs"] == 2
+    table = {r["level"]: r for r in F.ablation_table_rows(F.ablation_data(CONFIG, grid_trials()))}
+    # t(0.9875; 2) = 6.2053, times sd/√3 = 1/3: 16/3 ± 2.068
+    assert table["middle"]["diff_ci"] == "[+3.26, +7.40]" and table["tail"]["diff_ci"] == "[-39.12, +37.12]"
+    assert table["middle"]["verdict"] == "better" and table["head"]["verdict"] == ""
+
+
+def test_ablation_axes_stay_inside_the_metric_range() -> None:
+    vals = {"head": [0.07, 0.87], "middle": [0.95, 0.99], "tail": [0.02, 0.97]}  # two wild seeds per level
+    ts = [trial(i, lv, s, a) for i, (lv, s, a) in enumerate((lv, s, a) for lv, accs in vals.items()
+                                                          for s, a in enumerate(accs))]
+    d = F.ablation_data(CONFIG, ts)
+    for r in d.rows:
+        assert 0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 100
+        if not r["is_reference"]:
+            assert -100 <= r["diff_adj_low"] <= r["diff"] <= r["diff_adj_high"] <= 100
+    fig = F.ablation_figure(d)
+    ours, paper, delta = fig.layout.yaxis.range, fig.layout.yaxis2.range, fig.layout.yaxis3.range
+    assert 0 <= ours[0] < ours[1] <= 100 and 0 <= paper[0] < paper[1] <= 100
+    assert -100 <= delta[0] < 0 < delta[1] <= 100
+    no_paper = F.ablation_figure(F.ablation_data({**CONFIG, "paper": None}, ts))
+    assert 0 <= no_paper.layout.yaxis.range[0] < no_paper.layout.yaxis.range[1] <= 100
+
+
+def test_axis_fit_moves_before_it_cuts() -> None:
+    assert F._fit((90.0, 110.0), (0.0, 100.0)) == (80.0, 100.0)
+    assert F._fit((-5.0, 20.0), (0.0, 100.0)) == (0.0, 25.0)
+    assert F._fit((-30.0, 150.0), (0.0, 100.0)) == (0.0, 100.0)
+    assert F.display_range("val_acc") == (0.0, 100.0) and F.display_range("val_loss") == (-math.inf, math.inf)
