@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .block import Block, make_norm
 from .layout import MixContext, TokenLayout
-from .mixers import MIXERS
+from .mixers import MIXERS, TokenMixer
 from .readout import READOUTS, pool_features
 from .routes import block_paths, path_index
 from .spec import ArchSpec
@@ -131,6 +131,17 @@ class Backbone(nn.Module):
         nn.init.trunc_normal_(self.head.fc.weight, std=0.02) if isinstance(self.head.fc, nn.Linear) else None
         if isinstance(self.head.fc, nn.Linear):
             nn.init.zeros_(self.head.fc.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay (timm's hook, read by its optimizer factory and by nas.trial): the
+        class and position tokens and what each mixer class names (e.g. the SSM's A_log and D). 1-D parameters are
+        left out by the caller's rule, as in timm."""
+        names = {n for n in ("cls_token", "pos_embed") if getattr(self, n) is not None}
+        for prefix, module in self.named_modules():
+            if isinstance(module, TokenMixer):
+                names.update(f"{prefix}.{n}" for n, _ in module.named_parameters()
+                             if n.rsplit(".", 1)[-1] in module.no_weight_decay_names)
+        return names
 
     # ---- contexts: paths per block, cached per (layout, device) -------------------------------------------------
     def _contexts(self, layout: TokenLayout, device: torch.device) -> list[MixContext]:

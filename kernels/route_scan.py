@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from kernels.selective_scan import selective_scan_ref
 
 MERGES = ("sum", "mean")
 
 
-def check_paths_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, paths=None, merge="sum") -> None:
+def check_paths_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                     z: Tensor | None = None, delta_bias: Tensor | None = None, paths: Tensor | None = None,
+                     merge: str = "sum") -> None:
     """Validate shapes of a multi-path scan call; raise ValueError naming the bad argument and what is allowed."""
     if u.dim() != 4:
         raise ValueError(f"u must be (batch, P, dim, L); got shape {tuple(u.shape)}")
@@ -44,19 +49,13 @@ def check_paths_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, paths=N
         raise ValueError(f"paths must be an integer tensor of positions; got dtype {paths.dtype}")
 
 
-def _scan_ref():
-    from kernels.selective_scan import selective_scan_ref  # the single-path oracle (another module's job)
-
-    return selective_scan_ref
-
-
-def selective_scan_paths_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, paths=None,
-                             merge="sum"):
+def selective_scan_paths_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                             z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                             paths: Tensor | None = None, merge: str = "sum") -> Tensor:
     """Reference multi-path scan. u, delta (batch, P, dim, L); B, C (batch, P, N, L); A (P, dim, N); D, delta_bias
     (P, dim); z (batch, dim, L) or None; paths LongTensor (P, L) or None (identity). Returns (batch, dim, L) in u's
     dtype."""
     check_paths_args(u, delta, A, B, C, D, z, delta_bias, paths, merge)
-    scan = _scan_ref()
     n_paths, length = u.shape[1], u.shape[-1]
     out = None
     for p in range(n_paths):
@@ -66,7 +65,7 @@ def selective_scan_paths_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             idx = paths[p].to(device=u.device, dtype=torch.long)
             inv = torch.argsort(idx)  # inverse permutation: canonical position -> step
         take = (lambda x: x) if idx is None else (lambda x: x.index_select(-1, idx))
-        y = scan(take(u[:, p]), take(delta[:, p]), A[p], take(B[:, p]), take(C[:, p]),
+        y = selective_scan_ref(take(u[:, p]), take(delta[:, p]), A[p], take(B[:, p]), take(C[:, p]),
                  D=None if D is None else D[p], z=None,
                  delta_bias=None if delta_bias is None else delta_bias[p], delta_softplus=delta_softplus)
         y = y.float() if y.dtype != torch.float64 else y
@@ -80,4 +79,25 @@ def selective_scan_paths_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return out.to(u.dtype)
 
 
-__all__ = ["selective_scan_paths_ref", "check_paths_args", "MERGES"]
+def selective_scan_paths_copies(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                                z: Tensor | None = None, delta_bias: Tensor | None = None,
+                                delta_softplus: bool = False, paths: Tensor | None = None,
+                                merge: str = "sum") -> Tensor:
+    """The unfused composition every public codebase uses, on mamba-ssm's CUDA kernel: permuted copies, one
+    `selective_scan_fn` call a path, merge (dispatch's "mamba_ssm" backend of `selective_scan_paths`)."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # CUDA-only, optional
+
+    out = None
+    for p in range(u.shape[1]):
+        idx = None if paths is None else paths[p].to(device=u.device, dtype=torch.long)
+        take = (lambda x: x.contiguous()) if idx is None else (lambda x: x.index_select(-1, idx))
+        y = selective_scan_fn(take(u[:, p]), take(delta[:, p]), A[p].float(), take(B[:, p]), take(C[:, p]),
+                              None if D is None else D[p].float(), None if z is None else take(z),
+                              None if delta_bias is None else delta_bias[p].float(), delta_softplus)
+        if idx is not None:
+            y = y.index_select(-1, torch.argsort(idx))
+        out = y if out is None else out + y
+    return out / u.shape[1] if merge == "mean" else out
+
+
+__all__ = ["MERGES", "check_paths_args", "selective_scan_paths_copies", "selective_scan_paths_ref"]
