@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-LAYOUTS = ("plain", "hierarchical")
-
 _WHERE = {
     "Backbone": "backbone", "build_backbone": "backbone", "count_parameters": "backbone",
     "InvalidSpecError": "errors", "NasError": "errors", "UnknownNameError": "errors",
@@ -25,7 +23,7 @@ _WHERE = {
     "TOKENIZERS": "tokenizers",
 }
 
-__all__ = sorted([*_WHERE, "LAYOUTS"])
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ from .readout import READOUTS, pool_features
 from .routes import block_paths, path_index
 from .spec import ArchSpec
 from .tokenizers import TOKENIZERS
+from .validate import normalize_spec
 
 
 class ClassifierHead(nn.Module):
@@ -109,7 +110,8 @@ class Backbone(nn.Module):
             stages.append(Stage(blocks, down))
         self.stages = nn.ModuleList(stages)
         last = spec.dims[-1]
-        self.norm = norm(last) if spec.final_norm else nn.Identity()
+        final_eps = spec.final_norm_eps if spec.final_norm_eps is not None else spec.norm_eps
+        self.norm = make_norm(spec.norm, final_eps)(last) if spec.final_norm else nn.Identity()
         self.num_features = last * self.readout.feature_mult
         self.head = ClassifierHead(spec.head, self.num_features, spec.num_classes, spec.norm_eps)
         reduction = spec.img_size // self.segments[-1][0] if len(self.segments) == 1 else 1
@@ -192,11 +194,10 @@ class Backbone(nn.Module):
 
 
 def build_backbone(spec: ArchSpec, kernel_backend: str = "auto", device: torch.device | str | None = None) -> Backbone:
-    """Validate `spec` (idempotent) and build its backbone; `kernel_backend` is a run-time choice, not part of the
-    spec: 'auto', 'reference', 'triton' or 'mamba_ssm' (see kernels.dispatch)."""
-    from .spec import normalize
-
-    return Backbone(normalize(spec), kernel_backend=kernel_backend, device=device)
+    """Validate `spec` (idempotent and cheap: no model is built to validate) and build its backbone once;
+    `kernel_backend` is a run-time choice, not part of the spec: 'auto', 'reference', 'triton' or 'mamba_ssm' (see
+    kernels.dispatch)."""
+    return Backbone(normalize_spec(spec), kernel_backend=kernel_backend, device=device)
 
 
 def count_parameters(spec: ArchSpec) -> int:

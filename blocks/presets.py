@@ -48,7 +48,8 @@ def _mambaout(dims: list[int], depths: list[int], dpr: float) -> dict[str, Any]:
 def _vil(dim: int, dpr: float) -> dict[str, Any]:
     return dict(tokenizer={"name": "patch", "params": {"patch_size": 16}}, mixer={"name": "mlstm"},
                 route="alternating", readout="bilateral_concat", dims=[dim], depths=[24], norm="layernorm",
-                norm_eps=1e-5, pos_embed=True, head="norm_linear", img_size=192, drop_path_rate=dpr)
+                norm_eps=1e-5, final_norm_eps=1e-6, pos_embed=True, head="norm_linear", img_size=192,
+                drop_path_rate=dpr)
 
 
 _reg("deit_tiny", _deit(192), 5_717_416, "deit.md")
