@@ -13,7 +13,7 @@ _WHERE = {
     "Backbone": "backbone", "build_backbone": "backbone", "count_parameters": "backbone",
     "InvalidSpecError": "errors", "NasError": "errors", "UnknownNameError": "errors",
     "MixContext": "layout", "PathIndex": "layout", "TokenLayout": "layout",
-    "MIXERS": "mixers", "TokenMixer": "mixers",
+    "MIXERS": "mixers", "MixerParams": "mixers", "TokenMixer": "mixers",
     "ModelFile": "model_file", "ModelFileError": "model_file", "load_backbone": "model_file",
     "read_model_file": "model_file", "save_backbone": "model_file",
     "PRESETS": "presets", "get_preset": "presets", "list_presets": "presets",
