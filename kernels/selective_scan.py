@@ -67,7 +67,8 @@ def _check_and_group(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) 
     return groups
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _prepare(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+             delta_bias: Tensor | None, delta_softplus: bool) -> tuple[int, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Shared preamble of both paths: cast, add the bias, softplus; B, C as (batch, G, N, L)."""
     groups = _check_and_group(u, delta, A, B, C)
     dt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
