@@ -8,8 +8,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .backbone import build_backbone
 from .registry import Registry
+from .routes import route_name
 from .spec import ArchSpec
+
+
+@dataclass(frozen=True)
+class PresetSummary:
+    """One row of `nas presets`: the preset's choices, its token count and parameter count against the published."""
+
+    name: str
+    spec: ArchSpec
+    layout: str
+    mixer: str
+    route: str
+    readout: str
+    tokens: int
+    params: int
+    published_params: int | None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.params / self.published_params if self.published_params else None
+
+    @property
+    def matches(self) -> bool:
+        """Within 1% of the published count (exact for every preset but VMamba-T, which the notes round)."""
+        return self.ratio is None or abs(self.ratio - 1) < 0.01
 
 
 @dataclass(frozen=True)
@@ -93,3 +119,13 @@ def get_preset(name: str) -> ArchSpec:
 
 def list_presets(include_test: bool = True) -> list[str]:
     return [n for n in PRESETS.names() if include_test or not n.startswith("test_")]
+
+
+def summarize_preset(name: str) -> PresetSummary:
+    """Count the preset's parameters and tokens on the meta device (no memory, no weights initialised: milliseconds,
+    where building and running every preset for real takes minutes on a CPU)."""
+    spec, preset = get_preset(name), PRESETS.get(name)
+    model = build_backbone(spec, device="meta")
+    return PresetSummary(name, spec, spec.layout, spec.mixer.name, route_name(spec.route) if spec.route else "-",
+                         spec.readout, model.layout.length, sum(p.numel() for p in model.parameters()),
+                         preset.published_params)

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from blocks import PRESETS, build_backbone, count_parameters, get_preset, list_presets
+from blocks import PRESETS, build_backbone, count_parameters, get_preset, list_presets, summarize_preset
 from blocks.timm_compat import convert_timm_state_dict
 
 PAPER_PRESETS = [n for n in list_presets(include_test=False)]
@@ -81,3 +81,11 @@ def test_vil_final_norm_eps_is_the_presets_own_setting():
     vim = get_preset("vim_tiny")
     assert vim.with_overrides({"final_norm_eps": vim.norm_eps}).id == vim.id  # an eps equal to norm_eps is no change
     assert vim.with_overrides({"final_norm_eps": 1e-6}).id != vim.id
+
+
+def test_summary_counts_on_the_meta_device():
+    row = summarize_preset("vim_tiny")
+    assert (row.params, row.tokens, row.route, row.matches) == (count_parameters(get_preset("vim_tiny")), 197, "bi",
+                                                                 True)
+    small = summarize_preset("test_vim")  # the meta count is the real model's
+    assert small.params == sum(p.numel() for p in build_backbone(get_preset("test_vim")).parameters())
