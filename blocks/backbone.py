@@ -113,6 +113,7 @@ class Backbone(nn.Module):
         final_eps = spec.final_norm_eps if spec.final_norm_eps is not None else spec.norm_eps
         self.norm = make_norm(spec.norm, final_eps)(last) if spec.final_norm else nn.Identity()
         self.num_features = last * self.readout.feature_mult
+        self.num_classes = spec.num_classes
         self.head = ClassifierHead(spec.head, self.num_features, spec.num_classes, spec.norm_eps)
         reduction = spec.img_size // self.segments[-1][0] if len(self.segments) == 1 else 1
         self.feature_info = []

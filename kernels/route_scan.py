@@ -8,7 +8,9 @@ step t (a permutation of 0..L−1). Each path has its own scan parameters, and a
     out = Σ_p y_p   (merge "sum")   or   (1/P) Σ_p y_p   (merge "mean");   out *= silu(z) if z is given
 
 This module materialises the permuted copies on purpose (it is the oracle); `kernels.triton.selective_scan` reads the
-permutation inside its loads instead, and `kernels.dispatch.selective_scan_paths` chooses between them.
+permutation inside its loads instead, and `kernels.dispatch.selective_scan_paths` chooses between them. While
+`torch.export` traces (ONNX export), each path runs `selective_scan_segsum`, the same math without Python loops, so
+the exported graph has a fixed size per scan instead of one that grows with the sequence (nas/export_onnx.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.selective_scan import selective_scan_ref
+from kernels.selective_scan import selective_scan_ref, selective_scan_segsum
 
 MERGES = ("sum", "mean")
 
@@ -56,7 +58,8 @@ def selective_scan_paths_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
     (P, dim); z (batch, dim, L) or None; paths LongTensor (P, L) or None (identity). Returns (batch, dim, L) in u's
     dtype."""
     check_paths_args(u, delta, A, B, C, D, z, delta_bias, paths, merge)
-    n_paths, length = u.shape[1], u.shape[-1]
+    n_paths = u.shape[1]
+    scan = selective_scan_segsum if torch.compiler.is_exporting() else selective_scan_ref
     out = None
     for p in range(n_paths):
         if paths is None:
@@ -65,7 +68,7 @@ def selective_scan_paths_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
             idx = paths[p].to(device=u.device, dtype=torch.long)
             inv = torch.argsort(idx)  # inverse permutation: canonical position -> step
         take = (lambda x: x) if idx is None else (lambda x: x.index_select(-1, idx))
-        y = selective_scan_ref(take(u[:, p]), take(delta[:, p]), A[p], take(B[:, p]), take(C[:, p]),
+        y = scan(take(u[:, p]), take(delta[:, p]), A[p], take(B[:, p]), take(C[:, p]),
                  D=None if D is None else D[p], z=None,
                  delta_bias=None if delta_bias is None else delta_bias[p], delta_softplus=delta_softplus)
         y = y.float() if y.dtype != torch.float64 else y

@@ -264,13 +264,18 @@ def export(
     trial: Optional[int] = typer.Option(None, "--trial", help="trial number (default: the best finished trial)"),
     db: Optional[str] = typer.Option(None, "--db", help="database URL"),
     pair: bool = typer.Option(False, "--pair", help="also write the ArchSpec JSON beside the weights"),
+    fmt: str = typer.Option("safetensors", "--format", help="safetensors (the model file) or onnx (the reference "
+                               "kernels' path, checked against PyTorch with onnxruntime)"),
 ) -> None:
     """Write a trial's model (safetensors weights + ArchSpec JSON in its header), loadable with
-    `blocks.load_backbone(path)` — no pickle anywhere."""
-    from nas.errors import StoreError
+    `blocks.load_backbone(path)` or `timm.create_model("visionseq_model_file", model_file=path)` — no pickle anywhere;
+    or, with --format onnx, an ONNX file for deployment."""
+    from nas.errors import NasError, StoreError
     from nas.export import export_model_file
     from nas.store import Store
 
+    if fmt not in ("safetensors", "onnx"):
+        _fail(f"--format {fmt!r}: allowed are safetensors, onnx")
     try:
         store = Store(_db_url(db), read_only=True)
         name = _study_name(study)
@@ -289,8 +294,16 @@ def export(
         meta = {"study": name, "trial": str(chosen.number), "seed": str(chosen.seed),
                 "val_acc": str(chosen.val_acc), "levels": ", ".join(f"{k}={v}" for k, v in chosen.levels.items()),
                 "question": info["question"]}
-        path = export_model_file(Path(arts[-1]["path"]), out, meta, pair=pair)
-    except StoreError as e:
+        if fmt == "onnx":
+            from nas.export_onnx import export_onnx
+
+            onnx = export_onnx(Path(arts[-1]["path"]), out, metadata=meta)
+            path = onnx.path
+            _console().print(f"ONNX: {onnx.bytes / 1e6:.1f} MB, {onnx.nodes} nodes, {onnx.seconds:.0f} s; onnxruntime "
+                             f"vs PyTorch logits: max abs diff {onnx.max_abs_diff:.1e}")
+        else:
+            path = export_model_file(Path(arts[-1]["path"]), out, meta, pair=pair)
+    except NasError as e:  # StoreError, a model file that does not read, the onnx extra missing
         _fail(str(e))
     _console().print(f"trial {chosen.number} ({', '.join(f'{k}={v}' for k, v in chosen.levels.items())}, seed "
                      f"{chosen.seed}, val_acc {100 * (chosen.val_acc or 0):.1f}%) → {path}")
