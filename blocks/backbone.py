@@ -13,7 +13,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .block import Block, make_norm
-from .layout import MixContext, TokenLayout
+from .layout import MixContext, PathIndex, TokenLayout
 from .mixers import MIXERS, TokenMixer
 from .readout import READOUTS, pool_features
 from .routes import block_paths, path_index
@@ -149,12 +149,16 @@ class Backbone(nn.Module):
     # ---- contexts: paths per block, cached per (layout, device) -------------------------------------------------
     def _contexts(self, layout: TokenLayout, device: torch.device) -> list[MixContext]:
         key = (layout, str(device))
-        if key not in self._ctx_cache:
-            cache = {}
+        if key not in self._ctx_cache or torch.compiler.is_compiling():  # a trace never fills the cache
+            cache: dict[str, PathIndex] = {}
             ctxs = []
             for names in self.block_path_names:
-                paths = tuple(cache.setdefault(n, path_index(n, layout, device)) for n in names)
-                ctxs.append(MixContext(layout, paths))
+                for n in names:
+                    if n not in cache:
+                        cache[n] = path_index(n, layout, device)
+                ctxs.append(MixContext(layout, tuple(cache[n] for n in names)))
+            if torch.compiler.is_compiling():
+                return ctxs
             self._ctx_cache[key] = ctxs
         return self._ctx_cache[key]
 

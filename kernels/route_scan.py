@@ -5,6 +5,7 @@ step t (a permutation of 0..L−1). Each path has its own scan parameters, and a
 
     for each p:  y_p = scatter_p( selective_scan_ref( gather_p(u[:, p]), gather_p(delta[:, p]), A[p],
                                                       gather_p(B[:, p]), gather_p(C[:, p]), D[p], delta_bias[p] ) )
+                 (computed as one grouped scan over P·dim channels: path p is B/C group p)
     out = Σ_p y_p   (merge "sum")   or   (1/P) Σ_p y_p   (merge "mean");   out *= silu(z) if z is given
 
 This module materialises the permuted copies on purpose (it is the oracle); `kernels.triton.selective_scan` reads the
@@ -58,25 +59,22 @@ def selective_scan_paths_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
     (P, dim); z (batch, dim, L) or None; paths LongTensor (P, L) or None (identity). Returns (batch, dim, L) in u's
     dtype."""
     check_paths_args(u, delta, A, B, C, D, z, delta_bias, paths, merge)
-    n_paths = u.shape[1]
+    bsz, n_paths, dim, length = u.shape
     scan = selective_scan_segsum if torch.compiler.is_exporting() else selective_scan_ref
-    out = None
-    for p in range(n_paths):
-        if paths is None:
-            idx = inv = None
-        else:
-            idx = paths[p].to(device=u.device, dtype=torch.long)
-            inv = torch.argsort(idx)  # inverse permutation: canonical position -> step
-        take = (lambda x: x) if idx is None else (lambda x: x.index_select(-1, idx))
-        y = scan(take(u[:, p]), take(delta[:, p]), A[p], take(B[:, p]), take(C[:, p]),
-                 D=None if D is None else D[p], z=None,
-                 delta_bias=None if delta_bias is None else delta_bias[p], delta_softplus=delta_softplus)
-        y = y.float() if y.dtype != torch.float64 else y
-        if inv is not None:
-            y = y.index_select(-1, inv)
-        out = y if out is None else out + y
-    if merge == "mean":
-        out = out / n_paths
+    idx = None if paths is None else paths.to(device=u.device, dtype=torch.long)  # (P, L)
+
+    def along(x: Tensor, index: Tensor | None) -> Tensor:  # (batch, P, C, L): each path's slice reordered by its index
+        return x if index is None else x.gather(-1, index[None, :, None, :].expand(x.shape))
+
+    # All paths in one scan: path p's channels are block p of P·dim channels, and its B, C are B/C group p.
+    y = scan(along(u, idx).reshape(bsz, n_paths * dim, length), along(delta, idx).reshape(bsz, n_paths * dim, length),
+             A.reshape(n_paths * dim, -1), along(B, idx), along(C, idx),
+             D=None if D is None else D.reshape(-1), z=None,
+             delta_bias=None if delta_bias is None else delta_bias.reshape(-1), delta_softplus=delta_softplus)
+    y = y.reshape(bsz, n_paths, dim, length)
+    y = y.float() if y.dtype != torch.float64 else y
+    y = along(y, None if idx is None else torch.argsort(idx, dim=-1))  # back to canonical positions
+    out = y.sum(1) if merge == "sum" else y.mean(1)
     if z is not None:
         out = out * F.silu(z.to(out.dtype))
     return out.to(u.dtype)

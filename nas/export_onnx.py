@@ -71,7 +71,7 @@ def export_onnx(source: str | os.PathLike[str] | nn.Module, out: str | os.PathLi
     model, spec = reference_model(source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
+    example = torch.randn(2, spec.in_chans, spec.img_size, spec.img_size)  # batch 1 would be specialised to a constant
     start = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on constant folding, not actionable here
