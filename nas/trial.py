@@ -26,7 +26,6 @@ from .errors import NasError, TrialDiverged
 from .measure import measure_cost
 
 ReportFn = Callable[[int, dict[str, float]], None]
-_NO_DECAY_NAMES = ("cls_token", "pos_embed", "A_log")  # plus every 1-D tensor and the SSM's skip D
 
 
 @dataclass
@@ -53,14 +52,14 @@ class TrialResult:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices and convs only."""
+    """AdamW groups: decay on matrices and convs only; no decay on 1-D parameters and on what the model names in
+    `no_weight_decay()` (the backbone's tokens and each mixer's own names, e.g. the SSM's A_log and D), as timm does."""
+    named_off = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        skip = p.ndim <= 1 or leaf in _NO_DECAY_NAMES or leaf == "D" or leaf.endswith("_token")
-        (no_decay if skip else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in named_off else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -12,7 +12,9 @@ if not torch.cuda.is_available():
 
 from _scan_oracle import rel_err, scan_paths_loop  # noqa: E402
 from kernels import dispatch  # noqa: E402
-from kernels.dispatch import KernelUnavailableError, available_backends, record_kernel_paths  # noqa: E402
+from kernels.dispatch import (KernelUnavailableError, available_backends, record_kernel_calls,  # noqa: E402
+                              record_kernel_paths)
+from kernels.errors import NasError  # noqa: E402
 
 
 def small_paths_inputs(n_paths=2, dim=3, n_state=4, length=19, seed=0):
@@ -66,6 +68,23 @@ def test_record_is_scoped():
     assert used == {}
 
 
+def test_calls_are_recorded_with_the_ops_rule_and_the_probe():
+    args, paths = small_paths_inputs()  # batch 2, 2 paths, dim 3, N 4, L 19
+    q = torch.randn(2, 3, 7, 4)
+    ticks = iter(range(0, 1000, 10))  # a probe that advances 10 per reading: every call spans exactly 10
+    with record_kernel_paths() as used, record_kernel_calls(probe=lambda: next(ticks)) as calls:
+        dispatch.selective_scan_paths(*args, delta_softplus=True, paths=paths)
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0])
+    assert used == {"selective_scan_paths": "reference", "mlstm": "reference"}
+    assert [(c.op, c.backend, c.flops_term, c.probed) for c in calls] == [
+        ("selective_scan_paths", "reference", "selective_scan", 10), ("mlstm", "reference", "mlstm", 10)]
+    assert calls[0].flops == 2 * 2 * (9 * 19 * (2 * 3) * 4 + 19 * (2 * 3))  # VMamba's rule, all paths' channels
+    assert calls[1].flops == 2 * 2 * 3 * 7 * 7 * 4  # ViL's S²·E per head, batch 2
+    with record_kernel_calls() as unprobed:
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0])
+    assert unprobed[0].probed == 0 and len(calls) == 2  # the outer block closed: nothing more recorded there
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
 def test_forced_backends_refuse_with_actionable_message(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -79,6 +98,9 @@ def test_forced_backends_refuse_with_actionable_message(monkeypatch):
         q = torch.randn(1, 1, 4, 4)
         dispatch.mlstm(q, q, q, q[..., 0], q[..., 0], backend="mamba_ssm")
     assert available_backends("cpu", "selective_scan") == ("reference",)
+    with pytest.raises(NasError, match="backend='reference'") as info:  # part of the project's error hierarchy
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0], backend="triton")
+    assert "'ref'" not in str(info.value)
 
 
 def test_fp64_inputs_refuse_triton_but_auto_falls_back(monkeypatch):

@@ -52,7 +52,8 @@ class MLSTMParams(MixerParams):
 class BlockDiagonal(nn.Module):
     """xLSTM's LinearHeadwiseExpand: channels in groups of `block`, each group mapped by its own block×block matrix."""
 
-    def __init__(self, dim: int, block: int, bias: bool, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, block: int, bias: bool, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.n_blocks, self.block = dim // block, block
         self.weight = nn.Parameter(torch.empty(self.n_blocks, block, block, device=device, dtype=dtype))
@@ -69,7 +70,8 @@ class BlockDiagonal(nn.Module):
 class _PathCell(nn.Module):
     """What is per path in a parallel route: q/k/v projections, gates and the output norm."""
 
-    def __init__(self, inner: int, p: MLSTMParams, device=None, dtype=None) -> None:
+    def __init__(self, inner: int, p: MLSTMParams, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         fk = dict(device=device, dtype=dtype)
         self.q = BlockDiagonal(inner, p.qkv_block, p.bias, **fk)
@@ -83,9 +85,11 @@ class _PathCell(nn.Module):
 
 class MLSTM(TokenMixer):
     Params = MLSTMParams
+    test_params = ({}, {"conv": "causal1d"})
 
     def __init__(self, dim: int, *, params: MLSTMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
-                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+                 kernel_backend: str = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
                          kernel_backend=kernel_backend, device=device, dtype=dtype)
         p = params
@@ -134,6 +138,10 @@ class MLSTM(TokenMixer):
     @classmethod
     def is_causal(cls, params: MLSTMParams) -> bool:
         return True
+
+    @classmethod
+    def causal_along_path(cls, params: MLSTMParams) -> bool:
+        return params.conv == "causal1d"  # the v2 dw2d conv sees grid neighbours on both sides of the path
 
     def _causal_conv(self, x: Tensor) -> Tensor:  # (B, L, E) in path order
         y = F.conv1d(F.pad(x.transpose(1, 2), (self.conv_size - 1, 0)), self.conv.weight, self.conv.bias,

@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..layout import MixContext, grid_apply
+from kernels.dispatch import selective_scan_paths
+
+from ..layout import MixContext, PathIndex, grid_apply
 from .base import MIXERS, MixerParams, TokenMixer
 
 
@@ -63,9 +65,14 @@ class SSMParams(MixerParams):
 
 class SSMMixer(TokenMixer):
     Params = SSMParams
+    no_weight_decay_names = frozenset({"A_log", "D"})  # as Mamba marks them (_no_weight_decay)
+    test_params = ({"d_state": 4},
+                   {"d_state": 2, "expand": 1.0, "conv": "dw2d", "conv_bias": False, "gate": False, "out_norm": True,
+                    "merge": "sum"})
 
     def __init__(self, dim: int, *, params: SSMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
-                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+                 kernel_backend: str = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
                          kernel_backend=kernel_backend, device=device, dtype=dtype)
         if n_paths < 1:
@@ -112,6 +119,10 @@ class SSMMixer(TokenMixer):
     def is_causal(cls, params: MixerParams) -> bool:
         return True
 
+    @classmethod
+    def causal_along_path(cls, params: SSMParams) -> bool:
+        return params.conv == "causal1d"  # the dw2d conv sees grid neighbours on both sides of the path
+
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
         E, N, R, K = self.d_inner, self.d_state, self.dt_rank, self.conv_size
@@ -141,7 +152,7 @@ class SSMMixer(TokenMixer):
         if self.out_proj.bias is not None:
             self.out_proj.bias.zero_()
 
-    def _causal_conv(self, x: Tensor, path, c: int) -> Tensor:
+    def _causal_conv(self, x: Tensor, path: PathIndex, c: int) -> Tensor:
         """Causal depthwise conv `c` of `x` (B, L, E) along `path`, then SiLU; returned in canonical order (B, L, E)."""
         L = x.shape[1]
         w = self.conv_weight[c].unsqueeze(1)  # (E, 1, K)
@@ -180,8 +191,6 @@ class SSMMixer(TokenMixer):
         delta_bias = _atleast_f32(self.dt_proj_bias.expand(P, -1))
         paths = torch.stack([p.index.to(x.device) for p in ctx.paths])
         fuse_gate = self.params.gate and self.out_norm is None
-        from kernels.dispatch import selective_scan_paths
-
         y = selective_scan_paths(
             u.transpose(-1, -2), delta.transpose(-1, -2), A, Bm, Cm, D,
             z=z.transpose(1, 2) if fuse_gate else None,
