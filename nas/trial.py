@@ -27,6 +27,7 @@ from .measure import measure_cost
 
 ReportFn = Callable[[int, dict[str, float]], None]
 _NO_DECAY_NAMES = ("cls_token", "pos_embed", "A_log")  # plus every 1-D tensor and the SSM's skip D
+DIVERGENCE_CHECK_STEPS = 50  # steps between two host reads of the losses (see _train_epoch)
 
 
 @dataclass
@@ -95,25 +96,39 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, amp: bool)
 
 
 def _train_epoch(model, opt, sched, data: Dataset, batch_size: int, amp: bool, gen: torch.Generator,
-                 epoch: int) -> float:
+                 epoch: int, check_every: int = DIVERGENCE_CHECK_STEPS) -> float:
+    """One pass over the training set; returns the mean loss. The per-step losses stay on the device (a host read
+    each step stalls the GPU until the step's kernels finish): they are checked for NaN/inf every `check_every` steps
+    and at the end of the epoch, one host synchronisation each, and the first bad step raises `TrialDiverged`."""
     model.train()
     n = len(data.y_train)
     order = torch.randperm(n, generator=gen).to(data.device)
-    loss_sum, seen = 0.0, 0
-    for step, i in enumerate(range(0, n, batch_size)):
+    starts = range(0, n, batch_size)
+    losses = torch.empty(len(starts), device=data.device, dtype=torch.float32)
+    sizes = torch.tensor([min(batch_size, n - i) for i in starts], dtype=torch.float64)
+    checked = 0
+    for step, i in enumerate(starts):
         idx = order[i:i + batch_size]
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(data.x_train[idx])
         loss = F.cross_entropy(logits.float(), data.y_train[idx])
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrialDiverged(epoch, value, step)
+        losses[step] = loss.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        loss_sum, seen = loss_sum + value * len(idx), seen + len(idx)
-    return loss_sum / seen
+        if step + 1 - checked >= check_every or step == len(starts) - 1:
+            _raise_if_diverged(losses[checked:step + 1], epoch, checked)
+            checked = step + 1
+    return float((losses.double().cpu() * sizes).sum() / n)
+
+
+def _raise_if_diverged(losses: Tensor, epoch: int, first_step: int) -> None:
+    """One host read: raise `TrialDiverged` at the first non-finite loss of `losses` (steps from `first_step`)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = int(bad[0, 0])
+        raise TrialDiverged(epoch, float(losses[step]), first_step + step)
 
 
 def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
