@@ -71,7 +71,7 @@ def default_config(n_state: int, dim: int, n_paths: int = 1) -> ScanConfig:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
-        return ScanConfig("lane", 32, 32, 1, 4, 2, "input", "grid", 8, 0, "grid")
+        return ScanConfig("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2)
     return _chunk_default(n_state)
 
 

@@ -303,6 +303,10 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     if hs.shape[2] != nchunk:
         raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
     seq = cfg.variant == "seq"
+    if cfg.bwd not in ("chunk", "lane", "auto"):
+        raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
+    if cfg.bwd == "auto":  # the lane backward runs one warp per (batch, path, 32 channels): it needs a full GPU
+        cfg = cfg._replace(bwd="lane" if lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), u.device) else "chunk")
     if cfg.bwd == "lane":  # one lane a channel: 32 channels a warp
         bd = cfg.bwd_bd or 32
         warps = cfg.bwd_warps or max(1, bd // 32)
@@ -325,8 +329,6 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     if cfg.bwd_paths not in ("loop", "grid"):
         raise ValueError(f"bwd_paths must be 'loop' or 'grid', got {cfg.bwd_paths!r}")
-    if cfg.bwd not in ("chunk", "lane"):
-        raise ValueError(f"bwd must be 'chunk' or 'lane', got {cfg.bwd!r}")
     path_loop = not seq and n_paths > 1 and cfg.bwd_paths == "loop" and cfg.bwd == "chunk"
     atomic_z = n_paths > 1 and not path_loop
     dz = dzacc = None
@@ -413,7 +415,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
 
 from .selective_scan_lane import launch_lane_fwd  # noqa: E402
-from .selective_scan_lane_bwd import launch_lane_bwd  # noqa: E402
+from .selective_scan_lane_bwd import launch_lane_bwd, lane_bwd_fills  # noqa: E402
 from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel  # noqa: E402 (needs the helpers above)
 
 __all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E",

@@ -1,0 +1,251 @@
+"""Train-step speed of the seed presets against what users of the seed codebases would run, in one script run.
+
+Run on the GPU machine (one command, bounded):
+    python benchmarks/bench_train.py --time-limit 480 [--quick] [--presets vim_tiny vil_tiny] [--out train.md]
+Check the script on a CPU (tiny images and batches, reference kernels; the times mean nothing):  ... --smoke
+
+A train step is forward to the logits under bf16 autocast (fp32 weights), cross-entropy on fixed random labels,
+backward, AdamW (lr 1e-4, torch's default foreach implementation): the same inputs, labels and optimizer for every
+row of a preset. Time = median of CUDA-event timings of single steps after warm-up (compiles and autotuning stay out),
+images/s = batch / time; peak = torch.cuda.max_memory_allocated over one more step (weights, optimizer state,
+activations, gradients). Rows (ours = `blocks.build_backbone(preset)` with backend "auto"):
+
+    (a) vim_tiny with every SSM mixer computed as Vim's code runs it: mamba-ssm's fused `mamba_inner_fn`
+        (causal-conv1d's conv, x_proj, dt_proj, the scan and out_proj in one autograd op) on the input and on its
+        flip, outputs added with out_proj halved (= Vim's v2 block, ../shared/tools/gpu-baselines/README.md);
+        same parameters, the rest of the backbone unchanged. Needs mamba_ssm and causal_conv1d.
+    (b) vil_tiny with the mLSTM cell replaced by `mlstm_kernels`' chunkwise Triton kernels (TFLA; each kernel in a
+        child process: a Triton compile abort must not take the table with it).
+    (c) vmamba_tiny with backend "mamba_ssm": cross-scan copies, mamba-ssm's scan, cross-merge (VMamba's pipeline).
+    (d) timm's deit_tiny_patch16_224 and mambaout_femto (random init, no download).
+Targets (issue 14): vim_tiny ≥ 1.5× (a), vil_tiny ≥ 1.3× (b), vmamba_tiny ≥ 2× (c) in images/s; every SSM and
+mLSTM preset's time per image within 2.5× of deit_tiny's (ours) at its resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_baselines import (BASELINES, baseline_available, versions_line)  # noqa: E402
+
+PRESETS = {"vim_tiny": (128, 224), "vmamba_tiny": (64, 224), "vil_tiny": (128, 192), "mambaout_femto": (128, 224),
+           "deit_tiny": (128, 224)}
+SMOKE = {"vim_tiny": (2, 32), "vmamba_tiny": (2, 64), "vil_tiny": (2, 32), "mambaout_femto": (2, 32),
+         "deit_tiny": (2, 32)}
+TARGETS = [("vim_tiny", "a", 1.5), ("vil_tiny", "b", 1.3), ("vmamba_tiny", "c", 2.0)]
+WITHIN_DEIT = 2.5
+
+
+def build_ours(preset: str, res: int, device: str, backend: str = "auto"):
+    from blocks import build_backbone, get_preset
+
+    spec = get_preset(preset)
+    if spec.img_size != res:
+        spec = spec.with_overrides({"img_size": res})
+    return build_backbone(spec, kernel_backend=backend).to(device)
+
+
+def measure(model, batch: int, res: int, device: str, reps: int, compile_model: bool = False) -> dict:
+    """Median train-step ms, images/s, peak MiB and the kernel paths recorded during a step."""
+    from kernels.dispatch import record_kernel_paths
+
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 3, res, res, device=device, generator=g)
+    y = torch.randint(0, 1000, (batch,), device=device, generator=g) % _classes(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    run = torch.compile(model) if compile_model else model
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = run(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    with record_kernel_paths() as used:
+        t0 = time.perf_counter()
+        loss = step()
+        first = time.perf_counter() - t0
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {float(loss)}")
+    if device == "cuda":
+        from kernels.triton.roofline import median_ms
+
+        ms = median_ms(step, warmup=2, reps=reps, flush_mb=1)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        ms, peak = (time.perf_counter() - t0) * 1e3 / reps, float("nan")
+    return {"ms": ms, "img_s": batch / ms * 1e3, "peak_mib": peak, "kernels": dict(used), "first_step_s": first}
+
+
+def _classes(model) -> int:
+    return getattr(model, "num_classes", None) or 1000
+
+
+def row_child(label: str, reps: int) -> None:
+    """Measure one baseline row in this (child) process and print it as one JSON line."""
+    name, preset = label.split(":", 1)
+    batch, res = CURRENT[preset]
+    out = BASELINES[name].run(preset, batch, res, "cuda", reps, measure, build_ours)
+    print(json.dumps(out), flush=True)
+
+
+CURRENT = dict(PRESETS)
+
+
+def run_row(kind: str, preset: str, reps: int, device: str, child: bool, timeout: float) -> dict:
+    """One row: ours ("ours", "ours+compile") in this process, a baseline (maybe in a child process). `preset` may
+    carry "@res" (deit_tiny@192: our deit at ViL's resolution)."""
+    batch, res = CURRENT[preset]
+    try:
+        if kind in ("ours", "ours+compile"):
+            model = build_ours(preset.split("@")[0], res, device)
+            out = measure(model, batch, res, device, reps, compile_model=kind == "ours+compile")
+            del model
+        elif child:
+            cmd = [sys.executable, __file__, "--row-child", f"{kind}:{preset}", "--reps", str(reps)]
+            if CURRENT is SMOKE:
+                cmd.append("--smoke")
+            res_p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            last = (res_p.stdout.strip().splitlines() or [""])[-1]
+            if res_p.returncode != 0 or not last.startswith("{"):
+                why = (res_p.stderr.strip().splitlines() or [f"exit {res_p.returncode}"])[-1][:160]
+                return {"error": why}
+            out = json.loads(last)
+        else:
+            out = BASELINES[kind].run(preset, batch, res, device, reps, measure, build_ours)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    except Exception as exc:  # a row that cannot run says why; the table goes on
+        return {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def plan(presets: list[str], with_baselines: bool, with_compile: bool) -> list[tuple[str, str]]:
+    rows = [("ours", p) for p in presets]
+    if "vil_tiny" in presets and "deit_tiny" in presets:
+        rows.append(("ours", "deit_tiny@192"))
+    if with_baselines:
+        rows += [(name, b.preset) for name, b in BASELINES.items() if b.preset in presets]
+    if with_compile:
+        rows += [("ours+compile", p) for p in presets]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", nargs="*", default=list(PRESETS))
+    ap.add_argument("--quick", action="store_true", help="5 timed steps per row (default 15)")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--time-limit", type=float, default=540.0, help="seconds; rows left when it is near are skipped")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) for our presets")
+    ap.add_argument("--smoke", action="store_true", help="CPU check of the script: tiny shapes, reference kernels")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--row-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    global CURRENT
+    if args.smoke:
+        CURRENT = SMOKE
+    CURRENT["deit_tiny@192"] = CURRENT["vil_tiny"]
+    reps = args.reps or (5 if args.quick or args.smoke else 15)
+    if args.row_child:
+        row_child(args.row_child, reps)
+        return
+    device = "cpu" if args.smoke else "cuda"
+    start = time.perf_counter()
+    print(versions_line(device), flush=True)
+    results: dict[tuple[str, str], dict] = {}
+    for kind, preset in plan(args.presets, not args.no_baselines, args.compile):
+        left = args.time_limit - (time.perf_counter() - start)
+        why_not = None if kind.startswith("ours") else baseline_available(kind)
+        if why_not is None and left < 45:
+            why_not = f"skipped: {left:.0f} s of the time limit left"
+        if why_not is not None:
+            results[(kind, preset)] = {"error": why_not}
+        else:
+            child = not kind.startswith("ours") and BASELINES[kind].child
+            results[(kind, preset)] = run_row(kind, preset, reps, device, child, timeout=max(30.0, left - 15))
+        print(kind, preset, json.dumps(results[(kind, preset)]), flush=True)
+    report(results, args, time.perf_counter() - start, device)
+
+
+def _label(kind: str, preset: str) -> str:
+    if kind == "ours":
+        return f"{preset} (ours, auto kernels)"
+    if kind == "ours+compile":
+        return f"{preset} (ours, torch.compile)"
+    return f"{preset}: {BASELINES[kind].label}"
+
+
+def report(results: dict, args, seconds: float, device: str) -> None:
+    from kernels.triton.roofline import markdown_table
+
+    rows = []
+    for (kind, preset), r in results.items():
+        batch, res = CURRENT[preset]
+        ours = results.get(("ours", preset.split("@")[0]), {})
+        ratio = (f"{r['img_s'] / ours['img_s']:.2f}" if "img_s" in r and "img_s" in ours and kind != "ours" else "-")
+        if "error" in r:
+            rows.append([_label(kind, preset), batch, f"{res}²", "-", "-", "-", "-", r["error"]])
+        else:
+            rows.append([_label(kind, preset), batch, f"{res}²", r["ms"], r["img_s"], r["peak_mib"], ratio,
+                         ", ".join(f"{k}: {v}" for k, v in r.get("kernels", {}).items()) or r.get("note", "")])
+    header = ["row", "batch", "input", "step ms", "images/s", "peak MiB", "this / ours (images/s)", "kernels / note"]
+    targets = []
+    for preset, base, need in TARGETS:
+        o, b = results.get(("ours", preset), {}), results.get((base_key(base, preset), preset), {})
+        if "img_s" in o and "img_s" in b:
+            got = o["img_s"] / b["img_s"]
+            targets.append([f"{preset} ≥ {need}× ({base})", f"{got:.2f}×", "met" if got >= need else "not met"])
+        else:
+            targets.append([f"{preset} ≥ {need}× ({base})", b.get("error", o.get("error", "not measured")), "-"])
+    for preset in ("vim_tiny", "vmamba_tiny", "vil_tiny"):
+        deit = "deit_tiny@192" if CURRENT[preset][1] == CURRENT.get("deit_tiny@192", (0, 0))[1] and \
+            preset == "vil_tiny" else "deit_tiny"
+        o, d = results.get(("ours", preset), {}), results.get(("ours", deit), {})
+        if "img_s" in o and "img_s" in d:
+            got = d["img_s"] / o["img_s"]
+            targets.append([f"{preset} time/image ≤ {WITHIN_DEIT}× deit_tiny's ({deit})", f"{got:.2f}×",
+                            "met" if got <= WITHIN_DEIT else "not met"])
+    text = (f"{versions_line(device)}\nrun: {seconds:.0f} s, {args.reps or (5 if args.quick else 15)} timed steps per "
+            f"row\n\n" + markdown_table(header, rows) + "\n\ntargets:\n\n" +
+            markdown_table(["target", "measured", "verdict"], targets) + "\n")
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+
+
+def base_key(letter: str, preset: str) -> str:
+    for name, b in BASELINES.items():
+        if b.letter == letter and b.preset == preset and b.primary:
+            return name
+    return "?"
+
+
+if __name__ == "__main__":
+    main()
