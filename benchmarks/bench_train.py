@@ -99,15 +99,43 @@ def measure(model, batch: int, res: int, device: str, reps: int, compile_model: 
     return {"ms": ms, "img_s": batch / ms * 1e3, "peak_mib": peak, "kernels": dict(used), "first_step_s": first}
 
 
+def profile_step(preset: str, device: str, top: int = 14) -> str:
+    """Where one train step of our `preset` spends its GPU time (torch.profiler over 3 steps after warm-up): the
+    `top` kernels by total time, per step, as a markdown table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernels.triton.roofline import markdown_table
+
+    batch, res = CURRENT[preset]
+    model = build_ours(preset, res, device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = measure(model, batch, res, device, reps=3)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events)
+    if not total:
+        return f"profile of {preset}: no GPU kernels recorded (device {device})"
+    steps = 1 + 2 + 3 + 1  # measure's first step, warm-up, timed steps and peak-memory step
+    rows = [[e.key[:70], round(e.count / steps, 1), e.self_device_time_total / steps / 1e3,
+             f"{e.self_device_time_total / total:.1%}"]
+            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]]
+    del model
+    return (f"profile of one {preset} train step (batch {batch}, {res}², GPU time {total / steps / 1e3:.1f} ms/step, "
+            f"median step {out['ms']:.1f} ms):\n\n" + markdown_table(["kernel", "calls/step", "ms/step", "share"], rows))
+
+
 def _classes(model) -> int:
     return getattr(model, "num_classes", None) or 1000
 
 
 def row_child(label: str, reps: int) -> None:
-    """Measure one baseline row in this (child) process and print it as one JSON line."""
+    """Measure one row (a baseline, or ours through torch.compile) in this child process; print it as a JSON line."""
     name, preset = label.split(":", 1)
     batch, res = CURRENT[preset]
-    out = BASELINES[name].run(preset, batch, res, "cuda", reps, measure, build_ours)
+    device = "cpu" if CURRENT is SMOKE else "cuda"
+    if name == "ours+compile":
+        out = measure(build_ours(preset.split("@")[0], res, device), batch, res, device, reps, compile_model=True)
+    else:
+        out = BASELINES[name].run(preset, batch, res, device, reps, measure, build_ours)
     print(json.dumps(out), flush=True)
 
 
@@ -119,7 +147,7 @@ def run_row(kind: str, preset: str, reps: int, device: str, child: bool, timeout
     carry "@res" (deit_tiny@192: our deit at ViL's resolution)."""
     batch, res = CURRENT[preset]
     try:
-        if kind in ("ours", "ours+compile"):
+        if kind == "ours" or (kind == "ours+compile" and not child):
             model = build_ours(preset.split("@")[0], res, device)
             out = measure(model, batch, res, device, reps, compile_model=kind == "ours+compile")
             del model
@@ -145,15 +173,13 @@ def run_row(kind: str, preset: str, reps: int, device: str, child: bool, timeout
     return out
 
 
-def plan(presets: list[str], with_baselines: bool, with_compile: bool) -> list[tuple[str, str]]:
+def plan(presets: list[str], with_baselines: bool, compiled: list[str]) -> list[tuple[str, str]]:
     rows = [("ours", p) for p in presets]
     if "vil_tiny" in presets and "deit_tiny" in presets:
         rows.append(("ours", "deit_tiny@192"))
     if with_baselines:
         rows += [(name, b.preset) for name, b in BASELINES.items() if b.preset in presets]
-    if with_compile:
-        rows += [("ours+compile", p) for p in presets]
-    return rows
+    return rows + [("ours+compile", p) for p in compiled]
 
 
 def main() -> None:
@@ -163,8 +189,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--time-limit", type=float, default=540.0, help="seconds; rows left when it is near are skipped")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile(model) for our presets")
+    ap.add_argument("--compile", nargs="*", default=[], help="presets also timed through torch.compile(model) "
+                    "(each in a child process, bounded by the time limit)")
     ap.add_argument("--smoke", action="store_true", help="CPU check of the script: tiny shapes, reference kernels")
+    ap.add_argument("--profile", nargs="*", default=[], help="presets whose train step is profiled (kernel table)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--row-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -188,10 +216,19 @@ def main() -> None:
         if why_not is not None:
             results[(kind, preset)] = {"error": why_not}
         else:
-            child = not kind.startswith("ours") and BASELINES[kind].child
+            child = kind == "ours+compile" or (kind != "ours" and BASELINES[kind].child)
             results[(kind, preset)] = run_row(kind, preset, reps, device, child, timeout=max(30.0, left - 15))
         print(kind, preset, json.dumps(results[(kind, preset)]), flush=True)
-    report(results, args, time.perf_counter() - start, device)
+    profiles = []
+    for preset in args.profile:
+        if args.time_limit - (time.perf_counter() - start) < 30:
+            profiles.append(f"profile of {preset}: skipped (time limit)")
+            continue
+        try:
+            profiles.append(profile_step(preset, device))
+        except Exception as exc:  # a profile that fails says why
+            profiles.append(f"profile of {preset} failed: {type(exc).__name__}: {str(exc)[:160]}")
+    report(results, args, time.perf_counter() - start, device, profiles)
 
 
 def _label(kind: str, preset: str) -> str:
@@ -202,7 +239,7 @@ def _label(kind: str, preset: str) -> str:
     return f"{preset}: {BASELINES[kind].label}"
 
 
-def report(results: dict, args, seconds: float, device: str) -> None:
+def report(results: dict, args, seconds: float, device: str, profiles: list[str]) -> None:
     from kernels.triton.roofline import markdown_table
 
     rows = []
@@ -234,7 +271,8 @@ def report(results: dict, args, seconds: float, device: str) -> None:
                             "met" if got <= WITHIN_DEIT else "not met"])
     text = (f"{versions_line(device)}\nrun: {seconds:.0f} s, {args.reps or (5 if args.quick else 15)} timed steps per "
             f"row\n\n" + markdown_table(header, rows) + "\n\ntargets:\n\n" +
-            markdown_table(["target", "measured", "verdict"], targets) + "\n")
+            markdown_table(["target", "measured", "verdict"], targets) + "\n" +
+            "".join(f"\n{p}\n" for p in profiles))
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text)

@@ -133,10 +133,10 @@ BASELINES = {
                                _tfla("limit_chunk"), child=True),
     "vil_tfla_xl": Baseline("ViL with mlstm_kernels xl_chunk (TFLA)", "vil_tiny", "b", ("mlstm_kernels",),
                             _tfla("xl_chunk"), primary=False, child=True),
-    "vmamba_mamba_ssm": Baseline("VMamba's pipeline (cross-scan + mamba-ssm + cross-merge)", "vmamba_tiny", "c",
-                                 ("mamba_ssm",), _vmamba_mamba_ssm),
     "timm_deit": Baseline("timm deit_tiny_patch16_224", "deit_tiny", "d", ("timm",), _timm("deit_tiny_patch16_224")),
     "timm_mambaout": Baseline("timm mambaout_femto", "mambaout_femto", "d", ("timm",), _timm("mambaout_femto")),
+    "vmamba_mamba_ssm": Baseline("VMamba's pipeline (cross-scan + mamba-ssm + cross-merge)", "vmamba_tiny", "c",
+                                 ("mamba_ssm",), _vmamba_mamba_ssm),
 }
 
 

@@ -22,6 +22,8 @@ BACKENDS = ("auto", "triton", "reference")
 def causal_conv1d_paths_ref(x: Tensor, weight: Tensor, bias: Tensor | None, paths: Tensor) -> Tensor:
     """The gather → conv1d → SiLU → scatter composition (see the module docstring)."""
     length, n_conv, k = x.shape[1], weight.shape[0], weight.shape[-1]
+    weight = weight.to(x.dtype)  # what autocast does for F.conv1d; the Triton kernel reads fp32 weights as they are
+    bias = None if bias is None else bias.to(x.dtype)
     outs = []
     for c in range(n_conv):
         idx = paths[c].to(device=x.device, dtype=torch.long)

@@ -134,13 +134,15 @@ def _raise_if_diverged(losses: Tensor, epoch: int, first_step: int) -> None:
 def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
               warmup_epochs: float, seed: int, device: torch.device | str = "cpu", amp: bool | None = None,
               report: ReportFn | None = None, kernel_backend: str = "auto",
-              measure: dict[str, Any] | None = None, keep_model: bool = False) -> TrialResult:
+              measure: dict[str, Any] | None = None, keep_model: bool = False,
+              compile_model: bool = False) -> TrialResult:
     """Train `spec` on `data` and return its curves, final accuracy, cost and kernel paths.
 
     `report(epoch, {train_loss, val_loss, val_acc, lr, seconds})` is called after every epoch (1-based), e.g. to
     forward to Ray Tune. A NaN/inf loss raises `TrialDiverged`. `measure` is passed to `measure_cost`
     (e.g. {"repeats": 5, "resolutions": [32, 64]}); `measure={"skip": True}` leaves cost empty. `keep_model=True`
-    returns the trained model in `result.model` (to save it as the trial's model file).
+    returns the trained model in `result.model` (to save it as the trial's model file). `compile_model=True` trains
+    through `torch.compile(model)` (off by default: benchmarks/RESULTS.md, session 4, says where it pays).
     """
     t_wall = time.perf_counter()
     dev = torch.device(device)
@@ -165,11 +167,12 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
         opt, lambda s: lr_at(s, lr=1.0, total_steps=total, warmup_steps=warmup))
     metrics: list[dict[str, float]] = []
     train_seconds = 0.0
+    train_model = torch.compile(model) if compile_model else model  # shares the parameters and their optimizer
     with record_kernel_paths() as used:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             lr_now = opt.param_groups[0]["lr"]
-            train_loss = _train_epoch(model, opt, sched, data, batch_size, amp, gen, epoch)
+            train_loss = _train_epoch(train_model, opt, sched, data, batch_size, amp, gen, epoch)
             val_loss, val_acc = evaluate(model, data.x_test, data.y_test, batch_size, amp)
             if not math.isfinite(val_loss):
                 raise TrialDiverged(epoch, val_loss)

@@ -104,6 +104,7 @@ def test_vim_ti_mixer_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_smoke
 @gpu
 def test_vmamba_t_stage1_mixer_gpu():
     layout = TokenLayout(((56, 56),), ())

@@ -100,7 +100,7 @@ VARIANTS = {"seq": ("seq", 8, 8, 1), "chunk": ("chunk", 4, 8, 1),
             "lane": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 1, "grid", "lane", 2),
             "lane_seg": ("lane", 8, 8, 1, 4, 1, "input", "grid", 4, 3)}
 GPU_VARIANTS = {"seq": ("seq", 16, 16, 2), "chunk": ("chunk", 4, 32, 2, 4, 2, "input", "grid"),
-                "lane": ("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 4),
+                "lane": ("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 32),
                 "lane_seg": ("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 6)}
 # every case runs the chunk and lane kernels (forward and backward); the variants that are no default anywhere (seq)
 # or that reuse those kernels in another arrangement (lane_seg) run two cases, to keep the interpreter's minutes low
@@ -278,6 +278,19 @@ def test_default_tiles_smoke_gpu(kind):
     """The default tiles (Vim-Ti bi: the lane kernels with vector B/C rows; cross4 N = 1: the chunk kernels) on the
     mixer's bfloat16 layout."""
     test_default_and_grid_tiles_channel_last_gpu(kind, None, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("red", [32, 8])
+def test_lane_backward_smoke_gpu(dtype, red):
+    """The lane backward (forced; "auto" takes it only when the batch fills the GPU) at Vim-Ti's bi shape in the
+    mixer's layout, with the whole-warp and the 8-lane Σ_d."""
+    cfg = GPU_VARIANTS["lane"][:-1] + (red,)
+    inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
+    check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
 
 
 @pytest.mark.gpu
