@@ -120,7 +120,8 @@ def profile_step(preset: str, device: str, top: int = 14) -> str:
             for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]]
     del model
     return (f"profile of one {preset} train step (batch {batch}, {res}², GPU time {total / steps / 1e3:.1f} ms/step, "
-            f"median step {out['ms']:.1f} ms):\n\n" + markdown_table(["kernel", "calls/step", "ms/step", "share"], rows))
+            f"median step {out['ms']:.1f} ms):\n\n"
+            + markdown_table(["kernel", "calls/step", "ms/step", "share"], rows))
 
 
 def _classes(model) -> int:

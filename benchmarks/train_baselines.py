@@ -109,7 +109,8 @@ def _tfla(kernel: str):
             b = model(x).float()
             mod.mlstm_cell = cell  # this (child) process only: the mixer calls the module-level name
             a = model(x).float()
-        return model, f"mlstm_kernels {kernel}, chunk 64; logits vs ours rel. diff {((a - b).norm() / b.norm()).item():.1e}"
+        diff = ((a - b).norm() / b.norm()).item()
+        return model, f"mlstm_kernels {kernel}, chunk 64; logits vs ours rel. diff {diff:.1e}"
     return build
 
 

@@ -96,3 +96,22 @@ def _store_dz(DZ, b64, offs_d, pos, md, dout, y, z, sig, sz_b, sz_d, sz_l, ATOMI
         tl.atomic_add(zptr, dz, mask=md, sem="relaxed")
     else:
         tl.store(zptr, dz.to(DZ.dtype.element_ty), mask=md)
+
+
+@triton.jit
+def _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
+                      su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
+                      HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """u and Δ tiles (BD, T) in fp32 at the path's positions; returns (u, Δ, pre-softplus Δ)."""
+    m2 = mask_d[:, None] & mask_t[None, :]
+    u = tl.load(U + b64 * su_b + p * su_p + offs_d[:, None] * su_d + pos[None, :] * su_l, mask=m2, other=0.0)
+    dt = tl.load(DT + b64 * sdt_b + p * sdt_p + offs_d[:, None] * sdt_d + pos[None, :] * sdt_l, mask=m2, other=0.0)
+    dt = dt.to(tl.float32)
+    if HAS_DTB:
+        bias = tl.load(DTB + p * sdb_p + offs_d * sdb_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt = dt + bias[:, None]
+    dt_raw = dt
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(m2, dt, 0.0)  # masked steps: a = 1, Δ B u = 0, so the state passes through unchanged
+    return u.to(tl.float32), dt, dt_raw

@@ -83,6 +83,32 @@ def _chunk_default(n_state: int) -> ScanConfig:
     return ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")
 
 
+def lane_bwd_fills(warps: int, device: torch.device) -> bool:
+    """Whether `warps` one-warp programs give every SM at least 4 (the lane backward has no sequence segments: at
+    Vim-Ti 1248² × 4 it would run 96 warps on 132 SMs, and the chunk backward is used instead). Always true off
+    CUDA (the interpreter's tests run the lane kernel)."""
+    if device.type != "cuda":
+        return True
+    return warps >= 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
+                   device: torch.device) -> tuple[ScanConfig, int, int]:
+    """The backward actually run: `cfg` with `bwd` resolved ("auto": the lane backward where its `lane_warps`
+    programs fill the GPU, else the chunk one), its channels per program and warps."""
+    if cfg.bwd not in ("chunk", "lane", "auto"):
+        raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
+    if cfg.bwd == "auto":
+        cfg = cfg._replace(bwd="lane" if lane_bwd_fills(lane_warps, device) else "chunk")
+    if cfg.bwd == "lane":  # one lane a channel: 32 channels a warp
+        bd = cfg.bwd_bd or 32
+        return cfg, bd, cfg.bwd_warps or max(1, bd // 32)
+    if cfg.variant == "lane":  # the lane forward's chunk backward (T = the checkpoint stretch)
+        fallback = _chunk_default(n_state)
+        return cfg, cfg.bwd_bd or fallback.bwd_bd, cfg.bwd_warps or fallback.bwd_warps
+    return cfg, cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+
+
 def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
     zs = z.stride() if z is not None else (0, 0, 0)
     Ds = D.stride() if D is not None else (0, 0)
@@ -117,4 +143,5 @@ def bc_vector_width(B: torch.Tensor, C: torch.Tensor) -> int:
     return vec
 
 
-__all__ = ["ScanConfig", "BWD_CANDIDATES", "BWD_GRID_CANDIDATES", "default_config", "bc_vector_width"]
+__all__ = ["ScanConfig", "BWD_CANDIDATES", "BWD_GRID_CANDIDATES", "default_config", "bc_vector_width", "backward_tiles",
+           "lane_bwd_fills"]

@@ -38,30 +38,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .scan_common import _combine, _merge_store, _softplus  # noqa: F401
+from .scan_common import _combine, _load_step_inputs, _merge_store, _softplus  # noqa: F401
 from .scan_config import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, ScanConfig, _channel_last,  # noqa: F401
-                          _chunk_default, _common_args, _empty_like_layout, bc_vector_width, default_config)
+                          _chunk_default, _common_args, _empty_like_layout, backward_tiles, bc_vector_width,
+                          default_config)
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
-                      su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
-                      HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """u and Δ tiles (BD, T) in fp32 at the path's positions; returns (u, Δ, pre-softplus Δ)."""
-    m2 = mask_d[:, None] & mask_t[None, :]
-    u = tl.load(U + b64 * su_b + p * su_p + offs_d[:, None] * su_d + pos[None, :] * su_l, mask=m2, other=0.0)
-    dt = tl.load(DT + b64 * sdt_b + p * sdt_p + offs_d[:, None] * sdt_d + pos[None, :] * sdt_l, mask=m2, other=0.0)
-    dt = dt.to(tl.float32)
-    if HAS_DTB:
-        bias = tl.load(DTB + p * sdb_p + offs_d * sdb_d, mask=mask_d, other=0.0).to(tl.float32)
-        dt = dt + bias[:, None]
-    dt_raw = dt
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(m2, dt, 0.0)  # masked steps: a = 1, Δ B u = 0, so the state passes through unchanged
-    return u.to(tl.float32), dt, dt_raw
 
 
 @triton.jit
@@ -303,18 +285,7 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     if hs.shape[2] != nchunk:
         raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
     seq = cfg.variant == "seq"
-    if cfg.bwd not in ("chunk", "lane", "auto"):
-        raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
-    if cfg.bwd == "auto":  # the lane backward runs one warp per (batch, path, 32 channels): it needs a full GPU
-        cfg = cfg._replace(bwd="lane" if lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), u.device) else "chunk")
-    if cfg.bwd == "lane":  # one lane a channel: 32 channels a warp
-        bd = cfg.bwd_bd or 32
-        warps = cfg.bwd_warps or max(1, bd // 32)
-    elif cfg.variant == "lane":  # the lane forward's gradients come from the chunk backward (T = the stretch)
-        fallback = _chunk_default(n_state)
-        bd, warps = cfg.bwd_bd or fallback.bwd_bd, cfg.bwd_warps or fallback.bwd_warps
-    else:
-        bd, warps = cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+    cfg, bd, warps = backward_tiles(cfg, n_state, bsz * n_paths * triton.cdiv(dim, 32), u.device)
     if cfg.grad_layout not in ("auto", "input", "channel_first"):
         raise ValueError(f"grad_layout must be 'auto', 'input' or 'channel_first', got {cfg.grad_layout!r}")
     follow = cfg.grad_layout in ("input", "auto")
@@ -415,7 +386,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
 
 from .selective_scan_lane import launch_lane_fwd  # noqa: E402
-from .selective_scan_lane_bwd import launch_lane_bwd, lane_bwd_fills  # noqa: E402
+from .selective_scan_lane_bwd import launch_lane_bwd  # noqa: E402
 from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel  # noqa: E402 (needs the helpers above)
 
 __all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E",

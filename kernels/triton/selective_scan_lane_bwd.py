@@ -206,15 +206,4 @@ def launch_lane_bwd(inputs, outs, length, dim, nchunk, scale, n_paths, strides, 
                                 BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=min(red, bd), num_warps=warps, **flags)
 
 
-def lane_bwd_fills(warps: int, device) -> bool:
-    """Whether `warps` one-warp programs give every SM at least 4 (the lane backward has no sequence segments: at
-    Vim-Ti 1248² × 4 it would run 96 warps on 132 SMs, and the chunk backward is used instead). Always true off
-    CUDA (the interpreter's tests run the lane kernel)."""
-    if device.type != "cuda":
-        return True
-    import torch
-
-    return warps >= 4 * torch.cuda.get_device_properties(device).multi_processor_count
-
-
-__all__ = ["launch_lane_bwd", "lane_bwd_fills"]
+__all__ = ["launch_lane_bwd"]
