@@ -66,6 +66,9 @@ def test_huge_lr_or_poisoned_input_raises_trial_diverged(tiny):
     with pytest.raises(TrialDiverged, match="epoch 1") as err:
         run_trial(spec, poisoned, seed=0, **FAST)
     assert err.value.epoch == 1 and isinstance(err.value, NasError)
+    # the losses are read once per check (not every step), yet the error names the step whose batch held the NaN
+    order = torch.randperm(len(tiny.y_train), generator=torch.Generator().manual_seed(0))
+    assert err.value.step == int((order == 5).nonzero()) // FAST["batch_size"]
     with pytest.raises(TrialDiverged):
         run_trial(spec, tiny, seed=0, **dict(FAST, lr=1e6, epochs=4))
 

@@ -156,8 +156,12 @@ class MLSTM(TokenMixer):
         qkv = torch.cat((q, k, v), dim=-1)
         ig, fg = cell.igate(qkv), cell.fgate(qkv)  # (B, L, H)
 
-        def heads(t: Tensor) -> Tensor:
-            return t.reshape(B, L, H, DH).transpose(1, 2).contiguous()
+        # Under autocast the block-diagonal maps return float32 (their fp32 bias promotes the bf16 product); the cell
+        # takes the autocast dtype, as ViL's kernels do: a float32 cell runs its dots in exact fp32, ~16x slower.
+        cell_dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+
+        def heads(t: Tensor) -> Tensor:  # (B, L, E) → contiguous (B, H, L, DH) in the cell dtype, one copy
+            return t.new_empty((B, H, L, DH), dtype=cell_dtype).copy_(t.reshape(B, L, H, DH).transpose(1, 2))
 
         backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
         h = mlstm_cell(heads(q), heads(k), heads(v), ig.transpose(1, 2).contiguous(),
