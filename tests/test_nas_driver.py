@@ -94,12 +94,12 @@ def _bi_to_four(study, results):  # noqa: ANN001, ANN202 - a stand-in policy: le
 def test_adaptive_study_runs_min_seeds_then_the_rounds_a_policy_asks_for(tmp_path):
     plan = _plan(tmp_path, ADAPTIVE, "adaptive")
     assert plan.study.initial_seeds == [0, 1] and plan.study.max_seeds == [0, 1, 2, 3]
-    assert [(c.levels["route"], c.seed) for c in plan.cells] == [("uni", 0), ("uni", 1), ("bi", 0), ("bi", 1)]
+    assert [(c.levels["route"], c.seed) for c in plan.cells] == [("uni", 0), ("bi", 0), ("uni", 1), ("bi", 1)]
     store = Store(plan.study.storage.url)
     queued: list[tuple[int, int, int, int]] = []
     runner = FakeRunner()
     out = run_study(plan, store, runner, policy=_bi_to_four, on_queued=lambda *a: queued.append(a))
-    assert runner.rounds == [[("uni", 0), ("uni", 1), ("bi", 0), ("bi", 1)], [("bi", 2), ("bi", 3)]]
+    assert runner.rounds == [[("uni", 0), ("bi", 0), ("uni", 1), ("bi", 1)], [("bi", 2), ("bi", 3)]]
     assert (out.rounds, out.queued, out.completed, out.failed) == (2, 6, 6, 0)  # then the policy asks for nothing new
     assert [q[:2] for q in queued] == [(1, 4), (2, 2)]
     keys = [t.key for t in store.trials("adaptive")]
