@@ -19,9 +19,9 @@ set -uo pipefail
 T0=$(date +%s)
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -f .devbundle/activate ]; then
+if [ -f .devbundle/activate ] && ! "${PYTHON:-python3}" -c "import ray, optuna, pydantic" 2>/dev/null; then
   # shellcheck disable=SC1091
-  source .devbundle/activate
+  source .devbundle/activate  # the device machine: its Python lacks what the platform needs
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0
 export COLUMNS=${COLUMNS:-160}
