@@ -206,7 +206,8 @@ def _print_search(console: Console, cfg: dict[str, Any], trials: list[Any]) -> N
 
 @app.command(name="list")
 def list_studies(db: Optional[str] = typer.Option(None, "--db", help="database URL")) -> None:
-    """Every study in the database: status, trials done / running / failed, best accuracy, last update."""
+    """Every study in the database: status, attempts done / running / failed / interrupted (re-queued on resume),
+    best accuracy, last update."""
     from nas.errors import StoreError
     from nas.store import Store
 
@@ -216,10 +217,12 @@ def list_studies(db: Optional[str] = typer.Option(None, "--db", help="database U
     except StoreError as e:
         _fail(str(e))
     table = Table(title=f"studies in {_db_url(db)}")
-    for col in ("study", "kind", "status", "done", "running", "failed", "cells", "best val_acc", "updated"):
+    for col in ("study", "kind", "status", "done", "running", "failed", "interrupted", "cells", "best val_acc",
+                "updated"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.name, r.kind, r.status, str(r.done), str(r.running), str(r.failed), str(r.cells),
+        table.add_row(r.name, r.kind, r.status, str(r.done), str(r.running), str(r.failed), str(r.interrupted),
+                      str(r.cells),
                       "–" if r.best_val_acc is None else f"{100 * r.best_val_acc:.1f}%",
                       r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else "–")
     _console().print(table)
