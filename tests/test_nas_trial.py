@@ -137,3 +137,15 @@ def test_measure_cost_across_resolutions_scales_with_tokens():
     by = cost["by_resolution"]
     assert by[32]["flops"] == cost["flops"] and by[64]["flops"] > 3 * by[32]["flops"]
     assert by[64]["params"] > by[32]["params"]  # a longer position table
+
+
+def test_the_store_names_the_physical_gpu_a_trial_ran_on():
+    import torch
+
+    from nas.worker import device_label, gpu_label
+
+    assert device_label(torch.device("cpu")) == "cpu"
+    # Ray gave this worker host GPUs 2 and 3: its cuda:1 is the host's GPU 3
+    assert gpu_label(1, "2,3", "NVIDIA H200", "GPU-1a2b3c4d-5e6f") == "cuda:1 = GPU 3 (NVIDIA H200, GPU-1a2b3c4d)"
+    assert gpu_label(0, None, "NVIDIA H200", "") == "cuda:0 = GPU 0 (NVIDIA H200)"
+    assert gpu_label(0, "", "X", "abcd") == "cuda:0 = GPU 0 (X, GPU-abcd)"
