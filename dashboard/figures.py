@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -69,6 +70,18 @@ def latest_attempts(trials: Iterable[TrialView]) -> list[TrialView]:
 
 def _nan_to_none(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def empty_figure(message: str, title: str = "", height: int = 240) -> go.Figure:
+    """A figure that says what is missing (no finished trial yet, not measured, still loading) instead of bare
+    axes; the message is also kept as `layout.meta.empty`, so tests and callers can tell it from a drawn view."""
+    text = "<br>".join(esc(line) for line in textwrap.wrap(message, 90)) or "&nbsp;"
+    fig = go.Figure()
+    fig.update_layout(title=esc(title) or None, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      plot_bgcolor="rgba(0,0,0,0)", meta={"empty": message},
+                      annotations=[dict(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                                        font=dict(size=15, color="#555"))])
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------- studies list
@@ -317,5 +330,5 @@ def _max_epoch(d: CurvesData) -> int:
 
 
 __all__ = ["DONE", "PALETTE", "AblationData", "CurvesData", "ablation_data", "ablation_figure", "ablation_levels",
-           "ablation_table_rows", "curves_data", "curves_figure", "display_range", "esc", "latest_attempts",
-           "level_label", "metric_value", "scale", "studies_table"]
+           "ablation_table_rows", "curves_data", "curves_figure", "display_range", "empty_figure", "esc",
+           "latest_attempts", "level_label", "metric_value", "scale", "studies_table"]
