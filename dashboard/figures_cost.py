@@ -127,6 +127,7 @@ def pareto_figure(d: dict[str, Any], title: str = "") -> go.Figure:
                              hovertemplate=hover))
     fig.update_layout(title=esc(title or d["note"]), xaxis_title=d["cost_label"],
                       yaxis_title=f"{esc(d['metric'])}{d['unit']}", height=460, hovermode="closest")
+    fig.update_xaxes(tickformat=",~g")  # 25,354 parameters, not 25.354k
     xs = [p["cost"] for p in pts if p["cost"] > 0]
     if xs and max(xs) / min(xs) > 20:
         fig.update_xaxes(type="log")
@@ -296,12 +297,14 @@ def scaling_figure(d: ScalingData, title: str = "") -> go.Figure:
                                      hovertemplate=hover + f"%{{y:,.4g}} {munit}<extra></extra>",
                                      **{**common, "customdata": [p[1] for p in pts]}), row=1, col=2)
     spans = [[v for s in d.series for v in s.throughput], [m / div for m in mems]]
-    for D, L in d.thresholds:
-        name = f"L = 6D = {L:,} (D = {D}): MambaOut's long-sequence threshold"
+    for D, L in d.thresholds:  # several widths: each line says its D at its top (the legend would not tell)
+        name = f"L = 6D = {L:,} (D = {D})" + (": MambaOut's long-sequence threshold" if len(d.thresholds) == 1 else "")
         for col in range(1, cols + 1):
             ys = spans[col - 1]
-            fig.add_trace(go.Scatter(x=[L, L], y=[min(ys) * 0.7, max(ys) * 1.3], mode="lines", name=name,
-                                     legendgroup=name, showlegend=col == 1,
+            fig.add_trace(go.Scatter(x=[L, L], y=[min(ys) * 0.7, max(ys) * 1.3], name=name, legendgroup=name,
+                                     mode="lines+text" if len(d.thresholds) > 1 else "lines", showlegend=col == 1,
+                                     text=["", f"D = {D}"], textposition="top center",
+                                     textfont=dict(color=THRESHOLD_COLOR, size=11),
                                      line=dict(color=THRESHOLD_COLOR, dash="dash", width=2),
                                      hovertemplate=f"MambaOut: L > 6D = {L:,} is a long sequence<extra></extra>"),
                           row=1, col=col)

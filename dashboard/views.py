@@ -109,11 +109,17 @@ def _memory(c: dict[str, Any]) -> str:
 def cost_rows(t: TrialView) -> list[tuple[str, str]]:
     """The trial page's cost table, every number with its unit (inference costs, measured after training)."""
     c = t.cost
-    rows = [("parameters", U.count(t.num_params if t.num_params is not None else c.get("params"))),
-            ("image size", U.image_size(c.get("img_size"))), ("FLOPs per image", U.gflops(c.get("flops"))),
-            ("MACs per image", U.gflops(c.get("macs"), "GMACs")), ("throughput", U.throughput(c.get("throughput"))),
-            ("peak memory", _memory(c)), ("wall time (build, train, evaluate, measure)", U.seconds(t.wall_seconds)),
-            ("training time", U.seconds(t.train_seconds))]
+    rows = [("parameters", U.count(t.num_params if t.num_params is not None else c.get("params")))]
+    if c:
+        rows += [("image size", U.image_size(c.get("img_size"))), ("FLOPs per image", U.gflops(c.get("flops"))),
+                 ("MACs per image", U.gflops(c.get("macs"), "GMACs")),
+                 ("throughput", U.throughput(c.get("throughput"))), ("peak memory", _memory(c))]
+    else:
+        why = {"running": "it is still training", "failed": "it failed", "stale": "its run was interrupted"}
+        rows.append(("FLOPs, throughput, memory", "not measured: costs are measured after training, and " +
+                     why.get(str(t.state), "the study skips measuring (measure.skip)")))
+    rows += [("wall time (build, train, evaluate, measure)", U.seconds(t.wall_seconds)),
+             ("training time", U.seconds(t.train_seconds))]
     rows += [(k, _fmt(v)) for k, v in c.items() if k not in _COST_KEYS]
     by_size = c.get("by_resolution") or {}
     for size in sorted(by_size, key=lambda k: int(k) if str(k).isdigit() else 0):

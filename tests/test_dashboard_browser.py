@@ -324,6 +324,13 @@ def test_search_study_opens_on_its_search_view(page: tuple[Any, Watch], server: 
     bars = pg.evaluate("() => document.querySelector('#importance-graph .js-plotly-plot').data[0].y")
     assert sorted(bars) == ["dim", "mixer"]
     shot(pg, "06_search_study")
+    open_tab(pg, "Cost scaling")  # a colour per search arm (its sampled parameters), each across three sizes
+    fig = figure(pg, "scaling-graph")
+    arms = [t for t in fig["data"] if not t["name"].startswith("L = 6D")]
+    assert len(arms) == 6 and len({t["line"]["color"] for t in arms}) == 6 and all(len(t["x"]) == 3 for t in arms)
+    assert "mixer=attention, dim=32" in [t["name"] for t in arms]
+    assert fig["layout"]["legend"]["title"]["text"] == "mixer, dim:"
+    shot(pg, "06b_search_cost_scaling")
     open_tab(pg, "Trials")
     pg.wait_for_selector("#trials-table tbody tr")
     assert pg.locator("#trials-table tbody tr").count() == 6

@@ -364,8 +364,10 @@ def test_trial_page_costs_have_units() -> None:
                     ("batch", "64"),  # a key we do not know: shown as stored
                     ("at 64 × 64 px", "285.7 images/s · 0.004 GFLOPs"),
                     ("at 128 × 128 px", "71.43 images/s · 0.016 GFLOPs · 3 MiB"), ("at 256 × 256 px", "too large")]
-    failed = V.cost_rows(trial(1, "tail", 0, None, state="failed", params=None))
-    assert dict(failed)["peak memory"] == "–" and dict(failed)["throughput"] == "–"
+    failed = dict(V.cost_rows(trial(1, "tail", 0, None, state="failed", params=None)))
+    assert failed == {"parameters": "–", "FLOPs, throughput, memory": "not measured: costs are measured after "
+                      "training, and it failed", "wall time (build, train, evaluate, measure)": "–",
+                      "training time": "–"}
 
 
 # ---- studies list, URLs, escaping --------------------------------------------------------------------------------
