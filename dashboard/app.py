@@ -75,11 +75,11 @@ def parse_path(path: str | None) -> tuple[str, str | None, int | None]:
 def loading(children: Any, name: str, **kw: Any) -> dcc.Loading:
     """`children` under a spinner (its element id `loading-NAME`) while a callback that writes to them runs."""
     opts: dict[str, Any] = dict(type="circle", color="#1f77b4", delay_show=LOADING_DELAY_MS,
-                                overlay_style={"visibility": "visible", "opacity": 0.35})
+                                overlay_style={"visibility": "visible", "opacity": 0.6})
     return dcc.Loading(children, id=f"loading-{name}", parent_className="loading", **{**opts, **kw})
 
 
-def pending() -> Any:
+def pending() -> F.go.Figure:
     """What a view holds until its first figure arrives (the text below the spinner's place, the middle)."""
     fig = F.empty_figure("loading…", height=200)
     fig.update_annotations(y=0.1)

@@ -133,7 +133,8 @@ def cost_rows(t: TrialView) -> list[tuple[str, str]]:
 
 TRIAL_COLUMNS = [("number", "trial"), ("levels", "levels"), ("seed", "seed"), ("state", "state"),
                  ("val_acc", "val_acc"), ("params", "parameters"), ("flops", "FLOPs per image"),
-                 ("throughput", "throughput"), ("wall", "wall time"), ("spec", "spec id"), ("error", "error")]
+                 ("throughput", "throughput"), ("memory", "peak memory"), ("wall", "wall time"), ("spec", "spec id"),
+                 ("error", "error")]
 
 
 def trial_rows(data: StudyData, error_chars: int = 120) -> list[dict[str, str]]:
@@ -141,7 +142,8 @@ def trial_rows(data: StudyData, error_chars: int = 120) -> list[dict[str, str]]:
     return [{"number": str(t.number), "levels": ", ".join(f"{k}={v}" for k, v in t.levels.items()),
              "seed": str(t.seed), "state": str(t.state), "val_acc": U.percent(t.val_acc),
              "params": U.count(t.num_params), "flops": U.gflops(t.cost.get("flops")),
-             "throughput": U.throughput(t.cost.get("throughput")), "wall": U.seconds(t.wall_seconds),
+             "throughput": U.throughput(t.cost.get("throughput")), "memory": U.memory(t.cost.get("peak_memory_bytes")),
+             "wall": U.seconds(t.wall_seconds),
              "spec": t.spec_id, "error": (t.error or "").splitlines()[0][:error_chars] if t.error else ""}
             for t in data.trials]
 
