@@ -74,7 +74,7 @@ def parse_path(path: str | None) -> tuple[str, str | None, int | None]:
 
 def loading(children: Any, name: str, **kw: Any) -> dcc.Loading:
     """`children` under a spinner (its element id `loading-NAME`) while a callback that writes to them runs."""
-    opts: dict[str, Any] = dict(type="circle", color="#1f77b4", delay_show=LOADING_DELAY_MS,
+    opts: dict[str, Any] = dict(type="circle", color="#1f77b4", delay_show=LOADING_DELAY_MS, show_initially=False,
                                 overlay_style={"visibility": "visible", "opacity": 0.6})
     return dcc.Loading(children, id=f"loading-{name}", parent_className="loading", **{**opts, **kw})
 
@@ -112,6 +112,7 @@ class DashboardApp:
         app.index_string = INDEX
         app.layout = html.Div([dcc.Location(id="url"),  # a whole-page spinner only while a page is routed
                                loading(html.Div(id="page", className="page"), "page", fullscreen=True,
+                                       show_initially=True,
                                        target_components={"page": "children"}, overlay_style=None),
                                dcc.Download(id="download")])
         self.app = app
