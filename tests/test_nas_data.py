@@ -182,7 +182,7 @@ def test_any_study_can_be_pointed_at_a_local_folder(tmp_path, study, monkeypatch
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     _class_folder(tmp_path / "imgs")
-    sf = load_study(study, profile="gpu", sets=["data.name=image_folder", f"data.knobs={{path: {tmp_path / 'imgs'}}}",
+    sf = load_study(study, profile="h200", sets=["data.name=image_folder", f"data.knobs={{path: {tmp_path / 'imgs'}}}",
                                                 "data.n_train=16", "data.n_test=16", "data.img_size=16"])
     data = sf.study.data
     assert data.name == "image_folder" and data.knobs == {"path": str(tmp_path / "imgs")}
