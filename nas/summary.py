@@ -267,7 +267,7 @@ def ablation_table(summary: AblationSummary, *, title: str, paper_metric: str | 
             heading += f" {paper_metric}"
         text = key in ("level", "verdict")
         t.add_column(heading.replace(" (", "\n(") if not text else heading, justify="left" if text else "right",
-                     no_wrap=key in ("ci", "diff_ci"), max_width=10 if key == "verdict" else None)
+                     no_wrap=key in ("ci", "diff_ci"))
     keys = [k for k, _ in display_columns(summary)]
     for r, cells in zip(summary.rows, rows):
         t.add_row(*(cells[k] for k in keys), style="bold" if r.is_reference else None)
