@@ -8,6 +8,7 @@ the reference's positional signature (imported on first use) and what inputs it 
 | selective_scan        | route kernel, one path                    | mamba-ssm's CUDA `selective_scan_fn`         | `selective_scan_ref`        |
 | selective_scan_paths  | route kernel, all paths in one launch     | permuted copies + one mamba-ssm call a path  | `selective_scan_paths_ref`  |
 | mlstm                 | chunkwise Triton forward                  | (none)                                       | `mlstm_parallel_ref`        |
+| causal_conv1d_paths   | conv + SiLU along each path, no copies    | (none)                                       | gather → conv1d → scatter   |
 
 `backend=None` or "auto" takes the first available backend of the op's table for the tensors' device; naming a
 backend forces it and raises `KernelUnavailableError` saying why it cannot run and what to do. Triton runs on CUDA,
@@ -111,6 +112,17 @@ def _scan_macs(u: Tensor, delta: Tensor, A: Tensor, *_: Any) -> int:
     return batch * (9 * length * channels * int(A.shape[-1]) + length * channels)
 
 
+def _conv_refuses(x: Tensor, weight: Tensor, *_: Any) -> str | None:
+    return _dtype_problem(x)
+
+
+def _conv_macs(x: Tensor, weight: Tensor, *_: Any) -> int:
+    """A causal depthwise conv of width K per path: L·E·K multiply-adds per sequence and path (x is (batch, L, E),
+    weight (paths, E, K))."""
+    batch, length, channels = (int(s) for s in x.shape)
+    return batch * int(weight.shape[0]) * length * channels * int(weight.shape[-1])
+
+
 def _mlstm_macs(q: Tensor, k: Tensor, v: Tensor, *_: Any) -> int:
     """ViL's rule for the parallel form (../shared/reference/vil_mlstm.md): S²·E per sequence, E = heads · d_v."""
     batch, heads, length, d_v = (int(s) for s in v.shape)
@@ -135,6 +147,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
         "triton": Impl("kernels.triton.mlstm", "mlstm_triton", _mlstm_refuses),
         "reference": Impl("kernels.mlstm", "mlstm_parallel_ref"),
     }, _mlstm_macs, "mlstm"),
+    Op("causal_conv1d_paths", {
+        "triton": Impl("kernels.triton.path_conv", "causal_conv1d_paths_triton", _conv_refuses),
+        "reference": Impl("kernels.path_conv", "causal_conv1d_paths_ref"),
+    }, _conv_macs, "causal_conv1d"),
 )}
 
 
@@ -294,5 +310,14 @@ def mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, eps: float = 1e
     return _run("mlstm", backend, (q, k, v, i, f, eps))
 
 
-__all__ = ["BACKENDS", "OPS", "Impl", "KernelCall", "KernelUnavailableError", "Op", "available_backends", "mlstm",
+def causal_conv1d_paths(x: Tensor, weight: Tensor, bias: Tensor | None, paths: Tensor,
+                        backend: str | None = None) -> Tensor:
+    """Causal depthwise conv1d + SiLU along each path, in canonical order, with
+    `kernels.path_conv.causal_conv1d_paths_ref`'s contract: x (B, L, E); weight (Pc, E, K); bias (Pc, E) or None;
+    paths (Pc, L). Returns (B, Pc, L, E) (the Triton kernel's memory is (Pc, B, L, E))."""
+    return _run("causal_conv1d_paths", backend, (x, weight, bias, paths))
+
+
+__all__ = ["BACKENDS", "OPS", "Impl", "KernelCall", "KernelUnavailableError", "Op", "available_backends",
+           "causal_conv1d_paths", "mlstm",
            "record_kernel_calls", "record_kernel_paths", "selective_scan", "selective_scan_paths"]

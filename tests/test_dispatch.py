@@ -137,3 +137,20 @@ def test_gpu_backends_agree_with_reference(backend):
     assert used == {"selective_scan_paths": backend}
     want = scan_paths_loop(*args, delta_softplus=True, paths=paths.cuda(), merge="mean")
     assert rel_err(got, want) < 1e-4
+
+
+def test_the_ssm_mixers_conv_is_a_dispatched_op_and_recorded():
+    from blocks import build_backbone, get_preset
+    from kernels.dispatch import record_kernel_calls
+
+    model = build_backbone(get_preset("test_vim")).eval()
+    mixer = model.stages[0].blocks[0].mixer
+    tokens: list[int] = []
+    mixer.register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1]))
+    with torch.no_grad(), record_kernel_paths() as used, record_kernel_calls() as calls:
+        model(torch.randn(2, 3, 32, 32))
+    assert used == {"causal_conv1d_paths": "reference", "selective_scan_paths": "reference"}
+    conv = [c for c in calls if c.op == "causal_conv1d_paths"]
+    n_conv, inner, width = mixer.conv_weight.shape  # (Pc, E, K)
+    assert len(conv) == len(model.stages[0].blocks) and conv[0].flops_term == "causal_conv1d"
+    assert conv[0].flops == 2 * 2 * n_conv * tokens[0] * inner * width  # 2 FLOPs per multiply-add, batch 2

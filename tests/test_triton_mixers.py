@@ -116,7 +116,7 @@ def test_vmamba_t_stage1_mixer_gpu():
 @pytest.mark.gpu
 @pytest.mark.gpu_smoke
 @gpu
-@pytest.mark.parametrize("preset,paths", [("vim_tiny", {"selective_scan_paths": "triton"}),
+@pytest.mark.parametrize("preset,paths", [("vim_tiny", {"causal_conv1d_paths": "triton", "selective_scan_paths": "triton"}),
                                           ("vil_tiny", {"mlstm": "triton"})])
 def test_train_step_records_fast_kernels_gpu(preset, paths):
     """One bf16 train step of the real preset at batch 4: finite loss and gradients, the fast kernels recorded."""

@@ -16,7 +16,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed")
 
 from _scan_oracle import rel_err  # noqa: E402
-from kernels.path_conv import causal_conv1d_paths, causal_conv1d_paths_ref  # noqa: E402
+from kernels.dispatch import causal_conv1d_paths  # noqa: E402
+from kernels.path_conv import causal_conv1d_paths_ref  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3}

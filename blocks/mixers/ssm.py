@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from kernels.dispatch import selective_scan_paths
-from kernels.path_conv import causal_conv1d_paths
+from kernels.dispatch import causal_conv1d_paths, selective_scan_paths
 
 from ..layout import MixContext, grid_apply
 from .base import MIXERS, MixerParams, TokenMixer
@@ -162,7 +161,7 @@ class SSMMixer(TokenMixer):
             return F.silu(grid_apply(x, ctx.layout, self.conv2d)).unsqueeze(1).expand(-1, P, -1, -1)
         n_conv = P if self.params.conv_per_path else 1  # Vim v1: one conv along the first path, shared
         paths = torch.stack([p.index.to(x.device) for p in ctx.paths[:n_conv]])
-        backend = self.kernel_backend if self.kernel_backend in ("triton", "reference") else "auto"
+        backend = self.kernel_backend if self.kernel_backend in ("triton", "reference") else None  # no mamba_ssm conv
         u = causal_conv1d_paths(x, self.conv_weight, self.conv_bias, paths, backend=backend)
         return u if n_conv == P else u.expand(-1, P, -1, -1)
 
