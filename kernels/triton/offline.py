@@ -21,9 +21,14 @@ import os
 import re
 import subprocess
 import tempfile
+from typing import TYPE_CHECKING, Any, Iterator
 
 import triton
 from triton.backends.compiler import GPUTarget
+
+if TYPE_CHECKING:
+    import torch
+    from triton.compiler import CompiledKernel
 
 
 class _TargetOnlyDriver:
@@ -32,23 +37,23 @@ class _TargetOnlyDriver:
     def __init__(self, arch: int = 90) -> None:
         self.target = GPUTarget("cuda", arch, 32)
 
-    def get_current_target(self):
+    def get_current_target(self) -> GPUTarget:
         return self.target
 
-    def get_current_device(self):
+    def get_current_device(self) -> int:
         return 0
 
-    def get_current_stream(self, device=None):
+    def get_current_stream(self, device: Any = None) -> int:
         return 0
 
-    def get_active_torch_device(self):
+    def get_active_torch_device(self) -> torch.device:
         import torch
 
         return torch.device("cpu")
 
 
 @contextlib.contextmanager
-def capture_compiles(arch: int = 90):
+def capture_compiles(arch: int = 90) -> Iterator[list[tuple[str, CompiledKernel]]]:
     """Within the block, every Triton launch compiles for sm_`arch` and is *not* run; yields the list of
     (kernel name, CompiledKernel) in launch order. Launchers can be called unchanged with CPU tensors as stand-ins
     (same dtypes, strides and alignment); their outputs are left unwritten."""
@@ -60,7 +65,7 @@ def capture_compiles(arch: int = 90):
     captured: list = []
     original = JITFunction.run
 
-    def run(self, *args, grid, warmup, **kwargs):
+    def run(self: JITFunction, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> CompiledKernel:
         kernel = original(self, *args, grid=grid, warmup=True, **kwargs)
         captured.append((self.__name__, kernel))
         return kernel
@@ -78,7 +83,7 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def sass_text(compiled) -> str:
+def sass_text(compiled: CompiledKernel) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -86,7 +91,7 @@ def sass_text(compiled) -> str:
                               check=True).stdout
 
 
-def resources(compiled) -> dict[str, int]:
+def resources(compiled: CompiledKernel) -> dict[str, int]:
     """Registers, stack bytes and spill stores/loads from the cubin (cuobjdump's resource usage)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
@@ -118,7 +123,7 @@ GROUPS = {"load": ("LDG",), "store": ("STG",), "atomic": ("RED", "ATOM", "ATOMG"
           "spill": ("LDL", "STL")}
 
 
-def sass_report(compiled, title: str = "") -> str:
+def sass_report(compiled: CompiledKernel, title: str = "") -> str:
     sass = sass_text(compiled)
     counts = opcode_counts(sass)
     res = resources(compiled)

@@ -21,6 +21,8 @@ Backward, for the same block of canonical tokens (each needs the 2K − 1 rows a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -113,7 +115,8 @@ def _tiles(e: int) -> tuple[int, int]:
 
 class CausalConv1dPaths(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, paths, inverse):
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, paths: torch.Tensor,
+                inverse: torch.Tensor) -> torch.Tensor:
         bsz, length, e = x.shape
         n_conv, _, k = weight.shape
         x = x if x.stride(-1) == 1 else x.contiguous()
@@ -128,7 +131,8 @@ class CausalConv1dPaths(torch.autograd.Function):
         return out.permute(1, 0, 2, 3)
 
     @staticmethod
-    def backward(ctx, du):
+    def backward(ctx: Any, du: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None, None]:
         x, w, bias, paths, inverse = ctx.saved_tensors
         bsz, length, e = x.shape
         n_conv, _, k = w.shape

@@ -34,6 +34,8 @@ dB, dC buffers) are laid out like the inputs: channel-last memory in, channel-la
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -232,8 +234,11 @@ def _scan_bwd_kernel(
             tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
 
 
-def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, save_last=False,
-                   config=None):
+def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                   paths: torch.Tensor | None, softplus: bool, scale: float, save_states: bool, save_last: bool = False,
+                   config: ScanConfig | tuple | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward; returns (out in u's dtype, checkpoint states or None, last state or None)."""
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
@@ -275,7 +280,12 @@ def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, 
     return out.to(u.dtype), (hs if save_states else None), (last[..., :n_state] if save_last else None)
 
 
-def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, hs, config=None):
+def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                   paths: torch.Tensor | None, softplus: bool, scale: float, hs: torch.Tensor,
+                   config: ScanConfig | tuple | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward; returns the gradients of (u, delta, A, B, C, D, z, delta_bias) (None where absent)."""
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
@@ -338,7 +348,10 @@ class SelectiveScanPaths(torch.autograd.Function):
     """Autograd wrapper; tensors as in `kernels.route_scan.selective_scan_paths_ref`, paths as int32 (P, L) or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, config=None):
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                paths: torch.Tensor | None, softplus: bool, scale: float,
+                config: ScanConfig | tuple | None = None) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:8])
         out, hs, _ = scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states=need_grad,
                                     config=config)
@@ -348,7 +361,7 @@ class SelectiveScanPaths(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias, paths, hs = ctx.saved_tensors
         grads = scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, ctx.softplus, ctx.scale, hs,
                                config=ctx.config)
@@ -356,8 +369,11 @@ class SelectiveScanPaths(torch.autograd.Function):
         return du, ddt, da, db, dc, dd, dz, ddtb, None, None, None, None
 
 
-def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                                paths=None, merge="sum", *, config=None):
+def selective_scan_paths_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                                delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                                paths: torch.Tensor | None = None, merge: str = "sum", *,
+                                config: ScanConfig | tuple | None = None) -> torch.Tensor:
     """Same contract as `kernels.route_scan.selective_scan_paths_ref`; one launch for all paths. `config` = a
     `ScanConfig` or its tuple ("seq"|"chunk", channels, steps, warps[, bwd channels, bwd warps, grad layout])
     overrides the tile choice (benchmark sweeps)."""
@@ -369,8 +385,10 @@ def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=No
     return SelectiveScanPaths.apply(u, delta, A, B, C, D, z, delta_bias, paths, bool(delta_softplus), scale, config)
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False):
+def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                          D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                          delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                          return_last_state: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`selective_scan_ref` semantics for one path: u (batch, dim, L), B/C (batch, N, L) or (batch, 1, N, L)."""
     if B.dim() == 4:
         B, C = B[:, 0], C[:, 0]

@@ -26,10 +26,17 @@ so the chunked backward (`_scan_bwd_kernel`, with T = CK) computes the gradients
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import triton
 import triton.language as tl
 
 from .scan_common import _bc_row, _merge_store, _step_u_dt
+
+if TYPE_CHECKING:
+    import torch
+
+    from .scan_config import ScanConfig
 
 _STRIDES = ["su_b", "su_p", "su_d", "su_l", "sdt_b", "sdt_p", "sdt_d", "sdt_l", "sa_p", "sa_d", "sa_n",
             "sb_b", "sb_p", "sb_n", "sb_l", "sc_b", "sc_p", "sc_n", "sc_l", "sD_p", "sD_d", "sdb_p", "sdb_d",
@@ -128,7 +135,7 @@ def _scan_fwd_lane_kernel(
                      mask=mask_n[:, None] & mask_d[None, :])
 
 
-def lane_segments(requested: int, threads: int, nchunk: int, device) -> int:
+def lane_segments(requested: int, threads: int, nchunk: int, device: torch.device) -> int:
     """Segments for a launch: `requested` when > 0; else enough to give the GPU ~16 warps per SM (1 when the batch ×
     channel blocks × paths programs already give half of that), never shorter than two checkpoint stretches."""
     if requested > 0:
@@ -143,8 +150,12 @@ def lane_segments(requested: int, threads: int, nchunk: int, device) -> int:
     return max(1, min(triton.cdiv(target, threads), nchunk // 2))
 
 
-def launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, cfg, common_strides,
-                    empty_like_layout, channel_last, vec_bc: int = 1):
+def launch_lane_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                    paths: torch.Tensor | None, softplus: bool, scale: float, save_states: bool, cfg: ScanConfig,
+                    common_strides: tuple[int, ...], empty_like_layout: Callable[..., torch.Tensor],
+                    channel_last: Callable[[torch.Tensor], bool], vec_bc: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward with the lane-owned kernel; returns (out in u's dtype, checkpoint states or None)."""
     import torch
 

@@ -19,10 +19,15 @@ when their memory allows (`VEC_BC`, set by the launcher from the strides and ali
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import triton
 import triton.language as tl
 
 from .scan_common import _bc_row, _gate_dy, _step_u_dt, _store_dz
+
+if TYPE_CHECKING:
+    import torch
 
 
 @triton.jit
@@ -186,8 +191,9 @@ def _scan_bwd_lane_kernel(
 
 
 
-def launch_lane_bwd(inputs, outs, length, dim, nchunk, scale, n_paths, strides, flags, ck, tile, bd, warps, vec_bc,
-                    red: int = 8):
+def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, ...], length: int, dim: int,
+                    nchunk: int, scale: float, n_paths: int, strides: tuple[int, ...], flags: dict[str, Any], ck: int,
+                    tile: int, bd: int, warps: int, vec_bc: int, red: int = 8) -> None:
     """Launch `_scan_bwd_lane_kernel`: one program per (batch, `bd` channels, path). `inputs`/`outs` in the chunk
     backward's order, `strides` = the inputs', dout's, the u/Δ gradients' and the dB/dC buffers' strides; `flags`
     = the N/NP/HAS_*/ATOMIC_Z constexprs; `ck` = the forward's checkpoint stretch, `tile` = steps kept in registers;
