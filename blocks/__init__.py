@@ -9,23 +9,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-LAYOUTS = ("plain", "hierarchical")
-
 _WHERE = {
     "Backbone": "backbone", "build_backbone": "backbone", "count_parameters": "backbone",
     "InvalidSpecError": "errors", "NasError": "errors", "UnknownNameError": "errors",
     "MixContext": "layout", "PathIndex": "layout", "TokenLayout": "layout",
-    "MIXERS": "mixers", "TokenMixer": "mixers",
+    "MIXERS": "mixers", "MixerParams": "mixers", "TokenMixer": "mixers",
     "ModelFile": "model_file", "ModelFileError": "model_file", "load_backbone": "model_file",
     "read_model_file": "model_file", "save_backbone": "model_file",
-    "PRESETS": "presets", "get_preset": "presets", "list_presets": "presets",
+    "PRESETS": "presets", "PresetSummary": "presets", "get_preset": "presets", "list_presets": "presets",
+    "summarize_preset": "presets",
     "READOUTS": "readout",
     "ORDERS": "routes", "ROUTES": "routes", "RouteSpec": "routes",
     "ArchSpec": "spec", "Component": "spec",
     "TOKENIZERS": "tokenizers",
 }
 
-__all__ = sorted([*_WHERE, "LAYOUTS"])
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

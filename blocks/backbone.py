@@ -13,12 +13,13 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .block import Block, make_norm
-from .layout import MixContext, TokenLayout
-from .mixers import MIXERS
+from .layout import MixContext, PathIndex, TokenLayout
+from .mixers import MIXERS, TokenMixer
 from .readout import READOUTS, pool_features
 from .routes import block_paths, path_index
 from .spec import ArchSpec
 from .tokenizers import TOKENIZERS
+from .validate import normalize_spec
 
 
 class ClassifierHead(nn.Module):
@@ -109,8 +110,10 @@ class Backbone(nn.Module):
             stages.append(Stage(blocks, down))
         self.stages = nn.ModuleList(stages)
         last = spec.dims[-1]
-        self.norm = norm(last) if spec.final_norm else nn.Identity()
+        final_eps = spec.final_norm_eps if spec.final_norm_eps is not None else spec.norm_eps
+        self.norm = make_norm(spec.norm, final_eps)(last) if spec.final_norm else nn.Identity()
         self.num_features = last * self.readout.feature_mult
+        self.num_classes = spec.num_classes
         self.head = ClassifierHead(spec.head, self.num_features, spec.num_classes, spec.norm_eps)
         reduction = spec.img_size // self.segments[-1][0] if len(self.segments) == 1 else 1
         self.feature_info = []
@@ -132,15 +135,30 @@ class Backbone(nn.Module):
         if isinstance(self.head.fc, nn.Linear):
             nn.init.zeros_(self.head.fc.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay (timm's hook, read by its optimizer factory and by nas.trial): the
+        class and position tokens and what each mixer class names (e.g. the SSM's A_log and D). 1-D parameters are
+        left out by the caller's rule, as in timm."""
+        names = {n for n in ("cls_token", "pos_embed") if getattr(self, n) is not None}
+        for prefix, module in self.named_modules():
+            if isinstance(module, TokenMixer):
+                names.update(f"{prefix}.{n}" for n, _ in module.named_parameters()
+                             if n.rsplit(".", 1)[-1] in module.no_weight_decay_names)
+        return names
+
     # ---- contexts: paths per block, cached per (layout, device) -------------------------------------------------
     def _contexts(self, layout: TokenLayout, device: torch.device) -> list[MixContext]:
         key = (layout, str(device))
-        if key not in self._ctx_cache:
-            cache = {}
+        if key not in self._ctx_cache or torch.compiler.is_compiling():  # a trace never fills the cache
+            cache: dict[str, PathIndex] = {}
             ctxs = []
             for names in self.block_path_names:
-                paths = tuple(cache.setdefault(n, path_index(n, layout, device)) for n in names)
-                ctxs.append(MixContext(layout, paths))
+                for n in names:
+                    if n not in cache:
+                        cache[n] = path_index(n, layout, device)
+                ctxs.append(MixContext(layout, tuple(cache[n] for n in names)))
+            if torch.compiler.is_compiling():
+                return ctxs
             self._ctx_cache[key] = ctxs
         return self._ctx_cache[key]
 
@@ -181,11 +199,10 @@ class Backbone(nn.Module):
 
 
 def build_backbone(spec: ArchSpec, kernel_backend: str = "auto", device: torch.device | str | None = None) -> Backbone:
-    """Validate `spec` (idempotent) and build its backbone; `kernel_backend` is a run-time choice, not part of the
-    spec: 'auto', 'reference', 'triton' or 'mamba_ssm' (see kernels.dispatch)."""
-    from .spec import normalize
-
-    return Backbone(normalize(spec), kernel_backend=kernel_backend, device=device)
+    """Validate `spec` (idempotent and cheap: no model is built to validate) and build its backbone once;
+    `kernel_backend` is a run-time choice, not part of the spec: 'auto', 'reference', 'triton' or 'mamba_ssm' (see
+    kernels.dispatch)."""
+    return Backbone(normalize_spec(spec), kernel_backend=kernel_backend, device=device)
 
 
 def count_parameters(spec: ArchSpec) -> int:

@@ -1,11 +1,9 @@
-"""Error types of the grammar. `NasError` is the project's root error; it lives here because `blocks` is the lowest
-layer that raises user-facing errors (nas/ and dashboard/ re-export and extend it)."""
+"""Error types of the grammar. The project's root `NasError` lives in `kernels.errors` (the lowest layer that raises
+user-facing errors); it is re-exported here, and nas/ and dashboard/ extend it."""
 
 from __future__ import annotations
 
-
-class NasError(Exception):
-    """Root of every error the project raises on purpose (bad input, unavailable path, store fault)."""
+from kernels.errors import NasError
 
 
 class UnknownNameError(NasError, KeyError):
@@ -17,3 +15,6 @@ class UnknownNameError(NasError, KeyError):
 
 class InvalidSpecError(NasError, ValueError):
     """An `ArchSpec` whose choices cannot build a working model; the message names the clashing choices."""
+
+
+__all__ = ["InvalidSpecError", "NasError", "UnknownNameError"]

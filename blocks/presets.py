@@ -8,8 +8,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .backbone import build_backbone
 from .registry import Registry
+from .routes import route_name
 from .spec import ArchSpec
+
+
+@dataclass(frozen=True)
+class PresetSummary:
+    """One row of `nas presets`: the preset's choices, its token count and parameter count against the published."""
+
+    name: str
+    spec: ArchSpec
+    layout: str
+    mixer: str
+    route: str
+    readout: str
+    tokens: int
+    params: int
+    published_params: int | None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.params / self.published_params if self.published_params else None
+
+    @property
+    def matches(self) -> bool:
+        """Within 1% of the published count (exact for every preset but VMamba-T, which the notes round)."""
+        return self.ratio is None or abs(self.ratio - 1) < 0.01
 
 
 @dataclass(frozen=True)
@@ -48,7 +74,8 @@ def _mambaout(dims: list[int], depths: list[int], dpr: float) -> dict[str, Any]:
 def _vil(dim: int, dpr: float) -> dict[str, Any]:
     return dict(tokenizer={"name": "patch", "params": {"patch_size": 16}}, mixer={"name": "mlstm"},
                 route="alternating", readout="bilateral_concat", dims=[dim], depths=[24], norm="layernorm",
-                norm_eps=1e-5, pos_embed=True, head="norm_linear", img_size=192, drop_path_rate=dpr)
+                norm_eps=1e-5, final_norm_eps=1e-6, pos_embed=True, head="norm_linear", img_size=192,
+                drop_path_rate=dpr)
 
 
 _reg("deit_tiny", _deit(192), 5_717_416, "deit.md")
@@ -92,3 +119,13 @@ def get_preset(name: str) -> ArchSpec:
 
 def list_presets(include_test: bool = True) -> list[str]:
     return [n for n in PRESETS.names() if include_test or not n.startswith("test_")]
+
+
+def summarize_preset(name: str) -> PresetSummary:
+    """Count the preset's parameters and tokens on the meta device (no memory, no weights initialised: milliseconds,
+    where building and running every preset for real takes minutes on a CPU)."""
+    spec, preset = get_preset(name), PRESETS.get(name)
+    model = build_backbone(spec, device="meta")
+    return PresetSummary(name, spec, spec.layout, spec.mixer.name, route_name(spec.route) if spec.route else "-",
+                         spec.readout, model.layout.length, sum(p.numel() for p in model.parameters()),
+                         preset.published_params)

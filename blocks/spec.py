@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import InvalidSpecError
 from .routes import RouteSpec, resolve_route
+from .validate import normalize_spec
+
+
+_ADDED_FIELDS = ("final_norm_eps",)
 
 
 class Component(BaseModel):
@@ -41,6 +45,7 @@ class ArchSpec(BaseModel):
     norm_eps: float = 1e-6
     pos_embed: bool = False
     final_norm: bool = True
+    final_norm_eps: float | None = None  # the final norm's own eps (ViL: 1e-6 there, 1e-5 in the blocks); None: norm_eps
     head: Literal["linear", "norm_linear", "norm_mlp"] = "linear"
     img_size: int = 224
     in_chans: int = 3
@@ -59,7 +64,7 @@ class ArchSpec(BaseModel):
             raw = cls.model_validate(data)
         except ValidationError as e:
             raise InvalidSpecError(_validation_message(e)) from None
-        return normalize(raw)
+        return normalize_spec(raw)
 
     @classmethod
     def from_json(cls, text: str) -> "ArchSpec":
@@ -87,7 +92,9 @@ class ArchSpec(BaseModel):
         return json.loads(self.to_json())
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=indent)
+        # Fields added after ids were first stored are written only when set, so every older spec keeps its id.
+        unset = {k for k in _ADDED_FIELDS if getattr(self, k) is None}
+        return json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True, indent=indent)
 
     @property
     def id(self) -> str:
@@ -102,9 +109,3 @@ def _validation_message(e: ValidationError) -> str:
         lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
     return "invalid architecture spec: " + "; ".join(lines)
 
-
-def normalize(spec: ArchSpec) -> ArchSpec:
-    """Fill component defaults, drop choices that cannot change the model, and check cross-axis rules."""
-    from .validate import normalize_spec  # the registries import spec-free modules only
-
-    return normalize_spec(spec)

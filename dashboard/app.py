@@ -8,6 +8,10 @@ Pages (client-side routing on the URL path; study names are URL-quoted):
 
 Live: each page has its own `dcc.Interval`; a study's figures are rebuilt when its trials change (and on every tick
 while it runs, so running curves grow). User strings reach the page as component text, never as markup.
+
+Loading: every view sits in a `dcc.Loading` that shows a spinner while its callback runs (after a short delay, so a
+quick live refresh does not flicker; the previous figure stays visible, dimmed), and a view not drawn yet holds a
+"loading…" figure, never bare axes; a view with nothing to draw says what is missing (`figures.empty_figure`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from . import queries as Q
 from . import views as V
 
 REFRESH_MS = 5000
+LOADING_DELAY_MS = 250  # a callback quicker than this shows no spinner
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #fafafa; }
 .page { max-width: 1280px; margin: 0 auto; padding: 16px 24px 48px; }
@@ -67,6 +72,21 @@ def parse_path(path: str | None) -> tuple[str, str | None, int | None]:
     return ("trial", name, int(m.group(2))) if m.group(2) else ("study", name, None)
 
 
+def loading(children: Any, name: str, **kw: Any) -> dcc.Loading:
+    """`children` under a spinner (its element id `loading-NAME`) while a callback that writes to them runs."""
+    opts: dict[str, Any] = dict(type="circle", color="#1f77b4", delay_show=LOADING_DELAY_MS, show_initially=False,
+                                overlay_style={"visibility": "visible", "opacity": 0.6})
+    return dcc.Loading(children, id=f"loading-{name}", parent_className="loading", **{**opts, **kw})
+
+
+def pending() -> F.go.Figure:
+    """What a view holds until its first figure arrives (the text below the spinner's place, the middle)."""
+    fig = F.empty_figure("loading…", height=200)
+    fig.update_annotations(y=0.1)
+    fig.update_layout(margin=dict(t=20, b=20, l=20, r=20))
+    return fig
+
+
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], link: Any = None) -> html.Table:
     """rows of display strings → an HTML table; `link(row)` gives an href for the first column."""
     head = html.Thead(html.Tr([html.Th(title) for _, title in columns])) if any(t for _, t in columns) else None
@@ -90,7 +110,10 @@ class DashboardApp:
         app = Dash(__name__, title="visionseq-nas studies", update_title=None, suppress_callback_exceptions=True,
                    serve_locally=True)
         app.index_string = INDEX
-        app.layout = html.Div([dcc.Location(id="url"), html.Div(id="page", className="page"),
+        app.layout = html.Div([dcc.Location(id="url"),  # a whole-page spinner only while a page is routed
+                               loading(html.Div(id="page", className="page"), "page", fullscreen=True,
+                                       show_initially=True,
+                                       target_components={"page": "children"}, overlay_style=None),
                                dcc.Download(id="download")])
         self.app = app
         self._callbacks()
@@ -107,7 +130,7 @@ class DashboardApp:
         return html.Div([
             html.H1("Studies"), html.P(["database: ", html.Code(Q.display_url(self.url))], className="muted"),
             dcc.Interval(id="list-refresh", interval=self.refresh_ms),
-            html.Div(self.studies_table(), id="studies-table")])
+            loading(html.Div(self.studies_table(), id="studies-table"), "studies")])
 
     def studies_table(self) -> Any:
         rows = F.studies_table(Q.study_list(self.store))
@@ -133,8 +156,8 @@ class DashboardApp:
         metrics = [{"label": m, "value": m} for m in data.metrics]
         tab = "ablation" if data.is_grid else "search"
         abl_fig, abl_table, ref = self.ablation_outputs(data, data.metrics[0], None) if data.is_grid else \
-            ({}, "", None)
-        search = V.search_views(self.url, data) if not data.is_grid else ({}, {}, {})
+            (pending(), "", None)
+        search = V.search_views(self.url, data) if not data.is_grid else (pending(), pending(), pending())
         return html.Div([
             dcc.Link("← all studies", href="/"),
             html.H1(name, id="study-title"), html.P(data.info.question or "", className="muted"),
@@ -150,17 +173,21 @@ class DashboardApp:
                 html.Label(["cost ", dcc.Dropdown([{"label": v[0], "value": k} for k, v in FC.COSTS.items()],
                                                   "params", id="cost", clearable=False, className="dd")])]),
             dcc.Tabs(id="study-tabs", value=tab, children=[
-                dcc.Tab(label="Ablation", value="ablation", children=[
+                dcc.Tab(label="Ablation", value="ablation", children=loading([
                     dcc.Graph(id="ablation-graph", figure=abl_fig),
                     html.P("Click a seed's point to open its trial.", className="muted"),
-                    html.Div(abl_table, id="ablation-table")]),
-                dcc.Tab(label="Learning curves", value="curves", children=[dcc.Graph(id="curves-graph")]),
-                dcc.Tab(label="Search", value="search", children=[
+                    html.Div(abl_table, id="ablation-table")], "ablation")),
+                dcc.Tab(label="Learning curves", value="curves",
+                        children=loading(dcc.Graph(id="curves-graph", figure=pending()), "curves")),
+                dcc.Tab(label="Search", value="search", children=loading([
                     dcc.Graph(id="history-graph", figure=search[0]), dcc.Graph(id="parallel-graph", figure=search[1]),
-                    dcc.Graph(id="importance-graph", figure=search[2])]),
-                dcc.Tab(label="Pareto front", value="pareto", children=[dcc.Graph(id="pareto-graph")]),
-                dcc.Tab(label="Cost scaling", value="scaling", children=[dcc.Graph(id="scaling-graph")]),
-                dcc.Tab(label="Trials", value="trials", children=[html.Div(id="trials-table")]),
+                    dcc.Graph(id="importance-graph", figure=search[2])], "search")),
+                dcc.Tab(label="Pareto front", value="pareto",
+                        children=loading(dcc.Graph(id="pareto-graph", figure=pending()), "pareto")),
+                dcc.Tab(label="Cost scaling", value="scaling",
+                        children=loading(dcc.Graph(id="scaling-graph", figure=pending()), "scaling")),
+                dcc.Tab(label="Trials", value="trials", children=loading(
+                    html.Div(html.P("loading…", className="muted"), id="trials-table"), "trials")),
             ])])
 
     @staticmethod
@@ -168,23 +195,18 @@ class DashboardApp:
         """The ablation figure, its table, and the reference level it used."""
         view = V.ablation_view(data, metric, reference)
         if view is None:
-            return F.go.Figure(layout={"title": "a search study has no factors: see the Search tab"}), "", None
-        cols = [("level", view.data.factor), ("n", "n"), ("mean", f"mean{view.data.unit}"), ("ci", "95% CI"),
-                ("diff", f"Δ vs {view.data.reference} (paired)"), ("diff_ci", "Δ 95% CI"),
-                ("paper", "paper"), ("paper_diff", "paper Δ")]
-        note = html.P(f"paper: {view.data.paper_source} ({view.data.paper_metric}). Compare the ordering and "
-                      "the gaps, not the values." if view.data.paper_source else "", className="muted")
-        return view.figure, [_table(view.table, cols), note], view.data.reference
+            return F.empty_figure("a search study has no factors to ablate: its views are the Search, Pareto front "
+                                  "and Cost scaling tabs"), "", None
+        paper = (f" Paper: {view.data.paper_source} ({view.data.paper_metric}); compare the ordering and the gaps, "
+                 "not the values." if view.data.paper_source else "")
+        note = html.P(view.data.note + paper, className="muted")
+        return view.figure, [_table(view.table, view.data.columns), note], view.data.reference
 
-    def trials_table(self, data: Q.StudyData) -> html.Table:
-        rows = [{"number": str(t.number), "levels": ", ".join(f"{k}={v}" for k, v in t.levels.items()),
-                 "seed": str(t.seed), "state": t.state,
-                 "val_acc": "–" if t.val_acc is None else f"{100 * t.val_acc:.2f}%",
-                 "params": "–" if t.num_params is None else f"{t.num_params:,}",
-                 "error": (t.error or "").splitlines()[0][:120] if t.error else ""} for t in data.trials]
-        cols = [("number", "trial"), ("levels", "levels"), ("seed", "seed"), ("state", "state"),
-                ("val_acc", "val_acc"), ("params", "params"), ("error", "error")]
-        return _table(rows, cols, link=lambda r: study_href(data.name, int(r["number"])))
+    def trials_table(self, data: Q.StudyData) -> Any:
+        if not data.trials:
+            return html.P("No trials yet: they appear here as the study's driver starts them.", className="muted")
+        cols = [c for c in V.TRIAL_COLUMNS if c[0] != "spec"]
+        return _table(V.trial_rows(data), cols, link=lambda r: study_href(data.name, int(r["number"])))
 
     def trial_page(self, name: str, number: int) -> html.Div:
         data = Q.load_study(self.store, name)
@@ -198,7 +220,7 @@ class DashboardApp:
                         disabled=page.export_path is None,
                         title="the trial's weights with its ArchSpec in the header (no pickle)"),
             html.Span("" if page.export_path else " no model file for this trial", className="muted"),
-            html.Div(self.trial_body(page), id="trial-body")])
+            loading(html.Div(self.trial_body(page), id="trial-body"), "trial")])
 
     @staticmethod
     def trial_body(p: V.TrialPage) -> list[Any]:
@@ -210,7 +232,8 @@ class DashboardApp:
         if p.error:
             out += [html.H3("Error"), html.Pre(p.error, className="error", id="trial-error")]
         out += [dcc.Graph(id="trial-curves", figure=p.curves),
-                html.H3("Cost"), pairs(p.costs), html.H3("Kernel paths"), pairs(p.kernel_paths or [("–", "")]),
+                html.H3("Cost (inference, measured after training)"), pairs(p.costs),
+                html.H3("Kernel paths"), pairs(p.kernel_paths or [("–", "")]),
                 html.H3("Hardware"), pairs(p.hardware or [("–", "")]),
                 html.H3("Spec"), html.Pre(p.spec_json, id="trial-spec")]
         return out
@@ -334,14 +357,15 @@ class DashboardApp:
 def _warm_up() -> None:
     """Build one small figure at start-up: Plotly loads its validators on first use (about a second), which would
     otherwise land on the first page a user opens."""
-    from nas.stats import t_critical
+    from nas.stats import t_pvalue
 
     row = {"level": "a", "n": 2, "n_failed": 0, "mean": 1.0, "ci_low": 0.5, "ci_high": 1.5, "diff": None,
-           "diff_low": None, "diff_high": None, "paper": 1.0, "paper_diff": None, "is_reference": True}
+           "diff_low": None, "diff_high": None, "diff_adj_low": None, "diff_adj_high": None, "verdict": "",
+           "n_pairs": 0, "opposite_to_paper": False, "paper": 1.0, "paper_diff": None, "is_reference": True}
     data = F.AblationData("f", "val_acc", " (%)", "a", ["a"], [{"level": "a", "seed": 0, "value": 1.0, "number": 0}],
                           [row])
     F.ablation_figure(data).to_plotly_json()
-    t_critical(2)  # scipy.stats, imported on first use
+    t_pvalue(1.0, 2)  # scipy.stats, imported on first use
 
 
 def create_app(db_url: str, *, refresh_ms: int = REFRESH_MS) -> Dash:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from nas.stats import metric_kind
 from nas.store import TrialView
-from nas.summary import ablation_summary
+from nas.summary import ablation_summary, display_columns, display_rows, method_note
 
 DONE = ("complete", "stopped")
-PERCENT_METRICS = {"val_acc"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -31,8 +32,15 @@ def esc(text: Any) -> str:
 
 
 def scale(metric: str) -> tuple[float, str]:
-    """Accuracy is shown in percent; everything else as stored."""
-    return (100.0, " (%)") if metric in PERCENT_METRICS else (1.0, "")
+    """Accuracy is shown in percent; everything else as stored (`nas.stats.metric_kind`)."""
+    kind = metric_kind(metric)
+    return kind.scale, kind.unit
+
+
+def display_range(metric: str) -> tuple[float, float]:
+    """The metric's feasible range in display units (accuracy: 0–100): no axis of ours runs past it."""
+    kind = metric_kind(metric)
+    return kind.scale * kind.low, kind.scale * kind.high
 
 
 def metric_value(t: TrialView, metric: str) -> float | None:
@@ -64,6 +72,18 @@ def _nan_to_none(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
+def empty_figure(message: str, title: str = "", height: int = 240) -> go.Figure:
+    """A figure that says what is missing (no finished trial yet, not measured, still loading) instead of bare
+    axes; the message is also kept as `layout.meta.empty`, so tests and callers can tell it from a drawn view."""
+    text = "<br>".join(esc(line) for line in textwrap.wrap(message, 90)) or "&nbsp;"
+    fig = go.Figure()
+    fig.update_layout(title=esc(title) or None, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      plot_bgcolor="rgba(0,0,0,0)", meta={"empty": message},
+                      annotations=[dict(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                                        font=dict(size=15, color="#555"))])
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------- studies list
 def studies_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The studies list as display strings (done / running / failed, best accuracy in %, last update)."""
@@ -88,9 +108,12 @@ class AblationData:
     reference: str
     levels: list[str]
     points: list[dict[str, Any]]  # one per finished seed: level, seed, value (scaled), number
-    rows: list[dict[str, Any]]  # per level: n, n_failed, mean, ci_low, ci_high, diff*, paper, paper_diff, ...
+    rows: list[dict[str, Any]]  # per level: n, mean, ci_*, diff, diff_adj_*, verdict, mde, paper, ... (scaled)
     paper_metric: str = ""
     paper_source: str = ""
+    columns: list[tuple[str, str]] = field(default_factory=list)  # the table's (key, title), as `nas show`
+    table: list[dict[str, str]] = field(default_factory=list)  # the table's display strings
+    note: str = ""  # how the numbers were made (printed under the table)
 
 
 def ablation_levels(config: dict[str, Any], trials: list[TrialView]) -> list[str]:
@@ -100,10 +123,14 @@ def ablation_levels(config: dict[str, Any], trials: list[TrialView]) -> list[str
     return list(dict.fromkeys(seen))
 
 
+_SCALED = ("mean", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "diff_adj_low", "diff_adj_high", "mde")
+
+
 def ablation_data(config: dict[str, Any], trials: list[TrialView], metric: str = "val_acc",
                   reference: str | None = None) -> AblationData:
-    """Every seed as a point, per-level mean with its 95% t interval, the paired difference against `reference`
-    (default: the study's), and the paper's value beside ours: `nas.summary.ablation_summary` does the numbers."""
+    """Every seed as a point, per-level mean with its interval, the paired difference against `reference` (default:
+    the study's) with its Holm-corrected interval and verdict, and the paper's value beside ours:
+    `nas.summary.ablation_summary` does the numbers, the table's strings are `nas.summary.display_rows`."""
     factors = list(config.get("factors") or {})
     cfg = dict(config)
     if reference is not None:
@@ -121,14 +148,14 @@ def ablation_data(config: dict[str, Any], trials: list[TrialView], metric: str =
                            "number": t.number})
     rows = []
     for r in summ.rows:
-        sc = (lambda x: None if _nan_to_none(x) is None else k * x)  # noqa: E731
-        rows.append({"level": r.level, "n": r.n, "n_failed": r.n_failed, "mean": sc(r.mean), "ci_low":
-                     sc(r.ci_low), "ci_high": sc(r.ci_high), "diff": sc(r.diff), "diff_low": sc(r.diff_low),
-                     "diff_high": sc(r.diff_high), "paper": r.paper, "paper_diff": r.paper_diff,
-                     "is_reference": r.is_reference})
+        row = {key: getattr(r, key) for key in ("level", "n", "n_failed", "n_pairs", "p_value", "verdict", "paper",
+                                               "paper_diff", "is_reference", "opposite_to_paper")}
+        row.update({key: None if _nan_to_none(getattr(r, key)) is None else k * getattr(r, key) for key in _SCALED})
+        rows.append(row)
     paper = config.get("paper") or {}
     return AblationData(summ.factor, metric, unit, summ.reference, [r["level"] for r in rows], points, rows,
-                        str(paper.get("metric") or ""), str(paper.get("source") or ""))
+                        str(paper.get("metric") or ""), str(paper.get("source") or ""), display_columns(summ),
+                        display_rows(summ, digits=2), method_note(summ))
 
 
 def _jitter(seed: int) -> float:
@@ -136,67 +163,84 @@ def _jitter(seed: int) -> float:
 
 
 def ablation_figure(d: AblationData, title: str = "") -> go.Figure:
+    """Left: every seed, mean ± interval, the paper on its own axis. Right: our Δ with its Holm-corrected interval
+    (the one the verdict rests on) beside the paper's Δ. No axis of ours leaves the metric's range."""
     has_paper = any(r["paper"] is not None for r in d.rows)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.12,
                         specs=[[{"secondary_y": has_paper}, {}]],
                         subplot_titles=(f"{esc(d.metric)}{d.unit} per {esc(d.factor)}: seeds, mean ± 95% CI",
-                                        f"paired Δ vs {esc(d.reference)}" + (" (ours vs paper)" if has_paper else "")))
+                                        f"paired Δ vs {esc(d.reference)}, Holm-corrected" +
+                                        (" (ours vs paper)" if has_paper else "")))
     pos = {lv: i for i, lv in enumerate(d.levels)}
     pts = [p for p in d.points if p["level"] in pos]
     fig.add_trace(go.Scatter(
         x=[pos[p["level"]] - 0.15 + _jitter(p["seed"]) for p in pts], y=[p["value"] for p in pts], mode="markers",
         name="seed (click: trial)", marker=dict(size=9, color="rgba(31,119,180,0.55)", line=dict(width=1)),
-        customdata=[[p["number"], p["seed"], esc(p["level"])] for p in pts],
+        customdata=[[p["number"], p["seed"], esc(p["level"])] for p in pts], cliponaxis=False,
         hovertemplate="%{customdata[2]}<br>seed %{customdata[1]} · trial %{customdata[0]}<br>%{y:.4g}<extra></extra>"),
         row=1, col=1)
     rows = [r for r in d.rows if r["mean"] is not None]
     fig.add_trace(go.Scatter(
         x=[pos[r["level"]] + 0.1 for r in rows], y=[r["mean"] for r in rows], mode="markers", name="mean ± 95% CI",
-        marker=dict(size=13, symbol="line-ew-open", color="#000", line=dict(width=3)),
+        marker=dict(size=13, symbol="line-ew-open", color="#000", line=dict(width=3)), cliponaxis=False,
         error_y=dict(type="data", symmetric=False, array=[_up(r["ci_high"], r["mean"]) for r in rows],
                      arrayminus=[_up(r["mean"], r["ci_low"]) for r in rows], thickness=2, width=6),
         hovertemplate="mean %{y:.4g}<extra></extra>"), row=1, col=1)
+    lo, hi = _fit(_span([p["value"] for p in pts] + [r[k] for r in rows for k in ("ci_low", "ci_high")
+                                                      if r[k] is not None]), display_range(d.metric))
+    fig.update_yaxes(range=[lo, hi], row=1, col=1, secondary_y=False)
     if has_paper:
         prs = [r for r in d.rows if r["paper"] is not None]
         fig.add_trace(go.Scatter(x=[pos[r["level"]] + 0.3 for r in prs], y=[r["paper"] for r in prs],
                                  mode="markers", name=f"paper: {esc(d.paper_metric) or 'published'}",
-                                 marker=dict(size=11, symbol="diamond", color="#d62728"),
+                                 marker=dict(size=11, symbol="diamond", color="#d62728"), cliponaxis=False,
                                  hovertemplate="paper %{y}<extra></extra>"), row=1, col=1, secondary_y=True)
-        lo, hi = _span([p["value"] for p in pts] + [r[k] for r in rows for k in ("ci_low", "ci_high")
-                                                       if r[k] is not None and abs(r[k] - r["mean"]) < 50])
         pv = [r["paper"] for r in prs]
         mid, half = (min(pv) + max(pv)) / 2, max((hi - lo) / 2, (max(pv) - min(pv)) / 2 * 1.1)
-        # both axes span the same number of points, so a gap looks the same size in ours and in the paper's
-        fig.update_yaxes(range=[(lo + hi) / 2 - half, (lo + hi) / 2 + half], secondary_y=False, row=1, col=1)
+        # both axes span the same number of points (as far as our range allows), so a gap looks the same size
+        lo, hi = _fit(((lo + hi) / 2 - half, (lo + hi) / 2 + half), display_range(d.metric))
+        half = (hi - lo) / 2
+        fig.update_yaxes(range=[lo, hi], secondary_y=False, row=1, col=1)
+        paper_lo, paper_hi = _fit((mid - half, mid + half), display_range(d.metric))  # the papers' are accuracies
         fig.update_yaxes(title_text=f"paper: {esc(d.paper_metric)}", secondary_y=True, row=1, col=1,
-                         showgrid=False, color="#d62728", range=[mid - half, mid + half])
+                         showgrid=False, color="#d62728", range=[paper_lo, paper_hi])
+    _delta_panel(fig, d, has_paper)
+    fig.update_xaxes(tickvals=list(range(len(d.levels))), ticktext=[esc(x) for x in d.levels], row=1, col=1)
+    fig.update_yaxes(title_text=f"ours: {esc(d.metric)}{d.unit}", row=1, col=1, secondary_y=False)
+    fig.update_layout(title=esc(title), legend=dict(orientation="h", y=-0.15), margin=dict(t=80), height=480,
+                      hovermode="closest", clickmode="event")
+    return fig
+
+
+def _delta_panel(fig: go.Figure, d: AblationData, has_paper: bool) -> None:
     others = [r for r in d.rows if not r["is_reference"]]
     dpos = {r["level"]: i for i, r in enumerate(others)}
     ours = [r for r in others if r["diff"] is not None]
     fig.add_trace(go.Scatter(
-        x=[dpos[r["level"]] - 0.1 for r in ours], y=[r["diff"] for r in ours], mode="markers",
-        name="ours: Δ ± 95% CI (matched seeds)", marker=dict(size=10, color="#1f77b4"),
-        error_y=dict(type="data", symmetric=False, array=[_up(r["diff_high"], r["diff"]) for r in ours],
-                     arrayminus=[_up(r["diff"], r["diff_low"]) for r in ours]),
-        hovertemplate="Δ %{y:.4g}<extra></extra>"), row=1, col=2)
+        x=[dpos[r["level"]] - 0.1 for r in ours], y=[r["diff"] for r in ours], mode="markers", cliponaxis=False,
+        name="ours: Δ ± Holm-corrected CI (matched seeds)", marker=dict(size=10, color="#1f77b4"),
+        error_y=dict(type="data", symmetric=False, array=[_up(r["diff_adj_high"], r["diff"]) for r in ours],
+                     arrayminus=[_up(r["diff"], r["diff_adj_low"]) for r in ours]),
+        customdata=[[esc(r["verdict"] + (" (opposite to paper)" if r["opposite_to_paper"] else "")), r["n_pairs"]]
+                    for r in ours],
+        hovertemplate="Δ %{y:.4g} on %{customdata[1]} pairs<br>%{customdata[0]}<extra></extra>"), row=1, col=2)
+    values = [v for r in ours for v in (r["diff"], r["diff_adj_low"], r["diff_adj_high"]) if v is not None]
     if has_paper:
         pd = [r for r in others if r["paper_diff"] is not None]
         fig.add_trace(go.Scatter(x=[dpos[r["level"]] + 0.1 for r in pd], y=[r["paper_diff"] for r in pd],
                                  mode="markers", name="paper: Δ", marker=dict(size=11, symbol="diamond",
                                                                                color="#d62728"),
                                  hovertemplate="paper Δ %{y:+.1f}<extra></extra>"), row=1, col=2)
+        values += [r["paper_diff"] for r in pd]
+    low, high = display_range(d.metric)
     fig.add_hline(y=0, line=dict(color="#888", dash="dot"), row=1, col=2)
-    fig.update_xaxes(tickvals=list(range(len(d.levels))), ticktext=[esc(x) for x in d.levels], row=1, col=1)
     fig.update_xaxes(tickvals=list(range(len(others))), ticktext=[esc(r["level"]) for r in others], row=1, col=2)
-    fig.update_yaxes(title_text=f"ours: {esc(d.metric)}{d.unit}", row=1, col=1, secondary_y=False)
-    fig.update_yaxes(title_text="Δ (points)" if d.unit else "Δ", row=1, col=2)
-    fig.update_layout(title=esc(title), legend=dict(orientation="h", y=-0.15), margin=dict(t=80), height=480,
-                      hovermode="closest", clickmode="event")
-    return fig
+    fig.update_yaxes(title_text="Δ (points)" if d.unit else "Δ", row=1, col=2,
+                     range=list(_fit(_span(values + [0.0]), (low - high, high - low))))
 
 
 def _span(values: list[float]) -> tuple[float, float]:
-    """The data's range with 8% margins (a wide CI of two seeds is clipped at 50 points from its mean)."""
+    """The data's range with 8% margins."""
     if not values:
         return 0.0, 1.0
     lo, hi = min(values), max(values)
@@ -204,26 +248,22 @@ def _span(values: list[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _fit(span: tuple[float, float], bounds: tuple[float, float]) -> tuple[float, float]:
+    """`span` moved (not shrunk) inside `bounds` where it fits, else cut to them."""
+    lo, hi = span
+    if hi - lo >= bounds[1] - bounds[0]:
+        return max(lo, bounds[0]), min(hi, bounds[1])
+    shift = max(bounds[0] - lo, 0.0) + min(bounds[1] - hi, 0.0)
+    return lo + shift, hi + shift
+
+
 def _up(a: float | None, b: float | None) -> float:
     return 0.0 if a is None or b is None else max(0.0, a - b)
 
 
 def ablation_table_rows(d: AblationData) -> list[dict[str, str]]:
-    """The ablation table as display strings (the same columns as `nas show`)."""
-    def f(x: float | None, signed: bool = False) -> str:
-        return "–" if x is None else (f"{x:+.2f}" if signed else f"{x:.2f}")
-
-    out = []
-    for r in d.rows:
-        out.append({"level": r["level"], "n": f"{r['n']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else ""),
-                    "mean": f(r["mean"]), "ci": f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["n"] > 1 else "–",
-                    "diff": "(reference)" if r["is_reference"] else f(r["diff"], True),
-                    "diff_ci": "" if r["is_reference"] or r["diff_low"] is None else
-                    f"[{f(r['diff_low'], True)}, {f(r['diff_high'], True)}]",
-                    "paper": "–" if r["paper"] is None else f"{r['paper']:.1f}",
-                    "paper_diff": "(reference)" if r["is_reference"] else
-                    ("–" if r["paper_diff"] is None else f"{r['paper_diff']:+.1f}")})
-    return out
+    """The ablation table as display strings (the same columns as `nas show`, two decimals)."""
+    return d.table
 
 
 # ---------------------------------------------------------------------------------------------- learning curves
@@ -290,5 +330,5 @@ def _max_epoch(d: CurvesData) -> int:
 
 
 __all__ = ["DONE", "PALETTE", "AblationData", "CurvesData", "ablation_data", "ablation_figure", "ablation_levels",
-           "ablation_table_rows", "curves_data", "curves_figure", "esc", "latest_attempts", "level_label",
-           "metric_value", "scale", "studies_table"]
+           "ablation_table_rows", "curves_data", "curves_figure", "display_range", "empty_figure", "esc",
+           "latest_attempts", "level_label", "metric_value", "scale", "studies_table"]

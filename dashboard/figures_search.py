@@ -10,7 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .figures import esc, scale
+from .figures import empty_figure, esc, scale
 from .queries import SearchData
 
 _MAX_TICKS = 12
@@ -51,6 +51,10 @@ def history_data(s: SearchData, index: int = 0) -> dict[str, Any]:
 
 
 def history_figure(d: dict[str, Any]) -> go.Figure:
+    if not d["numbers"]:
+        failed = f" ({d['n_failed']} failed)" if d["n_failed"] else ""
+        return empty_figure(f"no finished trial with {d['objective']} in Optuna's records yet{failed}",
+                            "optimization history")
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=d["numbers"], y=d["values"], mode="markers", name="trial",
                              customdata=[[n] for n in d["numbers"]],
@@ -92,6 +96,9 @@ def parallel_data(s: SearchData, index: int = 0) -> dict[str, Any]:
 
 
 def parallel_figure(d: dict[str, Any]) -> go.Figure:
+    if not d["numbers"]:
+        return empty_figure("no finished trial with every parameter yet: each one becomes a line across the "
+                            "parameters' axes", "parallel coordinates")
     dims = []
     for dim in d["dimensions"]:
         extra = {"tickvals": dim["tickvals"], "ticktext": [esc(t) for t in dim["ticktext"]]} if "tickvals" in dim \
@@ -112,10 +119,12 @@ def importance_data(s: SearchData) -> dict[str, Any]:
 
 
 def importance_figure(d: dict[str, Any]) -> go.Figure:
+    title = f"parameter importance for {d['objective']} (fANOVA)"
+    if not d["params"]:
+        return empty_figure(d["note"] or "no parameter importance yet", title)
     fig = go.Figure(go.Bar(x=d["importance"][::-1], y=[esc(p) for p in d["params"][::-1]], orientation="h",
                            hovertemplate="%{y}: %{x:.3f}<extra></extra>", name="importance"))
-    title = f"parameter importance for {esc(d['objective'])} (fANOVA)"
-    fig.update_layout(title=title + (f"<br><sub>{esc(d['note'])}</sub>" if d["note"] else ""),
+    fig.update_layout(title=esc(title) + (f"<br><sub>{esc(d['note'])}</sub>" if d["note"] else ""),
                       xaxis_title="importance (normalized)", height=max(260, 60 + 40 * len(d["params"])))
     return fig
 

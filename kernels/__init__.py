@@ -1,25 +1,32 @@
-"""Kernels: pure-PyTorch references (the oracles every fast path is tested against) and small tensor utilities."""
+"""Kernels: pure-PyTorch references (the oracles every fast path is tested against), fast paths, and one dispatch.
 
-from kernels.dct import anti_diagonal_lowpass_masks, dct2, dct_matrix, idct2
-from kernels.errors import KernelUnavailableError
-from kernels.mlstm import mlstm_chunkwise_ref, mlstm_parallel_ref, mlstm_recurrent_ref
-from kernels.routes import check_permutation, gather_tokens, invert_permutation, scatter_add_paths, scatter_tokens
-from kernels.selective_scan import selective_scan_naive, selective_scan_ref
+Names load on first use (PEP 562), so `import kernels.errors` (the project's error root) does not pay for torch.
+"""
 
-__all__ = [
-    "KernelUnavailableError",
-    "anti_diagonal_lowpass_masks",
-    "check_permutation",
-    "dct2",
-    "dct_matrix",
-    "gather_tokens",
-    "idct2",
-    "invert_permutation",
-    "mlstm_chunkwise_ref",
-    "mlstm_parallel_ref",
-    "mlstm_recurrent_ref",
-    "scatter_add_paths",
-    "scatter_tokens",
-    "selective_scan_naive",
-    "selective_scan_ref",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "KernelUnavailableError": "errors", "NasError": "errors",
+    "anti_diagonal_lowpass_masks": "dct", "dct2": "dct", "dct_matrix": "dct", "idct2": "dct",
+    "mlstm_chunkwise_ref": "mlstm", "mlstm_parallel_ref": "mlstm", "mlstm_recurrent_ref": "mlstm",
+    "selective_scan_naive": "selective_scan", "selective_scan_ref": "selective_scan",
+    "selective_scan_paths_ref": "route_scan",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

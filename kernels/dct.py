@@ -31,7 +31,10 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device: torch.device 
     """Orthonormal DCT-II matrix M (n x n): rows are frequencies, ``M @ x`` transforms a column vector."""
     if n < 1:
         raise ValueError(f"DCT length must be >= 1; got {n}")
-    return _dct_matrix_cached(n, dtype, torch.device(device if device is not None else "cpu"))
+    device = torch.device(device if device is not None else "cpu")
+    if torch.compiler.is_compiling():  # under torch.export / compile the tensor is a trace value: never cache it
+        return _dct_matrix_cached.__wrapped__(n, dtype, device)
+    return _dct_matrix_cached(n, dtype, device)
 
 
 def _matrices(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -206,7 +206,8 @@ def _print_search(console: Console, cfg: dict[str, Any], trials: list[Any]) -> N
 
 @app.command(name="list")
 def list_studies(db: Optional[str] = typer.Option(None, "--db", help="database URL")) -> None:
-    """Every study in the database: status, trials done / running / failed, best accuracy, last update."""
+    """Every study in the database: status, attempts done / running / failed / interrupted (re-queued on resume),
+    best accuracy, last update."""
     from nas.errors import StoreError
     from nas.store import Store
 
@@ -216,10 +217,12 @@ def list_studies(db: Optional[str] = typer.Option(None, "--db", help="database U
     except StoreError as e:
         _fail(str(e))
     table = Table(title=f"studies in {_db_url(db)}")
-    for col in ("study", "kind", "status", "done", "running", "failed", "cells", "best val_acc", "updated"):
+    for col in ("study", "kind", "status", "done", "running", "failed", "interrupted", "cells", "best val_acc",
+                "updated"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.name, r.kind, r.status, str(r.done), str(r.running), str(r.failed), str(r.cells),
+        table.add_row(r.name, r.kind, r.status, str(r.done), str(r.running), str(r.failed), str(r.interrupted),
+                      str(r.cells),
                       "–" if r.best_val_acc is None else f"{100 * r.best_val_acc:.1f}%",
                       r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else "–")
     _console().print(table)
@@ -249,13 +252,18 @@ def export(
     trial: Optional[int] = typer.Option(None, "--trial", help="trial number (default: the best finished trial)"),
     db: Optional[str] = typer.Option(None, "--db", help="database URL"),
     pair: bool = typer.Option(False, "--pair", help="also write the ArchSpec JSON beside the weights"),
+    fmt: str = typer.Option("safetensors", "--format", help="safetensors (the model file) or onnx (the reference "
+                               "kernels' path, checked against PyTorch with onnxruntime)"),
 ) -> None:
     """Write a trial's model (safetensors weights + ArchSpec JSON in its header), loadable with
-    `blocks.load_backbone(path)` — no pickle anywhere."""
-    from nas.errors import StoreError
+    `blocks.load_backbone(path)` or `timm.create_model("visionseq_model_file", model_file=path)` — no pickle anywhere;
+    or, with --format onnx, an ONNX file for deployment."""
+    from nas.errors import NasError, StoreError
     from nas.export import export_model_file
     from nas.store import Store
 
+    if fmt not in ("safetensors", "onnx"):
+        _fail(f"--format {fmt!r}: allowed are safetensors, onnx")
     try:
         store = Store(_db_url(db), read_only=True)
         name = _study_name(study)
@@ -274,8 +282,16 @@ def export(
         meta = {"study": name, "trial": str(chosen.number), "seed": str(chosen.seed),
                 "val_acc": str(chosen.val_acc), "levels": ", ".join(f"{k}={v}" for k, v in chosen.levels.items()),
                 "question": info.question}
-        path = export_model_file(Path(arts[-1].path), out, meta, pair=pair)
-    except StoreError as e:
+        if fmt == "onnx":
+            from nas.export_onnx import export_onnx
+
+            onnx = export_onnx(Path(arts[-1].path), out, metadata=meta)
+            path = onnx.path
+            _console().print(f"ONNX: {onnx.bytes / 1e6:.1f} MB, {onnx.nodes} nodes, {onnx.seconds:.0f} s; onnxruntime "
+                             f"vs PyTorch logits: max abs diff {onnx.max_abs_diff:.1e}")
+        else:
+            path = export_model_file(Path(arts[-1].path), out, meta, pair=pair)
+    except NasError as e:  # StoreError, a model file that does not read, the onnx extra missing
         _fail(str(e))
     _console().print(f"trial {chosen.number} ({', '.join(f'{k}={v}' for k, v in chosen.levels.items())}, seed "
                      f"{chosen.seed}, val_acc {100 * (chosen.val_acc or 0):.1f}%) → {path}")
@@ -284,42 +300,36 @@ def export(
 @app.command()
 def presets(
     include_test: bool = typer.Option(False, "--include-test", help="also list the tiny test_* presets"),
-    forward: bool = typer.Option(True, help="run one forward pass of each preset on a random image (CPU)"),
+    forward: bool = typer.Option(False, help="also build each preset for real and time one CPU forward (slow)"),
 ) -> None:
-    """Build every preset, count its parameters against the published count, and run one forward pass."""
+    """Every preset's parameter count (counted on the meta device: instant) against the published count."""
     import torch
 
-    from blocks import PRESETS, build_backbone, count_parameters, get_preset, list_presets
-    from blocks.routes import route_name
+    from blocks import build_backbone, list_presets, summarize_preset
 
-    console = Console(width=None if sys.stdout.isatty() else 150)
+    console = _console()
     table = Table(title="Seed-paper presets: our parameter count vs the published one")
     for col in ("preset", "layout", "mixer", "route", "readout", "tokens", "ours", "published", "ratio", "forward"):
         table.add_column(col, justify="right" if col in ("tokens", "ours", "published", "ratio", "forward") else "left")
     failures = 0
-    names = list_presets(include_test=include_test)
-    with console.status("building presets…") as status:
-        for name in names:
-            status.update(f"building {name}…")
-            spec, preset = get_preset(name), PRESETS.get(name)
-            ours = count_parameters(spec)
-            pub = preset.published_params
-            ratio = ours / pub if pub else None
-            ok = ratio is None or abs(ratio - 1) < 0.01
-            failures += not ok
+    with console.status("counting…") as status:
+        for name in list_presets(include_test=include_test):
+            status.update(f"{'building' if forward else 'counting'} {name}…")
+            row = summarize_preset(name)
+            failures += not row.matches
             fwd = "-"
             if forward:
                 torch.manual_seed(0)
-                model = build_backbone(spec).eval()
+                model = build_backbone(row.spec).eval()
                 t = time.perf_counter()
                 with torch.no_grad():
-                    out = model(torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
+                    out = model(torch.randn(1, row.spec.in_chans, row.spec.img_size, row.spec.img_size))
                 fwd = f"{(time.perf_counter() - t) * 1e3:.0f} ms" if torch.isfinite(out).all() else "NaN!"
                 failures += fwd == "NaN!"
-            m = build_backbone(spec, device="meta")
-            table.add_row(name, spec.layout, spec.mixer.name, route_name(spec.route) if spec.route else "-",
-                          spec.readout, str(m.layout.length), f"{ours:,}", f"{pub:,}" if pub else "-",
-                          f"{ratio:.4f}" if ratio else "-", fwd, style=None if ok else "red")
+            pub = row.published_params
+            table.add_row(name, row.layout, row.mixer, row.route, row.readout, str(row.tokens), f"{row.params:,}",
+                          f"{pub:,}" if pub else "-", f"{row.ratio:.4f}" if row.ratio else "-", fwd,
+                          style=None if row.matches else "red")
     console.print(table)
     if failures:
         console.print(f"[red]{failures} preset(s) off their published count or not finite[/red]")

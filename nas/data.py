@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import NasError
+from .images import load_cifar, load_class_folders
 
 
 @dataclass(frozen=True)
@@ -257,41 +257,6 @@ def _digits(*, seed: int, n_train: int, n_test: int, img_size: int,
     return _to_size(x_tr, img_size, device), y_tr.to(device), _to_size(x_te, img_size, device), y_te.to(device), 10
 
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
-
-
-def _load_cifar(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-    def batch(p: Path) -> tuple[Tensor, Tensor]:
-        with p.open("rb") as f:
-            d = pickle.load(f, encoding="bytes")  # CIFAR's own format; only ever read from a local path
-        x = torch.as_tensor(d[b"data"], dtype=torch.uint8).view(-1, 3, 32, 32).float() / 255.0
-        return x, torch.as_tensor(d[b"labels"], dtype=torch.long)
-
-    parts = [batch(p) for p in sorted(root.glob("data_batch_*"))]
-    x_te, y_te = batch(root / "test_batch")
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), x_te, y_te, 10
-
-
-def _load_class_folders(root: Path, img_size: int) -> tuple[Tensor, Tensor, list[str]]:
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise NasError(f"image_folder: reading images from {root} needs Pillow, which is not installed "
-                       "(pip install pillow); CIFAR-10 pickle folders need nothing extra") from e
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    xs, ys = [], []
-    for k, cls in enumerate(classes):
-        for f in sorted((root / cls).rglob("*")):
-            if f.suffix.lower() in _IMAGE_SUFFIXES:
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
-                    xs.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(img_size, img_size, 3))
-                ys.append(k)
-    if not xs:
-        raise NasError(f"image_folder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in class sub-folders of {root}")
-    return torch.stack(xs).permute(0, 3, 1, 2).float() / 255.0, torch.as_tensor(ys), classes
-
-
 def _image_folder(*, seed: int, n_train: int, n_test: int, img_size: int, device: torch.device,
                   path: str | Path | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """CIFAR-10 python pickles (data_batch_*, test_batch), a folder with train/ and val/ (or test/) class folders
@@ -306,18 +271,18 @@ def _image_folder(*, seed: int, n_train: int, n_test: int, img_size: int, device
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     if (root / "test_batch").is_file():
-        x_tr, y_tr, x_te, y_te, k = _load_cifar(root)
+        x_tr, y_tr, x_te, y_te, k = load_cifar(root)
         x_tr, y_tr, _, _ = _split(x_tr, y_tr, n_train, 0, seed, f"{root} (train)")
         x_te, y_te, _, _ = _split(x_te, y_te, n_test, 0, seed, f"{root} (test)")
     else:
         test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
         if (root / "train").is_dir() and test_dir is not None:
-            x_tr, y_tr, classes = _load_class_folders(root / "train", img_size)
-            x_te, y_te, _ = _load_class_folders(test_dir, img_size)
+            x_tr, y_tr, classes = load_class_folders(root / "train", img_size)
+            x_te, y_te, _ = load_class_folders(test_dir, img_size)
             x_tr, y_tr, _, _ = _split(x_tr, y_tr, n_train, 0, seed, f"{root}/train")
             x_te, y_te, _, _ = _split(x_te, y_te, n_test, 0, seed, str(test_dir))
         else:
-            x, y, classes = _load_class_folders(root, img_size)
+            x, y, classes = load_class_folders(root, img_size)
             x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, seed, str(root))
         k = len(classes)
     return _to_size(x_tr, img_size, device), y_tr.to(device), _to_size(x_te, img_size, device), y_te.to(device), k

@@ -1,13 +1,14 @@
 """Cost of a backbone: parameters, FLOPs, throughput and peak memory, optionally at several resolutions.
 
-FLOPs are PyTorch's `FlopCounterMode` (2 per multiply-add) on one image, plus explicit terms for the sequence
-kernels, which a generic counter misses (Triton / CUDA kernels are invisible to it) or miscounts (the references'
-elementwise scans): each kernel call is excluded from the counter and replaced by its published rule, so the count
-is the same on every device and backend.
+FLOPs are PyTorch's `FlopCounterMode` (2 per multiply-add) on one image, plus explicit terms for what a generic
+counter misses (Triton / CUDA kernels are invisible to it) or miscounts (the references' elementwise scans):
 
-- selective scan, per block (VMamba's rule, Mamba issue 110; ../shared/reference/vmamba.md):
-  9·L·(P·E)·N + L·(P·E) multiply-adds, L tokens, P paths, E = d_inner, N = d_state;
-- mLSTM parallel form, per block and path (ViL; ../shared/reference/vil_mlstm.md): S²·E multiply-adds.
+- every op called through `kernels.dispatch` is recorded (`record_kernel_calls`) with its FLOPs by the op's published
+  rule and the FLOPs the counter saw inside the call, which are subtracted, so the count is the same on every device
+  and backend (the rules live with the ops: the selective scan's 9·L·(P·E)·N + L·(P·E) multiply-adds, VMamba's rule;
+  the mLSTM parallel form's S²·E, ViL's);
+- every mixer adds its own `sequence_flops(tokens)` for work it does itself that the counter misses (0 for the
+  built-in mixers, which do their sequence work through dispatched ops).
 
 `macs` (= flops / 2) is the papers' "FLOPs" convention, comparable to their published G values.
 """
@@ -16,70 +17,37 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import blocks.mixers.mlstm as _mlstm_module
-import kernels.dispatch as _dispatch
-from blocks import MIXERS, ArchSpec, InvalidSpecError, build_backbone
-
-_KERNELS = ((_dispatch, "selective_scan"), (_dispatch, "selective_scan_paths"), (_dispatch, "mlstm"),
-            (_mlstm_module, "mlstm_cell"))
+from blocks import ArchSpec, InvalidSpecError, TokenMixer, build_backbone
+from kernels.dispatch import OPS, record_kernel_calls
 
 
-@contextmanager
-def _kernels_uncounted(counter: FlopCounterMode) -> Iterator[list[int]]:
-    """While active, FLOPs the counter sees inside a dispatched kernel call are tallied in the yielded list (one
-    total) so they can be subtracted; the kernels get their explicit rule instead. The module attributes are swapped
-    only for this one counting forward and always restored."""
-    excluded = [0]
-    originals = [(mod, name, getattr(mod, name)) for mod, name in _KERNELS]
+def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """FLOPs of one forward of `x`, by source: {"counter": generic count without the dispatched kernels, one entry
+    per op family ("selective_scan", "mlstm"), "mixers": the mixers' own rules}. The total is the sum."""
+    terms = {"counter": 0, **{op.flops_term: 0 for op in OPS.values()}, "mixers": 0}
 
-    def wrap(fn):
-        def counted(*args, **kwargs):
-            before = counter.get_total_flops()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                excluded[0] += counter.get_total_flops() - before
-        return counted
+    def hook(module: TokenMixer, args: tuple[Any, ...]) -> None:
+        batch, tokens = args[0].shape[:2]  # (B, L, C)
+        terms["mixers"] += int(batch) * module.sequence_flops(int(tokens))
 
-    try:
-        for mod, name, fn in originals:
-            setattr(mod, name, wrap(fn))
-        yield excluded
-    finally:
-        for mod, name, fn in originals:
-            setattr(mod, name, fn)
-
-
-def _sequence_terms(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], int]:
-    """One forward of `x` under the FLOP counter; hooks on the mixers give each block's sequence length.
-    Returns ({selective_scan, mlstm} multiply-adds, counter FLOPs without the kernels)."""
-    ssm_cls, mlstm_cls = MIXERS.get("ssm"), MIXERS.get("mlstm")
-    terms = {"selective_scan": 0, "mlstm": 0}
-
-    def hook(module: nn.Module, args: tuple, _out: Any) -> None:
-        L = args[0].shape[1]  # (B, L, C) with B = 1
-        if isinstance(module, ssm_cls):
-            pe = module.n_paths * module.d_inner
-            terms["selective_scan"] += 9 * L * pe * module.d_state + L * pe
-        elif isinstance(module, mlstm_cls):
-            terms["mlstm"] += len(module.cells) * L * L * module.inner
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (ssm_cls, mlstm_cls))]
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, TokenMixer)]
     counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter, _kernels_uncounted(counter) as excluded:
+        with torch.no_grad(), counter, record_kernel_calls(probe=counter.get_total_flops) as calls:
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return terms, counter.get_total_flops() - excluded[0]
+    for call in calls:
+        terms[call.flops_term] += call.flops
+    terms["counter"] = counter.get_total_flops() - sum(call.probed for call in calls)
+    return terms
 
 
 def _sync(device: torch.device) -> None:
@@ -120,15 +88,15 @@ def _measure_model(model: nn.Module, img_size: int, batch_size: int, device: tor
     was_training = model.training
     model.eval()
     in_chans = getattr(getattr(model, "spec", None), "in_chans", 3)
-    terms, counted = _sequence_terms(model, torch.randn(1, in_chans, img_size, img_size, device=device))
-    flops = counted + 2 * sum(terms.values())
+    terms = count_flops(model, torch.randn(1, in_chans, img_size, img_size, device=device))
+    flops = sum(terms.values())
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
     out = {
         "img_size": img_size,
         "params": sum(p.numel() for p in model.parameters()),
         "flops": int(flops),
         "macs": int(flops // 2),
-        "flops_terms": {"counter": int(counted), **{k: 2 * v for k, v in terms.items()}},
+        "flops_terms": terms,
         "throughput": _throughput(model, x, warmup, repeats, amp),
         "peak_memory_bytes": _peak_memory(model, x, amp),
     }
@@ -165,4 +133,4 @@ def measure_cost(model_or_spec: nn.Module | ArchSpec, img_size: int, batch_size:
     return cost
 
 
-__all__ = ["measure_cost"]
+__all__ = ["count_flops", "measure_cost"]

@@ -59,8 +59,12 @@ class Plan:
         return len(self.cells) if self.is_grid else self.study.search.n_trials
 
     def cells_for(self, seeds_by_spec: Mapping[str, Sequence[int]]) -> list[Cell]:
-        """The cells of the given arms (by spec id) and seeds, in arm order."""
-        return [a.cell(self.study.name, s) for a in self.arms for s in seeds_by_spec.get(a.spec.id, ())]
+        """The cells of the given arms (by spec id) and seeds, seed by seed (every arm's first seed, then every arm's
+        second, ...): a study cut short (a deadline, a crash) has every level with about as many seeds, not whole
+        levels missing."""
+        lists = [(a, list(seeds_by_spec.get(a.spec.id, ()))) for a in self.arms]
+        rank = max((len(seeds) for _, seeds in lists), default=0)
+        return [a.cell(self.study.name, seeds[i]) for i in range(rank) for a, seeds in lists if i < len(seeds)]
 
     def grid_cell(self, params: Mapping[str, Any]) -> Cell:
         """The grid cell named by Optuna parameters (factor levels and seed): looked up, never resolved again."""

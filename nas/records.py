@@ -100,8 +100,13 @@ class StudySummary:
 
     @property
     def failed(self) -> int:
-        """Failed and stale attempts (a stale one was re-queued, but it did fail)."""
-        return self.counts.get(TrialState.FAILED, 0) + self.counts.get(TrialState.STALE, 0)
+        """Attempts that raised or diverged."""
+        return self.counts.get(TrialState.FAILED, 0)
+
+    @property
+    def interrupted(self) -> int:
+        """Attempts a stopped driver left behind (marked stale and re-queued when the study resumed)."""
+        return self.counts.get(TrialState.STALE, 0)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Rounds of a study: after a round's trials finish, which cells to add. This is where adaptive seeding plugs in.
 
 A study with a plain list of seeds has one round. A study with `seeds: {min, max, target_halfwidth}` runs `min` seeds
-per level first; then, after every round, a *seed policy* (a pure function, below) says how many seeds each arm should
-have in total, and `next_round` turns that into the missing cells (never a (spec, seed) that already has a result, so
-resuming stays idempotent). Until a policy is plugged in (`DEFAULT_POLICY` is None), an adaptive study runs its `min`
-seeds and stops.
+per level first; then, after every round, a *seed policy* (a pure function of the finished results) says which seeds
+each arm should have, and `next_round` turns that into the missing cells (never a (spec, seed) that already has a
+result or failed, so resuming stays idempotent). The default policy is `adaptive_policy`: `nas.adaptive`'s looks,
+with every arm keyed by its spec id.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from .records import TrialState, TrialView
 from .schema import Study
 from .space import Arm, Cell
 
-DISPLAY_SCALE = {"val_acc": 100.0}  # the metric's display unit (percentage points), the unit of target_halfwidth
-
-
 @dataclass(frozen=True)
 class ArmResult:
     """One arm (a combination of factor levels) after a round: its finished seeds and their values of the study's
-    first objective, in the metric's display unit (the unit of `seeds.target_halfwidth`)."""
+    first objective, as stored (accuracy in [0, 1]; `nas.stats` knows each metric's display unit)."""
     arm: Arm
     values: dict[int, float]  # seed → value, for seeds that finished with a value (complete or stopped early)
     failed: tuple[int, ...]  # seeds whose trial failed (no value; not re-run unless --retry-failed)
@@ -37,16 +34,36 @@ class ArmResult:
         return self.arm.levels
 
 
-# The adaptive policy: (the study, every arm's results so far) → how many seeds each arm should have in total, by spec
-# id (arms left out keep what they have; counts above `seeds.max` are capped). Pure: no store, no randomness.
-SeedPolicy = Callable[[Study, Sequence[ArmResult]], Mapping[str, int]]
-DEFAULT_POLICY: SeedPolicy | None = None  # not written yet: adaptive studies stop after their `min` seeds
+# A seed policy: (the study, every arm's results so far) → the seeds each arm should have run, by spec id (arms left
+# out keep what they have; seeds outside `Study.max_seeds` are ignored). Pure: no store, no randomness.
+SeedPolicy = Callable[[Study, Sequence[ArmResult]], Mapping[str, Sequence[int]]]
+
+
+def adaptive_policy(study: Study, results: Sequence[ArmResult]) -> dict[str, list[int]]:
+    """`nas.adaptive.next_cells` over the arms (levels keyed by spec id, the reference arm is the study's reference
+    levels): the next look's seeds for the arms that still need them."""
+    from .adaptive import next_cells
+
+    settings = study.adaptive_seeds
+    if settings is None or not results:
+        return {}
+    ref = study.reference_levels
+    reference = next((r.spec_id for r in results if all(r.levels.get(f) == lv for f, lv in ref.items())),
+                     results[0].spec_id)
+    values = {r.spec_id: {**{s: None for s in r.failed}, **r.values} for r in results}
+    wanted: dict[str, list[int]] = {}
+    for spec_id, seed in next_cells(values, reference, settings, levels=[r.spec_id for r in results],
+                                    metric=study.objectives[0].metric, n_test=study.data.n_test):
+        wanted.setdefault(spec_id, []).append(seed)
+    return wanted
+
+
+DEFAULT_POLICY: SeedPolicy = adaptive_policy
 
 
 def arm_results(plan: Plan, trials: Sequence[TrialView]) -> list[ArmResult]:
     """Each arm's finished seeds and their values, from the store's trials (the latest result of a key wins)."""
     metric = plan.study.objectives[0].metric
-    scale = DISPLAY_SCALE.get(metric, 1.0)
     by_key = {t.key: t for t in trials if t.state in TrialState.FINISHED}
     by_key.update({t.key: t for t in trials if t.state in TrialState.DONE})  # a result beats a failed attempt
     out = []
@@ -59,7 +76,7 @@ def arm_results(plan: Plan, trials: Sequence[TrialView]) -> list[ArmResult]:
                 continue
             v = t.val_acc if metric == "val_acc" else t.row().get(metric)
             if t.state in TrialState.DONE and v is not None:
-                values[seed] = scale * float(v)
+                values[seed] = float(v)
             else:
                 failed.append(seed)
         out.append(ArmResult(arm, values, tuple(failed)))
@@ -67,20 +84,20 @@ def arm_results(plan: Plan, trials: Sequence[TrialView]) -> list[ArmResult]:
 
 
 def next_round(plan: Plan, trials: Sequence[TrialView], policy: SeedPolicy | None = DEFAULT_POLICY) -> list[Cell]:
-    """The cells to run next: none for a plain list of seeds, a search, or while no policy is plugged in; otherwise,
-    per arm, the next untried seeds (in `Study.max_seeds` order) until the arm would have as many values as the
-    policy asks for (a failed seed is not tried again; the next one is taken instead)."""
+    """The cells to run next: none for a plain list of seeds, a search, or without a policy; otherwise, per arm, the
+    seeds the policy asks for that have neither a result nor a failed trial (failures are re-run only by
+    `--retry-failed`)."""
     study = plan.study
     if not plan.is_grid or study.adaptive_seeds is None or policy is None:
         return []
     results = arm_results(plan, trials)
     wanted = policy(study, results)
     cells = []
+    allowed = set(study.max_seeds)
     for r in results:
-        need = min(int(wanted.get(r.spec_id, 0)), study.adaptive_seeds.max) - len(r.values)
-        untried = [s for s in study.max_seeds if s not in r.values and s not in r.failed]
-        cells += [r.arm.cell(study.name, s) for s in untried[:max(0, need)]]
+        seeds = [s for s in dict.fromkeys(wanted.get(r.spec_id, ())) if s in allowed]
+        cells += [r.arm.cell(study.name, s) for s in seeds if s not in r.values and s not in r.failed]
     return cells
 
 
-__all__ = ["DEFAULT_POLICY", "DISPLAY_SCALE", "ArmResult", "SeedPolicy", "arm_results", "next_round"]
+__all__ = ["DEFAULT_POLICY", "ArmResult", "SeedPolicy", "adaptive_policy", "arm_results", "next_round"]

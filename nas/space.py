@@ -209,9 +209,10 @@ def grid_arms(study: Study, space: SearchSpace, *, img_size: int, num_classes: i
 
 def expand_grid(study: Study, space: SearchSpace, *, img_size: int, num_classes: int, file: str | None = None,
                 seeds: list[int] | None = None) -> list[Cell]:
-    """Every factor combination × every seed of the first round (or `seeds`), each with its idempotent key."""
+    """Every factor combination × every seed of the first round (or `seeds`), each with its idempotent key, seed by
+    seed (every combination's first seed, then every combination's second, ...)."""
     arms = grid_arms(study, space, img_size=img_size, num_classes=num_classes, file=file)
-    return [a.cell(study.name, seed) for a in arms for seed in (study.initial_seeds if seeds is None else seeds)]
+    return [a.cell(study.name, seed) for seed in (study.initial_seeds if seeds is None else seeds) for a in arms]
 
 
 def _blame(fixed: dict[str, Any], message: str, default: str | None) -> str | None:

@@ -26,7 +26,7 @@ from .errors import NasError, TrialDiverged
 from .measure import measure_cost
 
 ReportFn = Callable[[int, dict[str, float]], None]
-_NO_DECAY_NAMES = ("cls_token", "pos_embed", "A_log")  # plus every 1-D tensor and the SSM's skip D
+DIVERGENCE_CHECK_STEPS = 50  # steps between two host reads of the losses (see _train_epoch)
 
 
 @dataclass
@@ -53,14 +53,14 @@ class TrialResult:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices and convs only."""
+    """AdamW groups: decay on matrices and convs only; no decay on 1-D parameters and on what the model names in
+    `no_weight_decay()` (the backbone's tokens and each mixer's own names, e.g. the SSM's A_log and D), as timm does."""
+    named_off = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        skip = p.ndim <= 1 or leaf in _NO_DECAY_NAMES or leaf == "D" or leaf.endswith("_token")
-        (no_decay if skip else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in named_off else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -95,37 +95,53 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, amp: bool)
 
 
 def _train_epoch(model, opt, sched, data: Dataset, batch_size: int, amp: bool, gen: torch.Generator,
-                 epoch: int) -> float:
+                 epoch: int, check_every: int = DIVERGENCE_CHECK_STEPS) -> float:
+    """One pass over the training set; returns the mean loss. The per-step losses stay on the device (a host read
+    each step stalls the GPU until the step's kernels finish): they are checked for NaN/inf every `check_every` steps
+    and at the end of the epoch, one host synchronisation each, and the first bad step raises `TrialDiverged`."""
     model.train()
     n = len(data.y_train)
     order = torch.randperm(n, generator=gen).to(data.device)
-    loss_sum, seen = 0.0, 0
-    for step, i in enumerate(range(0, n, batch_size)):
+    starts = range(0, n, batch_size)
+    losses = torch.empty(len(starts), device=data.device, dtype=torch.float32)
+    sizes = torch.tensor([min(batch_size, n - i) for i in starts], dtype=torch.float64)
+    checked = 0
+    for step, i in enumerate(starts):
         idx = order[i:i + batch_size]
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(data.x_train[idx])
         loss = F.cross_entropy(logits.float(), data.y_train[idx])
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrialDiverged(epoch, value, step)
+        losses[step] = loss.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        loss_sum, seen = loss_sum + value * len(idx), seen + len(idx)
-    return loss_sum / seen
+        if step + 1 - checked >= check_every or step == len(starts) - 1:
+            _raise_if_diverged(losses[checked:step + 1], epoch, checked)
+            checked = step + 1
+    return float((losses.double().cpu() * sizes).sum() / n)
+
+
+def _raise_if_diverged(losses: Tensor, epoch: int, first_step: int) -> None:
+    """One host read: raise `TrialDiverged` at the first non-finite loss of `losses` (steps from `first_step`)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = int(bad[0, 0])
+        raise TrialDiverged(epoch, float(losses[step]), first_step + step)
 
 
 def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
               warmup_epochs: float, seed: int, device: torch.device | str = "cpu", amp: bool | None = None,
               report: ReportFn | None = None, kernel_backend: str = "auto",
-              measure: dict[str, Any] | None = None, keep_model: bool = False) -> TrialResult:
+              measure: dict[str, Any] | None = None, keep_model: bool = False,
+              compile_model: bool = False) -> TrialResult:
     """Train `spec` on `data` and return its curves, final accuracy, cost and kernel paths.
 
     `report(epoch, {train_loss, val_loss, val_acc, lr, seconds})` is called after every epoch (1-based), e.g. to
     forward to Ray Tune. A NaN/inf loss raises `TrialDiverged`. `measure` is passed to `measure_cost`
     (e.g. {"repeats": 5, "resolutions": [32, 64]}); `measure={"skip": True}` leaves cost empty. `keep_model=True`
-    returns the trained model in `result.model` (to save it as the trial's model file).
+    returns the trained model in `result.model` (to save it as the trial's model file). `compile_model=True` trains
+    through `torch.compile(model)` (off by default: benchmarks/RESULTS.md, session 4, says where it pays).
     """
     t_wall = time.perf_counter()
     dev = torch.device(device)
@@ -150,11 +166,12 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
         opt, lambda s: lr_at(s, lr=1.0, total_steps=total, warmup_steps=warmup))
     metrics: list[dict[str, float]] = []
     train_seconds = 0.0
+    train_model = torch.compile(model) if compile_model else model  # shares the parameters and their optimizer
     with record_kernel_paths() as used:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             lr_now = opt.param_groups[0]["lr"]
-            train_loss = _train_epoch(model, opt, sched, data, batch_size, amp, gen, epoch)
+            train_loss = _train_epoch(train_model, opt, sched, data, batch_size, amp, gen, epoch)
             val_loss, val_acc = evaluate(model, data.x_test, data.y_test, batch_size, amp)
             if not math.isfinite(val_loss):
                 raise TrialDiverged(epoch, val_loss)

@@ -43,6 +43,28 @@ def choose_device(train: TrainConfig, execution: ExecutionConfig) -> torch.devic
     return dev
 
 
+def device_label(dev: torch.device) -> str:
+    """The device as the store records it: for a GPU, which physical one (Ray gives each worker its GPUs through
+    CUDA_VISIBLE_DEVICES, so `cuda:0` alone would name a different card in every worker), its name and UUID; a
+    multi-GPU study shows in the store how its trials spread over the cards."""
+    if dev.type != "cuda":
+        return str(dev)
+    import torch
+
+    props = torch.cuda.get_device_properties(dev)
+    uuid = str(getattr(props, "uuid", "") or "")
+    return gpu_label(dev.index or 0, os.environ.get("CUDA_VISIBLE_DEVICES"), props.name, uuid)
+
+
+def gpu_label(index: int, visible: str | None, name: str, uuid: str) -> str:
+    """`cuda:0 = GPU 3 (NVIDIA H200, GPU-1a2b3c4d)`: the process's index, the host's GPU number it maps to (from
+    CUDA_VISIBLE_DEVICES when set), the card's name and the start of its UUID."""
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    host = ids[index] if index < len(ids) else str(index)
+    short = uuid if uuid.startswith("GPU-") else (f"GPU-{uuid}" if uuid else "")
+    return f"cuda:{index} = GPU {host} ({name}" + (f", {short[:12]}" if short else "") + ")"
+
+
 def injected_fault(levels: dict[str, str]) -> str:
     """Fault drills: `NAS_INJECT_FAULT=readout=tail` makes every trial at that level raise after its first epoch
     (reported first, so the failure comes after partial results, as a real crash would)."""
@@ -68,6 +90,7 @@ def run_task(study: Study, task: TrialStart, report: Report, *, node_id: str = "
     spec = ArchSpec.from_json(task.spec_json)
     torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))
     dev = choose_device(study.train, study.execution)
+    where = device_label(dev)
     d, tr, m = study.data, study.train, study.measure
     data = make_dataset(d.name, seed=task.seed, n_train=d.n_train, n_test=d.n_test, img_size=d.img_size, device=dev,
                         **d.knobs)
@@ -75,7 +98,7 @@ def run_task(study: Study, task: TrialStart, report: Report, *, node_id: str = "
     fault = injected_fault(task.levels)
 
     def epoch_done(epoch: int, row: dict[str, float]) -> None:
-        msg = {**row, "epoch": epoch, "node_id": node_id, "device": str(dev)}
+        msg = {**row, "epoch": epoch, "node_id": node_id, "device": where}
         if fault:
             report(msg, None)
             raise RuntimeError(f"injected failure ({FAULT_ENV}={fault}) after epoch {epoch}")
@@ -112,4 +135,5 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-__all__ = ["FAULT_ENV", "FINAL", "MODEL_FILE", "Report", "choose_device", "injected_fault", "jsonable", "run_task"]
+__all__ = ["FAULT_ENV", "FINAL", "MODEL_FILE", "Report", "choose_device", "device_label", "gpu_label", "injected_fault",
+           "jsonable", "run_task"]

@@ -3,11 +3,18 @@ any module that defines a @triton.jit kernel is imported, whichever test file py
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+from pathlib import Path
 
 if not shutil.which("nvidia-smi"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Mixers defined by tests (tests/_*_mixer.py) register on import, before any test module is collected, so every
+# registry-driven test covers them: adding one is one new file.
+for _module in sorted(Path(__file__).parent.glob("_*_mixer.py")):
+    importlib.import_module(_module.stem)
 
 
 import pytest  # noqa: E402

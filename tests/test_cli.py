@@ -9,7 +9,7 @@ from nas.cli import app
 
 
 def test_nas_presets_table():
-    result = CliRunner().invoke(app, ["presets", "--no-forward"], terminal_width=200)
+    result = CliRunner().invoke(app, ["presets"], terminal_width=200)  # counts on the meta device (the default)
     assert result.exit_code == 0, result.output
     for name in list_presets(include_test=False):
         assert name in result.output

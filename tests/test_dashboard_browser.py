@@ -2,11 +2,13 @@
 never a downloaded browser) against the app served on a free loopback port from the fixture database.
 
 Every page must render its plots with traces and log no error in the console; nothing may be fetched from outside
-the loopback server. Screenshots go to test-artifacts/dashboard/ (gitignored) for a human to look at.
+the loopback server; every tab shows a loading indicator until its view is drawn, and a view with nothing to draw
+says what is missing. Screenshots go to test-artifacts/dashboard/ (gitignored) for a human to look at.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -115,8 +117,37 @@ def traces(pg: Any, graph_id: str) -> int:
     return pg.evaluate(f"() => document.querySelector('{sel}').data.length")
 
 
-def open_tab(pg: Any, label: str) -> None:
-    pg.locator("#study-tabs").get_by_text(label, exact=True).click()
+TABS = {"Ablation": ("ablation", "ablation-graph"), "Learning curves": ("curves", "curves-graph"),
+        "Search": ("search", "history-graph"), "Pareto front": ("pareto", "pareto-graph"),
+        "Cost scaling": ("scaling", "scaling-graph"), "Trials": ("trials", "trials-table")}
+
+
+def _draws(output: str) -> Any:
+    """Matches the response of the callback that draws `output` (not one that declined with 204)."""
+    def match(r: Any) -> bool:
+        if "_dash-update-component" not in r.url or r.status != 200:
+            return False
+        return f"{output}." in json.loads(r.request.post_data or "{}").get("output", "")
+    return match
+
+
+def open_tab(pg: Any, label: str, *, wait: bool = True) -> None:
+    """Click a study tab; with `wait`, return once its view's callback has answered and its spinner is gone (a
+    click on a figure that is still being redrawn would be lost)."""
+    tab = pg.locator("#study-tabs").get_by_text(label, exact=True)
+    if not wait:
+        tab.click()
+        return
+    name, output = TABS[label]
+    with pg.expect_response(_draws(output)):
+        tab.click()
+    pg.wait_for_function(f"() => !document.querySelector('#loading-{name} .dash-spinner')")
+
+
+def figure(pg: Any, graph_id: str) -> dict[str, Any]:
+    """The figure Plotly holds for a dcc.Graph: its traces and layout."""
+    return pg.evaluate(f"() => {{ const g = document.querySelector('#{graph_id} .js-plotly-plot'); "
+                       "return {data: g.data, layout: g.layout}; }")
 
 
 def test_studies_list_shows_every_study_and_markup_names_as_text(page: tuple[Any, Watch], server: str) -> None:
@@ -155,6 +186,9 @@ def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture,
     assert len(seeds["x"]) == 8
     table = pg.inner_text("#ablation-table")
     assert "(reference)" in table and "+5.33" in table and "2 (+1 failed)" in table and "76.1" in table
+    assert "better" in table and "no difference detected" in table and "Holm" in table and "[+3.26, +7.40]" in table
+    y = pg.evaluate("() => document.querySelector('#ablation-graph .js-plotly-plot').layout.yaxis.range")
+    assert 0 <= y[0] < y[1] <= 100  # accuracy: the axis stays inside 0–100 %
     shot(pg, "02_ablation")
     # another reference level: the paired differences are taken against it
     pg.click("#reference")
@@ -166,8 +200,16 @@ def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture,
         open_tab(pg, tab)
         for g in graphs:
             assert traces(pg, g) >= 1, g
-        if tab == "Cost scaling":
+        if tab == "Cost scaling":  # a coloured line per level across the three resolutions, units on the axes
             assert "L = 6D = 192" in pg.inner_text("#scaling-graph")
+            fig = figure(pg, "scaling-graph")
+            levels = [t for t in fig["data"] if not t["name"].startswith("L = 6D")]
+            assert [t["name"] for t in levels] == ["head", "middle", "tail"]
+            assert fig["layout"]["legend"]["title"]["text"] == "readout:"
+            assert all(len(t["x"]) == 3 and t["mode"] == "lines+markers" for t in levels)
+            assert len({t["line"]["color"] for t in levels}) == 3
+            assert fig["layout"]["yaxis"]["title"]["text"] == "throughput (images/s)"
+            assert "tokens" in fig["layout"]["xaxis"]["title"]["text"]
         if tab == "Search":
             assert pg.locator("#parallel-graph .parcoords").count() == 1
         shot(pg, f"03{'abcd'[i]}_" + tab.lower().replace(" ", "_"))
@@ -186,6 +228,10 @@ def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture,
     body = pg.inner_text("#trial-body")
     assert "selective_scan_paths" in body and "reference" in body and "0.1.0" in body and "cpus" in body
     assert traces(pg, "trial-curves") == 3  # val_acc, train and val loss
+    # units: the fixture measured middle at 1000 images/s, 1,160,000 FLOPs, 25,354 parameters, 3 s wall time
+    for text in ("1,000 images/s", "0.00116 GFLOPs", "25,354", "3 s", "at 64 × 64 px", "285.7 images/s",
+                 "– (measured on CUDA only)"):
+        assert text in body, text
     shot(pg, "04_trial_page")
     with pg.expect_download() as dl:
         pg.click("#export-button")
@@ -205,6 +251,71 @@ def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture,
     watch.check()
 
 
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """While cleared, every view's callback waits (at its data load) until the test sets it: the spinner's window,
+    held open without timing anything."""
+    from dashboard.app import DashboardApp
+
+    event = threading.Event()
+    event.set()
+    data = DashboardApp.data
+
+    def held(self: Any, name: str, version: str) -> Any:
+        event.wait(timeout=60)
+        return data(self, name, version)
+    monkeypatch.setattr(DashboardApp, "data", held)
+    yield event
+    event.set()
+
+
+def test_every_tab_shows_a_loading_indicator_until_its_view_is_drawn(page: tuple[Any, Watch], server: str,
+                                                                     gate: threading.Event) -> None:
+    pg, watch = page
+    pg.goto(f"{server}/study/{GRID}")
+    traces(pg, "ablation-graph")  # the first view comes with the page
+    for label in ["Learning curves", "Search", "Pareto front", "Cost scaling", "Trials", "Ablation"]:
+        name, output = TABS[label]
+        gate.clear()
+        with pg.expect_response(_draws(output)):
+            open_tab(pg, label, wait=False)
+            pg.wait_for_selector(f"#loading-{name} .dash-spinner", state="visible")
+            if label == "Cost scaling":
+                shot(pg, "08_cost_scaling_loading")
+            if label in ("Learning curves", "Pareto front", "Cost scaling"):  # not drawn before: no bare axes
+                assert figure(pg, output)["layout"]["meta"]["empty"] == "loading…"
+            gate.set()
+        pg.wait_for_function(f"() => !document.querySelector('#loading-{name} .dash-spinner')")
+        if label == "Trials":
+            assert pg.locator("#trials-table tbody tr").count() == 9
+        else:
+            assert traces(pg, output) >= 1
+    watch.check()
+
+
+def test_a_study_without_trials_says_what_is_missing_on_every_tab(page: tuple[Any, Watch], server: str) -> None:
+    from dashboard.app import study_href
+
+    pg, watch = page
+    pg.goto(server + study_href(XSS))
+    pg.wait_for_selector("#ablation-graph .js-plotly-plot")
+    missing = {"ablation-graph": "no finished trial with val_acc yet", "curves-graph": "no epoch with val_acc",
+               "history-graph": "no finished trial with val_acc in Optuna", "parallel-graph": "no finished trial",
+               "importance-graph": "Optuna holds no study", "pareto-graph": "no finished trial has both",
+               "scaling-graph": "no finished trials yet"}
+    for label in ["Ablation", "Learning curves", "Search", "Pareto front", "Cost scaling", "Trials"]:
+        if label != "Ablation":
+            open_tab(pg, label)
+        for graph, text in missing.items():
+            if pg.locator(f"#{graph}").is_visible():
+                assert figure(pg, graph)["layout"]["meta"]["empty"].startswith(text), graph
+                assert text in pg.inner_text(f"#{graph}"), graph  # the message is on the page, not bare axes
+        if label == "Cost scaling":
+            shot(pg, "09_empty_cost_scaling")
+    assert "No trials yet" in pg.inner_text("#trials-table")
+    watch.check()
+
+
 def test_search_study_opens_on_its_search_view(page: tuple[Any, Watch], server: str) -> None:
     pg, watch = page
     pg.goto(f"{server}/study/{SEARCH}")
@@ -213,6 +324,13 @@ def test_search_study_opens_on_its_search_view(page: tuple[Any, Watch], server: 
     bars = pg.evaluate("() => document.querySelector('#importance-graph .js-plotly-plot').data[0].y")
     assert sorted(bars) == ["dim", "mixer"]
     shot(pg, "06_search_study")
+    open_tab(pg, "Cost scaling")  # a colour per search arm (its sampled parameters), each across three sizes
+    fig = figure(pg, "scaling-graph")
+    arms = [t for t in fig["data"] if not t["name"].startswith("L = 6D")]
+    assert len(arms) == 6 and len({t["line"]["color"] for t in arms}) == 6 and all(len(t["x"]) == 3 for t in arms)
+    assert "mixer=attention, dim=32" in [t["name"] for t in arms]
+    assert fig["layout"]["legend"]["title"]["text"] == "mixer, dim:"
+    shot(pg, "06b_search_cost_scaling")
     open_tab(pg, "Trials")
     pg.wait_for_selector("#trials-table tbody tr")
     assert pg.locator("#trials-table tbody tr").count() == 6

@@ -141,25 +141,122 @@ def test_pareto_data_hover_shows_the_spec_escaped() -> None:
         FC.pareto_data(ts, "joules")
 
 
+def test_pareto_costs_carry_their_units() -> None:
+    ts = [trial(0, "head", 0, 0.7, cost={"flops": 4.6e9, "peak_memory_bytes": 300 * 2**20}),
+          trial(1, "tail", 0, 0.8, cost={"flops": 9.2e9, "peak_memory_bytes": 3 * 2**30})]
+    flops = FC.pareto_data(ts, "flops")
+    assert flops["cost_label"] == "FLOPs per image (GFLOPs)" and [p["cost"] for p in flops["points"]] == \
+        pytest.approx([4.6, 9.2])
+    mem = FC.pareto_data(ts, "peak_memory_bytes")
+    assert mem["cost_label"] == "peak memory (GiB)" and [p["cost"] for p in mem["points"]] == \
+        pytest.approx([300 / 1024, 3.0])
+    assert FC.pareto_figure(mem).layout.xaxis.title.text == "peak memory (GiB)"
+    assert FC.pareto_data(ts[:1], "peak_memory_bytes")["cost_label"] == "peak memory (MiB)"
+    assert FC.pareto_data(ts, "throughput")["cost_label"] == "throughput (images/s)"
+    none = FC.pareto_data(ts, "throughput")
+    fig = FC.pareto_figure(none, title="Pareto front")
+    assert len(fig.data) == 0 and "no finished trial has both val_acc and throughput" in fig.layout.meta["empty"]
+
+
 # ---- cost scaling ---------------------------------------------------------------------------------------------------
-def test_scaling_data_series_per_spec_and_6d_threshold() -> None:
-    cost = {"img_size": 32, "throughput": 1000.0, "peak_memory_bytes": None,
-            "by_resolution": {"64": {"throughput": 300.0, "peak_memory_bytes": 2**20},
-                              "128": {"error": "too large"}}}
-    ts = [trial(0, "head", 0, 0.7, cost=cost), trial(1, "head", 1, 0.7, cost={**cost, "throughput": 800.0})]
-    d = FC.scaling_data(ts, lambda spec_json, size: (size // 8) ** 2 + 1)
-    assert len(d["series"]) == 1  # two seeds of one spec are averaged
-    s = d["series"][0]
-    assert s["sizes"] == [32, 64] and s["L"] == [17, 65]
-    assert s["throughput"] == pytest.approx([900.0, 300.0]) and s["memory"] == [None, 2**20]
-    assert d["thresholds"] == [{"D": 32, "L": 192}] and d["note"] == ""
-    fig = FC.scaling_figure(d)  # series and threshold, in each of the two panels
-    assert [t.name.startswith("L = 6D = 192") for t in fig.data] == [False, False, True, True]
-    assert fig.data[2].x == (192, 192)
-    cpu = [trial(0, "head", 0, 0.7, cost={"img_size": 32, "throughput": 10.0, "peak_memory_bytes": None})]
-    d = FC.scaling_data(cpu, lambda spec_json, size: 65)
-    assert "CUDA only" in d["note"]
-    assert len(FC.scaling_figure(d).data) == 2  # one panel: the series and the threshold
+def seq_len(spec_json: str, size: int) -> int:
+    return (size // 8) ** 2 + 1  # patch 8 plus a class token: 32 → 17, 64 → 65, 128 → 257
+
+
+def sized(thr: dict[int, float], mem: dict[int, float] | None = None) -> dict:
+    """A trial's cost measured at 32 px and, under by_resolution, at the other sizes of `thr`."""
+    mem = mem or {}
+    return {"img_size": 32, "throughput": thr[32], "peak_memory_bytes": mem.get(32),
+            "by_resolution": {str(k): {"throughput": v, "peak_memory_bytes": mem.get(k)} for k, v in thr.items()}}
+
+
+def test_scaling_data_one_series_per_level_seeds_averaged() -> None:
+    mib = 2**20
+    ts = [trial(0, "head", 0, 0.70, cost=sized({32: 1000.0, 64: 300.0, 128: 80.0}, {32: 100 * mib, 64: 200 * mib})),
+          trial(1, "head", 1, 0.72, cost=sized({32: 800.0, 64: 310.0, 128: 60.0}, {32: 100 * mib, 64: 220 * mib})),
+          trial(2, "middle", 0, 0.75, cost={**sized({32: 900.0, 64: 250.0}), "by_resolution": {
+              "64": {"throughput": 250.0}, "128": {"error": "too large"}}}),
+          trial(3, "tail", 0, None, state="failed", cost=sized({32: 5.0, 64: 5.0}))]  # failed: left out
+    d = FC.scaling_data(ts, seq_len)
+    assert [s.label for s in d.series] == ["head", "middle"] and d.empty == ""  # one factor: its values
+    head, middle = d.series
+    assert head.sizes == [32, 64, 128] and head.L == [17, 65, 257]
+    assert head.throughput == pytest.approx([900.0, 305.0, 70.0])  # the two seeds' means
+    assert head.memory == [100 * mib, 210 * mib, None]
+    assert middle.sizes == [32, 64] and middle.throughput == pytest.approx([900.0, 250.0])  # 128: an error
+    assert d.thresholds == [(32, 192)] and d.legend_title == "readout" and d.note == ""
+
+
+def test_scaling_figure_a_coloured_line_per_level_with_units() -> None:
+    mib = 2**20
+    ts = [trial(i, lv, 0, 0.7, cost=sized({32: 1000.0 / k, 64: 250.0 / k, 128: 60.0 / k},
+                                          {32: 100 * mib, 64: 200 * mib, 128: 400 * mib}))
+          for i, (lv, k) in enumerate([("head", 1), ("middle", 2), ("tail", 4)])]
+    fig = FC.scaling_figure(FC.scaling_data(ts, seq_len))
+    levels = [t for t in fig.data if not t.name.startswith("L = 6D")]
+    thr = [t for t in levels if t.yaxis == "y"]
+    mem = [t for t in levels if t.yaxis == "y2"]
+    assert [t.name for t in thr] == ["head", "middle", "tail"]  # one trace per level
+    assert all(t.mode == "lines+markers" and t.x == (17, 65, 257) for t in thr)  # a line across resolutions
+    colors = [t.line.color for t in thr]
+    assert len(set(colors)) == 3 and [t.line.color for t in mem] == colors  # a colour per level, both panels
+    assert thr[1].y == pytest.approx((500.0, 125.0, 30.0)) and mem[0].y == pytest.approx((100.0, 200.0, 400.0))
+    assert [t.showlegend for t in mem] == [False] * 3  # the legend names each level once
+    lay = fig.layout
+    assert lay.xaxis.title.text == "sequence length L (tokens, first stage)" and lay.xaxis.type == "log"
+    assert lay.yaxis.title.text == "throughput (images/s)" and lay.yaxis.type == "log"  # 1000 → 15: decades
+    assert lay.yaxis2.title.text == "peak memory (MiB)" and lay.yaxis2.type == "linear"  # 100 → 400: no decade
+    assert lay.legend.title.text == "readout:"
+    assert lay.xaxis.tickvals == (17, 65, 192, 257)  # the measured lengths and the threshold
+    assert lay.yaxis.tickvals == (10, 20, 50, 100, 200, 500, 1000)  # 1-2-5 steps over 15 … 1000 images/s
+    lines = [t for t in fig.data if t.name.startswith("L = 6D = 192 (D = 32)")]
+    assert len(lines) == 2 and lines[0].x == (192, 192) and lines[0].line.color not in colors  # both panels
+    gib = [trial(0, "head", 0, 0.7, cost=sized({32: 10.0, 64: 5.0}, {32: 2 * 2**30, 64: 3 * 2**30}))]
+    fig = FC.scaling_figure(FC.scaling_data(gib, seq_len))
+    assert fig.layout.yaxis2.title.text == "peak memory (GiB)" and fig.data[1].y == pytest.approx((2.0, 3.0))
+    assert fig.layout.yaxis.type == "linear"  # 10 → 5 images/s: no decade
+    assert fig.layout.xaxis.type == "log"  # 17 → 65 tokens, but the threshold at 192 makes it one
+
+
+def test_scaling_without_memory_is_one_panel_and_says_why() -> None:
+    ts = [trial(0, "head", 0, 0.7, cost=sized({32: 10.0, 64: 4.0}))]
+    d = FC.scaling_data(ts, seq_len)
+    assert "CUDA only" in d.note
+    fig = FC.scaling_figure(d)
+    assert len(fig.data) == 2 and "yaxis2" not in fig.layout.to_plotly_json()  # the level and the threshold
+    assert "CUDA only" in fig.layout.title.text
+
+
+@pytest.mark.parametrize("trials, missing", [
+    ([], "no finished trials yet"),
+    ([trial(0, "head", 0, None, state="failed", cost=sized({32: 1.0, 64: 1.0}))], "no finished trials yet"),
+    ([trial(0, "head", 0, 0.7, cost={})], "no finished trial has a measured throughput"),
+    ([trial(0, "head", 0, 0.7, cost={"img_size": 32, "throughput": 10.0}),
+      trial(1, "tail", 0, 0.7, cost={"img_size": 32, "throughput": 20.0})],
+     "no trials with cost measured at several resolutions yet")])
+def test_scaling_empty_states_say_what_is_missing(trials: list, missing: str) -> None:
+    d = FC.scaling_data(trials, seq_len)
+    assert d.series == [] and d.empty.startswith(missing)
+    fig = FC.scaling_figure(d)
+    assert len(fig.data) == 0 and fig.layout.meta["empty"] == d.empty  # no bare axes: a message instead
+    assert fig.layout.xaxis.visible is False and fig.layout.yaxis.visible is False
+    assert fig.layout.annotations[0].text.startswith(missing)
+
+
+def test_scaling_names_mixers_and_keeps_the_best_levels_when_many() -> None:
+    attn = {"mixer": {"name": "attention"}, "dims": [64], "img_size": 32}
+    ts = [trial(0, "a", 0, 0.7, cost=sized({32: 10.0, 64: 5.0})),
+          trial(1, "b", 0, 0.6, cost=sized({32: 10.0, 64: 5.0}), spec=attn)]
+    d = FC.scaling_data(ts, seq_len)
+    assert [s.label for s in d.series] == ["ssm · a", "attention · b"]
+    assert d.thresholds == [(32, 192), (64, 384)]
+    n = FC.MAX_SERIES + 5
+    many = [trial(i, f"l{i}", 0, i / 100, cost=sized({32: 10.0, 64: 5.0})) for i in range(n)]
+    d = FC.scaling_data(many, seq_len)
+    assert [s.label for s in d.series] == [f"l{i}" for i in range(5, n)]  # the best val_acc, in order
+    assert f"showing the {FC.MAX_SERIES} levels with the best val_acc of {n}" in d.note
+    colors = [t.line.color for t in FC.scaling_figure(d).data if not t.name.startswith("L = 6D")]
+    assert len(colors) == FC.MAX_SERIES and len(set(colors)) == FC.MAX_SERIES
 
 
 # ---- search view ------------------------------------------------------------------------------------------------
@@ -196,6 +293,83 @@ def test_importance_data_most_important_first() -> None:
     assert FS.importance_figure(d).data[0].y == ("dim", "mixer")
 
 
+def test_search_views_say_what_is_missing_instead_of_bare_axes() -> None:
+    empty = SearchData(["val_acc"], ["maximize"], [{"number": 0, "state": "fail", "params": {}, "values": None}],
+                       {}, "parameter importance needs at least two finished trials")
+    hist = FS.history_figure(FS.history_data(empty))
+    assert len(hist.data) == 0 and hist.layout.meta["empty"] == \
+        "no finished trial with val_acc in Optuna's records yet (1 failed)"
+    par = FS.parallel_figure(FS.parallel_data(empty))
+    assert len(par.data) == 0 and par.layout.meta["empty"].startswith("no finished trial with every parameter")
+    imp = FS.importance_figure(FS.importance_data(empty))
+    assert len(imp.data) == 0 and imp.layout.meta["empty"] == "parameter importance needs at least two finished trials"
+    assert imp.layout.title.text == "parameter importance for val_acc (fANOVA)"
+
+
+def test_empty_figure_escapes_and_wraps() -> None:
+    fig = F.empty_figure("x" * 100 + " <b>y</b>", title="<i>t</i>")
+    text = fig.layout.annotations[0].text
+    assert "<br>" in text and "&lt;b&gt;y&lt;/b&gt;" in text and "<b>" not in text
+    assert fig.layout.title.text == "&lt;i&gt;t&lt;/i&gt;" and fig.layout.meta["empty"].endswith("<b>y</b>")
+
+
+def test_ablation_and_curves_views_without_finished_trials() -> None:
+    from types import SimpleNamespace
+
+    from dashboard import views as V
+
+    running = [trial(0, "head", 0, None, state="running"), trial(1, "tail", 0, None, state="failed")]
+    data = SimpleNamespace(name="s", config=CONFIG, trials=running, is_grid=True)
+    view = V.ablation_view(data)  # type: ignore[arg-type]
+    assert len(view.figure.data) == 0 and view.figure.layout.meta["empty"].startswith("no finished trial with val_acc")
+
+    class NoEpochs:
+        def epochs(self, trial_id: int) -> list:
+            return []
+    fig = V.curves_view(NoEpochs(), data)  # type: ignore[arg-type]
+    assert len(fig.data) == 0 and fig.layout.meta["empty"].startswith("no epoch with val_acc recorded yet")
+
+
+# ---- units ----------------------------------------------------------------------------------------------------------
+def test_units_by_hand() -> None:
+    from dashboard import units as U
+
+    assert U.count(25354) == "25,354" and U.count(None) == "–" and U.count(float("nan")) == "–"
+    assert U.throughput(1000.0) == "1,000 images/s" and U.throughput(2000 / 7) == "285.7 images/s"
+    assert U.throughput(12345.6) == "12,346 images/s" and U.throughput(0.5) == "0.5 images/s"
+    assert U.gflops(1_160_000) == "0.00116 GFLOPs" and U.gflops(4.6e9) == "4.6 GFLOPs"
+    assert U.gflops(5e8, "GMACs") == "0.5 GMACs"
+    assert U.memory(12.5 * 2**20) == "12.5 MiB" and U.memory(3 * 2**30) == "3 GiB" and U.memory(None) == "–"
+    assert U.seconds(2.5) == "2.5 s" and U.seconds(3600) == "3,600 s (60.0 min)" and U.seconds(None) == "–"
+    assert U.image_size(64) == "64 × 64 px" and U.image_size("128") == "128 × 128 px"
+    assert U.percent(0.78) == "78.00%" and U.percent(None) == "–"
+
+
+def test_trial_page_costs_have_units() -> None:
+    from dataclasses import replace
+
+    from dashboard import views as V
+
+    cost = {"img_size": 32, "params": 25354, "flops": 1_160_000, "macs": 580_000, "throughput": 1000.0,
+            "peak_memory_bytes": None, "flops_terms": {"linear": 1}, "batch": 64,
+            "by_resolution": {"128": {"throughput": 2000 / 28, "flops": 16_000_000, "peak_memory_bytes": 3 * 2**20},
+                              "64": {"throughput": 2000 / 7, "flops": 4_000_000, "peak_memory_bytes": None},
+                              "256": {"error": "too large"}}}
+    t = replace(trial(0, "head", 0, 0.7, cost=cost, params=25354), wall_seconds=3.25, train_seconds=2.5)
+    rows = V.cost_rows(t)
+    assert rows == [("parameters", "25,354"), ("image size", "32 × 32 px"), ("FLOPs per image", "0.00116 GFLOPs"),
+                    ("MACs per image", "0.00058 GMACs"), ("throughput", "1,000 images/s"),
+                    ("peak memory", "– (measured on CUDA only)"),
+                    ("wall time (build, train, evaluate, measure)", "3.25 s"), ("training time", "2.5 s"),
+                    ("batch", "64"),  # a key we do not know: shown as stored
+                    ("at 64 × 64 px", "285.7 images/s · 0.004 GFLOPs"),
+                    ("at 128 × 128 px", "71.43 images/s · 0.016 GFLOPs · 3 MiB"), ("at 256 × 256 px", "too large")]
+    failed = dict(V.cost_rows(trial(1, "tail", 0, None, state="failed", params=None)))
+    assert failed == {"parameters": "–", "FLOPs, throughput, memory": "not measured: costs are measured after "
+                      "training, and it failed", "wall time (build, train, evaluate, measure)": "–",
+                      "training time": "–"}
+
+
 # ---- studies list, URLs, escaping --------------------------------------------------------------------------------
 def test_studies_table_display() -> None:
     rows = F.studies_table([{"name": "a", "question": None, "kind": "grid", "status": "running", "done": 3,
@@ -227,3 +401,48 @@ def test_database_url_is_shown_without_its_password() -> None:
 def test_spec_summary_escapes_and_survives_bad_json() -> None:
     assert FC.spec_summary("not json") == "(no spec)"
     assert "&lt;" in FC.spec_summary(json.dumps({"mixer": {"name": "<x>"}}))
+
+
+def test_ablation_rows_carry_the_holm_corrected_interval_and_verdict_by_hand() -> None:
+    from scipy.stats import t as student
+
+    rows = {r["level"]: r for r in F.ablation_data(CONFIG, grid_trials()).rows}
+    # two comparisons. middle − head = (5, 6, 5) points: mean 16/3, sd 1/√3, t = 16, p = 2·sf(16; 2) → Holm's first
+    # step (0.05/2) rejects, so its interval is drawn at 97.5 %; tail − head = (−4, +2): t = −1/3, not rejected,
+    # drawn where Holm stopped (0.05/(2 − 1) = 95 %)
+    sd = 1 / math.sqrt(3)
+    assert rows["middle"]["p_value"] == pytest.approx(2 * student.sf(16, 2), rel=1e-9)
+    half = student.ppf(1 - 0.025 / 2, 2) * sd / math.sqrt(3)
+    assert (rows["middle"]["diff_adj_low"], rows["middle"]["diff_adj_high"]) == (pytest.approx(16 / 3 - half),
+                                                                                  pytest.approx(16 / 3 + half))
+    assert rows["middle"]["verdict"] == "better" and rows["tail"]["verdict"] == "no difference detected"
+    half = t_critical(1) * 3 * math.sqrt(2) / math.sqrt(2)  # sd of (−4, 2) is 3·√2
+    assert rows["tail"]["diff_adj_low"] == pytest.approx(-1 - half) and rows["tail"]["n_pairs"] == 2
+    table = {r["level"]: r for r in F.ablation_table_rows(F.ablation_data(CONFIG, grid_trials()))}
+    # t(0.9875; 2) = 6.2053, times sd/√3 = 1/3: 16/3 ± 2.068
+    assert table["middle"]["diff_ci"] == "[+3.26, +7.40]" and table["tail"]["diff_ci"] == "[-39.12, +37.12]"
+    assert table["middle"]["verdict"] == "better" and table["head"]["verdict"] == ""
+
+
+def test_ablation_axes_stay_inside_the_metric_range() -> None:
+    vals = {"head": [0.07, 0.87], "middle": [0.95, 0.99], "tail": [0.02, 0.97]}  # two wild seeds per level
+    ts = [trial(i, lv, s, a) for i, (lv, s, a) in enumerate((lv, s, a) for lv, accs in vals.items()
+                                                          for s, a in enumerate(accs))]
+    d = F.ablation_data(CONFIG, ts)
+    for r in d.rows:
+        assert 0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 100
+        if not r["is_reference"]:
+            assert -100 <= r["diff_adj_low"] <= r["diff"] <= r["diff_adj_high"] <= 100
+    fig = F.ablation_figure(d)
+    ours, paper, delta = fig.layout.yaxis.range, fig.layout.yaxis2.range, fig.layout.yaxis3.range
+    assert 0 <= ours[0] < ours[1] <= 100 and 0 <= paper[0] < paper[1] <= 100
+    assert -100 <= delta[0] < 0 < delta[1] <= 100
+    no_paper = F.ablation_figure(F.ablation_data({**CONFIG, "paper": None}, ts))
+    assert 0 <= no_paper.layout.yaxis.range[0] < no_paper.layout.yaxis.range[1] <= 100
+
+
+def test_axis_fit_moves_before_it_cuts() -> None:
+    assert F._fit((90.0, 110.0), (0.0, 100.0)) == (80.0, 100.0)
+    assert F._fit((-5.0, 20.0), (0.0, 100.0)) == (0.0, 25.0)
+    assert F._fit((-30.0, 150.0), (0.0, 100.0)) == (0.0, 100.0)
+    assert F.display_range("val_acc") == (0.0, 100.0) and F.display_range("val_loss") == (-math.inf, math.inf)

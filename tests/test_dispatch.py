@@ -12,7 +12,9 @@ if not torch.cuda.is_available():
 
 from _scan_oracle import rel_err, scan_paths_loop  # noqa: E402
 from kernels import dispatch  # noqa: E402
-from kernels.dispatch import KernelUnavailableError, available_backends, record_kernel_paths  # noqa: E402
+from kernels.dispatch import (KernelUnavailableError, available_backends, record_kernel_calls,  # noqa: E402
+                              record_kernel_paths)
+from kernels.errors import NasError  # noqa: E402
 
 
 def small_paths_inputs(n_paths=2, dim=3, n_state=4, length=19, seed=0):
@@ -66,6 +68,23 @@ def test_record_is_scoped():
     assert used == {}
 
 
+def test_calls_are_recorded_with_the_ops_rule_and_the_probe():
+    args, paths = small_paths_inputs()  # batch 2, 2 paths, dim 3, N 4, L 19
+    q = torch.randn(2, 3, 7, 4)
+    ticks = iter(range(0, 1000, 10))  # a probe that advances 10 per reading: every call spans exactly 10
+    with record_kernel_paths() as used, record_kernel_calls(probe=lambda: next(ticks)) as calls:
+        dispatch.selective_scan_paths(*args, delta_softplus=True, paths=paths)
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0])
+    assert used == {"selective_scan_paths": "reference", "mlstm": "reference"}
+    assert [(c.op, c.backend, c.flops_term, c.probed) for c in calls] == [
+        ("selective_scan_paths", "reference", "selective_scan", 10), ("mlstm", "reference", "mlstm", 10)]
+    assert calls[0].flops == 2 * 2 * (9 * 19 * (2 * 3) * 4 + 19 * (2 * 3))  # VMamba's rule, all paths' channels
+    assert calls[1].flops == 2 * 2 * 3 * 7 * 7 * 4  # ViL's S²·E per head, batch 2
+    with record_kernel_calls() as unprobed:
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0])
+    assert unprobed[0].probed == 0 and len(calls) == 2  # the outer block closed: nothing more recorded there
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
 def test_forced_backends_refuse_with_actionable_message(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -79,6 +98,9 @@ def test_forced_backends_refuse_with_actionable_message(monkeypatch):
         q = torch.randn(1, 1, 4, 4)
         dispatch.mlstm(q, q, q, q[..., 0], q[..., 0], backend="mamba_ssm")
     assert available_backends("cpu", "selective_scan") == ("reference",)
+    with pytest.raises(NasError, match="backend='reference'") as info:  # part of the project's error hierarchy
+        dispatch.mlstm(q, q, q, q[..., 0], q[..., 0], backend="triton")
+    assert "'ref'" not in str(info.value)
 
 
 def test_fp64_inputs_refuse_triton_but_auto_falls_back(monkeypatch):
@@ -115,3 +137,20 @@ def test_gpu_backends_agree_with_reference(backend):
     assert used == {"selective_scan_paths": backend}
     want = scan_paths_loop(*args, delta_softplus=True, paths=paths.cuda(), merge="mean")
     assert rel_err(got, want) < 1e-4
+
+
+def test_the_ssm_mixers_conv_is_a_dispatched_op_and_recorded():
+    from blocks import build_backbone, get_preset
+    from kernels.dispatch import record_kernel_calls
+
+    model = build_backbone(get_preset("test_vim")).eval()
+    mixer = model.stages[0].blocks[0].mixer
+    tokens: list[int] = []
+    mixer.register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1]))
+    with torch.no_grad(), record_kernel_paths() as used, record_kernel_calls() as calls:
+        model(torch.randn(2, 3, 32, 32))
+    assert used == {"causal_conv1d_paths": "reference", "selective_scan_paths": "reference"}
+    conv = [c for c in calls if c.op == "causal_conv1d_paths"]
+    n_conv, inner, width = mixer.conv_weight.shape  # (Pc, E, K)
+    assert len(conv) == len(model.stages[0].blocks) and conv[0].flops_term == "causal_conv1d"
+    assert conv[0].flops == 2 * 2 * n_conv * tokens[0] * inner * width  # 2 FLOPs per multiply-add, batch 2

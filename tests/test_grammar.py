@@ -1,6 +1,7 @@
 """Registry-driven tests: every registered mixer × route × readout × tokenizer that is valid builds, runs forward
 and backward on a tiny input, every parameter gets a gradient, nothing is NaN; invalid ones raise InvalidSpecError
-naming the clash. New registry entries are covered on arrival."""
+naming the clash. New registry entries are covered on arrival; each mixer's grid parameters are its class's first
+`test_params`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import torch
 from blocks import MIXERS, READOUTS, ROUTES, TOKENIZERS, ArchSpec, InvalidSpecError, UnknownNameError, build_backbone
 
 TOKENIZER_PARAMS = {"patch": {"patch_size": 4}, "dct_bands": {"patch_size": 4, "bands": 2}, "conv_stem": {}}
-MIXER_PARAMS = {"attention": {"head_dim": 8}, "ssm": {"d_state": 4}, "gated_conv": {"kernel_size": 3}, "mlstm": {}}
 
 
 def _tiny(mixer: str, route: str | None, readout: str, tokenizer: str, layout: str = "plain", **extra) -> dict:
     hier = layout == "hierarchical"
     return dict(layout=layout, tokenizer={"name": tokenizer, "params": TOKENIZER_PARAMS.get(tokenizer, {})},
-                mixer={"name": mixer, "params": MIXER_PARAMS.get(mixer, {})}, route=route, readout=readout,
+                mixer={"name": mixer, "params": MIXERS.get(mixer).test_params[0]}, route=route, readout=readout,
                 dims=[8, 16] if hier else [16], depths=[1, 1] if hier else [2], img_size=16,
                 num_classes=0 if readout == "none" else 5, mlp_ratio=1.0, **extra)
 
@@ -67,7 +67,8 @@ def test_every_valid_combination_builds_and_trains(mixer, route, readout, tokeni
 @pytest.mark.parametrize("mixer", MIXERS.names())
 @pytest.mark.parametrize("readout", ["mean", "max", "bilateral_avg"])
 def test_hierarchical_layout(mixer, readout):
-    route = "cross4" if mixer in ("ssm", "mlstm") else None
+    cls = MIXERS.get(mixer)
+    route = "cross4" if cls.is_causal(cls.Params(**cls.test_params[0])) else None
     spec = ArchSpec.from_dict(_tiny(mixer, route, readout, "conv_stem", layout="hierarchical"))
     _run(spec)
 

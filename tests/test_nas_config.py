@@ -29,11 +29,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_profile_then_sets_then_db_override(monkeypatch):
     monkeypatch.chdir(ROOT)
-    sf = load_study(DEFAULT, profile="gpu", sets=["train.epochs=2", "seeds=[3, 4]"], db_url="sqlite:////tmp/x.db")
+    sf = load_study(DEFAULT, profile="h200", sets=["train.epochs=2", "seeds=[3, 4]"], db_url="sqlite:////tmp/x.db")
     st = sf.study
     assert st.train.epochs == 2 and st.train.device == "cuda" and st.seeds == [3, 4]
-    assert st.execution.gpus_per_trial == 0.25 and st.storage.url == "sqlite:////tmp/x.db"
-    assert st.fixed["dims"] == [192] and sf.profile == "gpu"
+    assert st.execution.gpus_per_trial == 0.0625 and st.storage.url == "sqlite:////tmp/x.db"
+    assert st.fixed["dims"] == [128] and st.fixed["route"] == "bi" and sf.profile == "h200"
 
 
 def test_parse_set_values_are_yaml():
@@ -49,7 +49,8 @@ def test_grid_cells_have_stable_distinct_keys(monkeypatch):
     st = load_study(DEFAULT).study
     space = load_search_space(st.search_space)
     cells = expand_grid(st, space, img_size=32, num_classes=10)
-    assert len(cells) == 5 * 2 and len({c.key for c in cells}) == 10
+    n = len(st.level_names("readout")) * len(st.seeds)
+    assert n >= 8 and len(cells) == n and len({c.key for c in cells}) == n
     assert [c.key for c in cells] == [c.key for c in expand_grid(st, space, img_size=32, num_classes=10)]
     plan = Plan(load_study(DEFAULT), space, 10, grid_arms(st, space, img_size=32, num_classes=10))
     assert [c.key for c in plan.cells] == [c.key for c in cells]

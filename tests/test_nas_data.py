@@ -73,25 +73,121 @@ def test_pathfinder_image_size_sets_sequence_length():
     assert make_dataset("pathfinder", seed=0, n_train=8, n_test=4, img_size=48).x_train.shape[-1] == 48
 
 
-def test_image_folder_class_subfolders_and_cifar(tmp_path):
+COLOURS = {"blue": (0, 0, 220), "green": (0, 200, 0), "red": (230, 0, 0)}  # class folders, sorted by name
+
+
+def _class_folder(root, n: int = 4, brightness: float = 1.0) -> None:
+    """PNG files written with PIL: each class a solid colour (so a label can be checked against its pixels)."""
     from PIL import Image
 
-    for cls in ("cat", "dog"):
-        (tmp_path / "f" / cls).mkdir(parents=True)
-        for i in range(5):
-            Image.new("RGB", (10, 12), (40 * i, 200 if cls == "dog" else 0, 0)).save(tmp_path / "f" / cls / f"{i}.png")
-    d = make_dataset("image_folder", seed=0, n_train=6, n_test=4, img_size=8, path=str(tmp_path / "f"))
-    assert d.num_classes == 2 and d.x_train.shape == (6, 3, 8, 8)
+    for cls, rgb in COLOURS.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (10 + i, 12), tuple(int(c * brightness) for c in rgb)).save(root / cls / f"{i}.png")
+    (root / "red" / "notes.txt").write_text("not an image")  # ignored
 
-    cifar = tmp_path / "cifar-10-batches-py"
-    cifar.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("data_batch_1", "test_batch"):
-        with open(cifar / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
-                         b"labels": list(range(10)) * 2}, f)
-    d = make_dataset("image_folder", seed=0, n_train=12, n_test=5, img_size=16, path=str(tmp_path))
-    assert d.num_classes == 10 and d.x_train.shape == (12, 3, 16, 16) and d.x_test.shape == (5, 3, 16, 16)
+
+def test_image_folder_of_class_subfolders_labels_match_pixels(tmp_path):
+    _class_folder(tmp_path / "f")
+    d = make_dataset("image_folder", seed=0, n_train=8, n_test=4, img_size=8, path=str(tmp_path / "f"))
+    assert d.num_classes == 3 and d.x_train.shape == (8, 3, 8, 8) and d.x_test.shape == (4, 3, 8, 8)
+    for x, y in zip(torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])):
+        assert int(x.mean((1, 2)).argmax()) == {0: 2, 1: 1, 2: 0}[int(y)]  # blue → B, green → G, red → R channel
+    again = make_dataset("image_folder", seed=0, n_train=8, n_test=4, img_size=8, path=str(tmp_path / "f"))
+    assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
+
+
+def test_image_folder_imagenet_layout_tests_on_val(tmp_path):
+    _class_folder(tmp_path / "train", n=3)
+    _class_folder(tmp_path / "val", n=2, brightness=0.5)  # val images are darker: the test split must be them
+    d = make_dataset("image_folder", seed=1, n_train=9, n_test=6, img_size=8, path=str(tmp_path))
+    raw = lambda x: x.amax((1, 2, 3))  # noqa: E731  the brightest channel (standardised)
+    assert float(raw(d.x_test).max()) < float(raw(d.x_train).min())
+    with pytest.raises(NasError, match="holds 6 images"):
+        make_dataset("image_folder", seed=0, n_train=9, n_test=7, img_size=8, path=str(tmp_path))
+
+
+def _cifar_dir(root, protocol: int = 2, n: int = 20):
+    """A fake `cifar-10-batches-py`: every image's pixels equal 12·label, so labels can be checked."""
+    cifar = root / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    labels = [i % 10 for i in range(n)]
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"filenames": [b"x.png"] * n,
+                 b"data": np.repeat(np.array(labels, dtype=np.uint8)[:, None] * 12, 3072, axis=1)}
+        (cifar / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    return cifar
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_batches_load_with_labels_matching_pixels(tmp_path, protocol):
+    _cifar_dir(tmp_path, protocol)
+    d = make_dataset("image_folder", seed=0, n_train=30, n_test=12, img_size=16, path=str(tmp_path))
+    assert d.num_classes == 10 and d.x_train.shape == (30, 3, 16, 16) and d.x_test.shape == (12, 3, 16, 16)
+    for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        order = torch.argsort(x.mean((1, 2, 3)))
+        assert torch.equal(y[order], torch.sort(y).values)  # brightness rises with the label
+
+
+def test_cifar_files_written_by_numpy_1_still_load(tmp_path):
+    """The published batches name numpy.core.multiarray (numpy 1); numpy 2 calls it numpy._core."""
+    cifar = _cifar_dir(tmp_path)
+    for f in cifar.iterdir():
+        f.write_bytes(f.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in (cifar / "test_batch").read_bytes()
+    d = make_dataset("image_folder", seed=0, n_train=10, n_test=5, img_size=8, path=str(cifar))
+    assert d.num_classes == 10 and d.y_test.shape == (5,)
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): the file appears if the loader ever runs code from a batch."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_a_malicious_cifar_pickle_is_refused_without_running(tmp_path, where):
+    cifar = _cifar_dir(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = _Payload(marker) if where == "top" else {b"labels": [0], b"data": [_Payload(marker)]}
+    (cifar / "data_batch_1").write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(NasError, match=r"data_batch_1 is not a CIFAR-10 python batch: it asks to load "
+                                       r"(builtins|io)\.open.*not unpickled"):
+        make_dataset("image_folder", seed=0, n_train=10, n_test=5, img_size=8, path=str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar_batches_of_the_wrong_shape_are_refused(tmp_path):
+    cifar = _cifar_dir(tmp_path)
+    (cifar / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}))
+    with pytest.raises(NasError, match="test_batch is not a CIFAR-10 python batch: expected a dict"):
+        make_dataset("image_folder", seed=0, n_train=10, n_test=2, img_size=8, path=str(tmp_path))
+    (cifar / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(NasError, match="test_batch is not a readable CIFAR-10 python batch"):
+        make_dataset("image_folder", seed=0, n_train=10, n_test=2, img_size=8, path=str(tmp_path))
+
+
+@pytest.mark.parametrize("study", ["cls_token_position", "vmamba_scan_routes"])
+def test_any_study_can_be_pointed_at_a_local_folder(tmp_path, study, monkeypatch):
+    """The README's override: name and knobs together, so a study's own knobs (clutter, ...) are replaced."""
+    from pathlib import Path
+
+    from nas.config import load_study
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    _class_folder(tmp_path / "imgs")
+    sf = load_study(study, profile="h200", sets=["data.name=image_folder", f"data.knobs={{path: {tmp_path / 'imgs'}}}",
+                                                "data.n_train=16", "data.n_test=16", "data.img_size=16"])
+    data = sf.study.data
+    assert data.name == "image_folder" and data.knobs == {"path": str(tmp_path / "imgs")}
+    d = make_dataset(data.name, seed=0, n_train=8, n_test=4, img_size=data.img_size, **data.knobs)
+    assert d.num_classes == 3
 
 
 def test_missing_path_names_it(tmp_path):

@@ -51,8 +51,9 @@ class FakeRunner:
     """Runs a round as Tune would, minus Ray and training: the searcher's configs in, the store written as our
     callback writes it, Optuna told through the searcher. Accuracy: 0.5 + 0.01 · seed (+0.1 for route bi)."""
 
-    def __init__(self) -> None:
+    def __init__(self, accuracy=None) -> None:  # noqa: ANN001 - (levels, seed) → accuracy
         self.rounds: list[list[tuple[str, int]]] = []
+        self.accuracy = accuracy or (lambda levels, seed: 0.5 + 0.01 * seed + 0.1 * (levels.get("route") == "bi"))
 
     def run_round(self, ctx: RunContext, rnd: Round) -> bool:
         from ray.tune.search import Searcher
@@ -67,7 +68,7 @@ class FakeRunner:
             assert start.spec_id in start.key
             assert all(config[k] == v for k, v in start.params.items())  # Optuna's parameters name the trial
             row = ctx.store.trial_started(ctx.plan.study.name, ctx.run_id, start)
-            acc = 0.5 + 0.01 * start.seed + 0.1 * (start.levels.get("route") == "bi")
+            acc = self.accuracy(start.levels, start.seed)
             ctx.store.trial_finished(row, TrialState.COMPLETE, TrialOutcome(val_acc=acc, values={"val_acc": acc}))
             searcher.on_trial_complete(f"t{len(ran)}", {FINAL: True, "val_acc": acc})
             ctx.on_event("complete", {})
@@ -87,39 +88,60 @@ def _plan(tmp_path: Path, text: str, name: str):  # noqa: ANN202
 
 
 def _bi_to_four(study, results):  # noqa: ANN001, ANN202 - a stand-in policy: level bi needs 4 seeds, uni is settled
-    return {r.spec_id: 4 for r in results if r.levels["route"] == "bi"}
+    return {r.spec_id: [0, 1, 2, 3] for r in results if r.levels["route"] == "bi"}
 
 
 def test_adaptive_study_runs_min_seeds_then_the_rounds_a_policy_asks_for(tmp_path):
     plan = _plan(tmp_path, ADAPTIVE, "adaptive")
     assert plan.study.initial_seeds == [0, 1] and plan.study.max_seeds == [0, 1, 2, 3]
-    assert [(c.levels["route"], c.seed) for c in plan.cells] == [("uni", 0), ("uni", 1), ("bi", 0), ("bi", 1)]
+    assert [(c.levels["route"], c.seed) for c in plan.cells] == [("uni", 0), ("bi", 0), ("uni", 1), ("bi", 1)]
     store = Store(plan.study.storage.url)
     queued: list[tuple[int, int, int, int]] = []
     runner = FakeRunner()
     out = run_study(plan, store, runner, policy=_bi_to_four, on_queued=lambda *a: queued.append(a))
-    assert runner.rounds == [[("uni", 0), ("uni", 1), ("bi", 0), ("bi", 1)], [("bi", 2), ("bi", 3)]]
+    assert runner.rounds == [[("uni", 0), ("bi", 0), ("uni", 1), ("bi", 1)], [("bi", 2), ("bi", 3)]]
     assert (out.rounds, out.queued, out.completed, out.failed) == (2, 6, 6, 0)  # then the policy asks for nothing new
     assert [q[:2] for q in queued] == [(1, 4), (2, 2)]
     keys = [t.key for t in store.trials("adaptive")]
     assert len(keys) == 6 and len(set(keys)) == 6
     results = {r.levels["route"]: r for r in arm_results(plan, store.trials("adaptive"))}
-    assert results["bi"].values == pytest.approx({0: 60.0, 1: 61.0, 2: 62.0, 3: 63.0})  # percentage points
+    assert results["bi"].values == pytest.approx({0: 0.60, 1: 0.61, 2: 0.62, 3: 0.63})  # as stored
     # resumed: nothing is run again, whatever the policy asks for
     again = FakeRunner()
     out = run_study(plan, store, again, policy=_bi_to_four)
     assert again.rounds == [] and out.queued == 0 and out.skipped_done == 4
     assert len(store.trials("adaptive")) == 6
-    more = next_round(plan, store.trials("adaptive"), lambda study, results: {r.spec_id: 99 for r in results})
+    more = next_round(plan, store.trials("adaptive"), lambda study, results: {r.spec_id: range(99) for r in results})
     assert [(c.levels["route"], c.seed) for c in more] == [("uni", 2), ("uni", 3)]  # capped at seeds.max
     ot = optuna.load_study(study_name="adaptive", storage=plan.study.storage.url)
     assert sorted(t.state.name for t in ot.trials) == ["COMPLETE"] * 6
 
 
+def test_the_default_policy_adds_seeds_where_the_interval_holds_zero_and_resumes_without_repeats(tmp_path):
+    from nas.adaptive import plan_seeds
+
+    text = ADAPTIVE.replace("max: 4", "max: 6").replace("n_test: 32", "n_test: 512")
+    plan = _plan(tmp_path, text, "adaptive_default")
+    # bi is 0.4 points better on average with a ±3-point seed-to-seed swing: undecided at 2 seeds
+    swing = [3.0, -3.0, 2.0, -2.5, 1.0, -1.0]
+    runner = FakeRunner(lambda levels, seed: 0.80 + (0.004 + swing[seed] / 100 if levels["route"] == "bi" else 0))
+    store = Store(plan.study.storage.url)
+    out = run_study(plan, store, runner)
+    assert out.rounds >= 2 and len(runner.rounds[0]) == 4 and runner.rounds[1]  # min seeds, then more
+    cells = [(t.levels["route"], t.seed) for t in store.trials("adaptive_default")]
+    assert len(cells) == len(set(cells)) and all(seed < 6 for _, seed in cells)
+    results = {lv: {s: 0.80 + (0.004 + swing[s] / 100 if lv == "bi" else 0) for r, s in cells if r == lv}
+               for lv in ("uni", "bi")}
+    assert plan_seeds(results, "uni", {"min": 2, "max": 6, "target_halfwidth": 1.0}, n_test=512).cells == []
+    again = FakeRunner(runner.accuracy)  # resumed: the policy replays the same looks and asks for nothing new
+    out = run_study(plan, store, again)
+    assert again.rounds == [] and len(store.trials("adaptive_default")) == len(cells)
+
+
 def test_without_a_policy_an_adaptive_study_stops_after_its_min_seeds(tmp_path):
     plan = _plan(tmp_path, ADAPTIVE, "no_policy")
     runner = FakeRunner()
-    out = run_study(plan, Store(plan.study.storage.url), runner)
+    out = run_study(plan, Store(plan.study.storage.url), runner, policy=None)
     assert [len(r) for r in runner.rounds] == [4] and out.rounds == 1
 
 

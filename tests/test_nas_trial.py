@@ -51,7 +51,7 @@ def test_report_called_every_epoch_with_the_metrics(tiny):
                     **dict(FAST, epochs=3, measure={"repeats": 1, "warmup": 0}))
     assert [e for e, _ in calls] == [1, 2, 3]
     assert all(set(m) == {"train_loss", "val_loss", "val_acc", "lr", "seconds"} for _, m in calls)
-    assert res.kernel_paths == {"selective_scan_paths": "reference"}  # the CPU path, recorded
+    assert res.kernel_paths == {"causal_conv1d_paths": "reference", "selective_scan_paths": "reference"}  # the CPU path, recorded
     assert len(res.metrics) == 3 and res.val_acc == res.metrics[-1]["val_acc"]
     assert res.cost["params"] == res.params and res.cost["flops_terms"]["selective_scan"] > 0
     lrs = [m["lr"] for _, m in calls]  # epoch-start lr: mid-warm-up, then decaying along the cosine
@@ -66,6 +66,9 @@ def test_huge_lr_or_poisoned_input_raises_trial_diverged(tiny):
     with pytest.raises(TrialDiverged, match="epoch 1") as err:
         run_trial(spec, poisoned, seed=0, **FAST)
     assert err.value.epoch == 1 and isinstance(err.value, NasError)
+    # the losses are read once per check (not every step), yet the error names the step whose batch held the NaN
+    order = torch.randperm(len(tiny.y_train), generator=torch.Generator().manual_seed(0))
+    assert err.value.step == int((order == 5).nonzero()) // FAST["batch_size"]
     with pytest.raises(TrialDiverged):
         run_trial(spec, tiny, seed=0, **dict(FAST, lr=1e6, epochs=4))
 
@@ -134,3 +137,15 @@ def test_measure_cost_across_resolutions_scales_with_tokens():
     by = cost["by_resolution"]
     assert by[32]["flops"] == cost["flops"] and by[64]["flops"] > 3 * by[32]["flops"]
     assert by[64]["params"] > by[32]["params"]  # a longer position table
+
+
+def test_the_store_names_the_physical_gpu_a_trial_ran_on():
+    import torch
+
+    from nas.worker import device_label, gpu_label
+
+    assert device_label(torch.device("cpu")) == "cpu"
+    # Ray gave this worker host GPUs 2 and 3: its cuda:1 is the host's GPU 3
+    assert gpu_label(1, "2,3", "NVIDIA H200", "GPU-1a2b3c4d-5e6f") == "cuda:1 = GPU 3 (NVIDIA H200, GPU-1a2b3c4d)"
+    assert gpu_label(0, None, "NVIDIA H200", "") == "cuda:0 = GPU 0 (NVIDIA H200)"
+    assert gpu_label(0, "", "X", "abcd") == "cuda:0 = GPU 0 (X, GPU-abcd)"

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from blocks import PRESETS, build_backbone, count_parameters, get_preset, list_presets
+from blocks import PRESETS, build_backbone, count_parameters, get_preset, list_presets, summarize_preset
 from blocks.timm_compat import convert_timm_state_dict
 
 PAPER_PRESETS = [n for n in list_presets(include_test=False)]
@@ -67,3 +67,25 @@ def test_vim_middle_token_index_and_length():
     g = build_backbone(get_preset("globalmamba_mini"), device="meta")
     assert g.layout.length == 256 and g.layout.cls_positions == (127,)
     assert g.segments == ((1, 1), (3, 3), (7, 7), (14, 14))
+
+
+def test_vil_final_norm_eps_is_the_presets_own_setting():
+    """ViL's final per-token LayerNorm uses eps 1e-6, its block norms and head norm 1e-5 (vil_mlstm.md)."""
+    m = build_backbone(get_preset("vil_tiny"), device="meta")
+    assert m.norm.eps == 1e-6 and m.head.norm.eps == 1e-5
+    assert {b.norm1.eps for b in m.stages[0].blocks} == {1e-5}
+    for name in ("vim_tiny", "deit_tiny"):  # every other preset: one eps everywhere, and no new key in its JSON
+        spec = get_preset(name)
+        assert build_backbone(spec, device="meta").norm.eps == spec.norm_eps
+        assert "final_norm_eps" not in spec.to_json()  # so specs written before the field keep their ids
+    vim = get_preset("vim_tiny")
+    assert vim.with_overrides({"final_norm_eps": vim.norm_eps}).id == vim.id  # an eps equal to norm_eps is no change
+    assert vim.with_overrides({"final_norm_eps": 1e-6}).id != vim.id
+
+
+def test_summary_counts_on_the_meta_device():
+    row = summarize_preset("vim_tiny")
+    assert (row.params, row.tokens, row.route, row.matches) == (count_parameters(get_preset("vim_tiny")), 197, "bi",
+                                                                 True)
+    small = summarize_preset("test_vim")  # the meta count is the real model's
+    assert small.params == sum(p.numel() for p in build_backbone(get_preset("test_vim")).parameters())

@@ -27,6 +27,10 @@ def test_report_cli_writes_one_self_contained_file(fx: Fixture, tmp_path: Path) 
     assert "plotly.js v" in text or "Plotly" in text[:2_000_000]  # the library itself is inlined
     assert text.count('class="plotly-graph-div"') == 8
     assert "Ablation table" in text and "+5.33" in text and "76.1" in text and "Vim (Zhu et al., 2024)" in text
+    # the trials table says its units, as the dashboard's trial page does (fixture: 2000 images/s for head,
+    # 1,160,000 FLOPs, 3 s wall, 25,354 parameters)
+    assert "<td>2,000 images/s</td>" in text and "<td>0.00116 GFLOPs</td>" in text and "<td>3 s</td>" in text
+    assert "<td>25,354</td>" in text and "<th>FLOPs per image</th>" in text
     assert not list(out.parent.glob("*.tmp"))
 
 

@@ -181,7 +181,7 @@ def test_studies_listing_counts_states_and_best(url):
     assert set(rows) == {"s1", "s2"}
     r = rows["s1"]
     assert [r.counts[s] for s in ("complete", "failed", "running", "stopped", "stale")] == [2, 1, 1, 1, 0]
-    assert (r.done, r.failed, r.running) == (3, 1, 1)
+    assert (r.done, r.failed, r.running, r.interrupted) == (3, 1, 1, 0)
     assert r.best_val_acc == pytest.approx(0.8)  # best over complete trials only
     assert r.cells == 4 and r.kind == "grid"
     assert rows["s2"].done == 0 and rows["s2"].best_val_acc is None

@@ -87,6 +87,14 @@ def test_vil_tiny_shape_gpu(dtype, backward):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+def test_vil_tiny_default_smoke_gpu():
+    """The defaults (Triton forward and tile backward) at ViL-T's shape in bfloat16, as training runs them."""
+    check(make_inputs(8, 4, 145, 96, 96, dtype=torch.bfloat16), torch.bfloat16, "triton")
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_two_phase_long_sequence_gpu(dtype):

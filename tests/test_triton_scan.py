@@ -20,8 +20,8 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from _scan_oracle import rel_err, scan_loop, scan_paths_loop  # noqa: E402
-from kernels.triton.selective_scan import (BWD_GRID_CANDIDATES, selective_scan_paths_triton,  # noqa: E402
-                                           selective_scan_triton)
+from kernels.triton.selective_scan import (BWD_GRID_CANDIDATES, bc_vector_width,  # noqa: E402
+                                           selective_scan_paths_triton, selective_scan_triton)
 
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -87,35 +87,39 @@ CASES = [  # (P, dim, N, L, route, softplus, merge, with D/z/bias)
     (1, 5, 3, 37, "identity", True, "sum", True),
     (1, 4, 16, 70, "identity", False, "sum", False),  # several chunks, no optional inputs
     (2, 5, 4, 23, "bi", True, "mean", True),
-    (4, 6, 1, 25, "cross", True, "sum", True),  # N = 1, VMamba-style cross route on a 5×5 grid
-    (3, 3, 5, 29, "random", False, "mean", True),
+    (4, 6, 1, 16, "cross", True, "sum", True),  # N = 1, VMamba-style cross route on a 4×4 grid
+    (3, 3, 5, 19, "random", False, "mean", True),
 ]
 
 
-# interpreter tiles are small so that several channel blocks and stretches are exercised; None = the default tiles
-# "lane": the lane-owned forward (tile 4 steps, checkpoints every 8) with the chunk backward; "lane_seg": the same cut
-# into segments of 8 steps (summary launch + segment launch; several paths then merge by atomics)
+# Interpreter tiles are small so that several channel blocks and stretches are exercised; None = the default tiles.
+# "lane": the lane-owned forward (tile 4 steps, checkpoints every 8) with the lane backward (2 steps in registers,
+# the state every 2 steps through the scratch); "lane_seg": the lane forward cut into segments of 8 steps (summary
+# launch + segment launch; several paths then merge by atomics) with the chunk backward reading its checkpoints.
 VARIANTS = {"seq": ("seq", 8, 8, 1), "chunk": ("chunk", 4, 8, 1),
-            "lane": ("lane", 8, 8, 1, 4, 1, "input", "grid", 4, 1),
+            "lane": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 1, "grid", "lane", 2),
             "lane_seg": ("lane", 8, 8, 1, 4, 1, "input", "grid", 4, 3)}
 GPU_VARIANTS = {"seq": ("seq", 16, 16, 2), "chunk": ("chunk", 4, 32, 2, 4, 2, "input", "grid"),
-                "lane": ("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 0),
+                "lane": ("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 32),
                 "lane_seg": ("lane", 32, 32, 1, 0, 0, "input", "grid", 8, 6)}
+# every case runs the chunk and lane kernels (forward and backward); the variants that are no default anywhere (seq)
+# or that reuse those kernels in another arrangement (lane_seg) run two cases, to keep the interpreter's minutes low
+FULL, SOME = ("chunk", "lane"), ("seq", "lane_seg")
 
 
 def variant_config(variant):
     return GPU_VARIANTS[variant] if torch.cuda.is_available() else VARIANTS[variant]
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("n_paths,dim,n_state,length,kind,softplus,merge,opt", CASES)
+@pytest.mark.parametrize("n_paths,dim,n_state,length,kind,softplus,merge,opt,variant",
+                         [c + (v,) for c in CASES for v in FULL] + [c + (v,) for c in CASES[2:4] for v in SOME])
 def test_paths_match_oracle(n_paths, dim, n_state, length, kind, softplus, merge, opt, variant):
     inputs = make_inputs(2, n_paths, dim, n_state, length, with_d=opt, with_z=opt, with_bias=opt)
     config = variant_config(variant)
-    check_against_oracle(inputs, softplus, route(kind, n_paths, length, side=5), merge, torch.float32, config)
+    check_against_oracle(inputs, softplus, route(kind, n_paths, length, side=4), merge, torch.float32, config)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", ["chunk", "lane"])
 def test_strided_inputs_match_contiguous(variant):
     """u shared by every path (an expanded view, stride 0) and channel-last memory need no copies."""
     config = variant_config(variant)
@@ -137,6 +141,43 @@ def test_strided_inputs_match_contiguous(variant):
     assert rel_err(leaf.grad, ref_leaf.grad) < 1e-5
 
 
+def mixer_layout(inputs, pad=0):
+    """The SSM mixer's memory: u, Δ, z channel-last, and B, C two column blocks of one (P, batch, L, 2N + pad) x_proj
+    output (N contiguous, B first), which the lane kernels read with vector loads when the strides allow."""
+    u, delta, A, B, C, D, z, bias = channel_last_inputs(inputs)
+    bsz, n_paths, n, length = B.shape
+    xdbl = torch.zeros(n_paths, bsz, length, 2 * n + pad, device=B.device, dtype=B.dtype)
+    xdbl[..., :n] = B.permute(1, 0, 3, 2)
+    xdbl[..., n:2 * n] = C.permute(1, 0, 3, 2)
+    return [u, delta, A, xdbl[..., :n].permute(1, 0, 3, 2), xdbl[..., n:2 * n].permute(1, 0, 3, 2), D, z, bias]
+
+
+LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the whole stretch, whole-warp Σ_d
+    "ck_eq_tile": ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 4),
+    "red32": ("lane", 8, 8, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 2, 32),
+    "chunk_fwd": ("chunk", 4, 8, 1, 8, 1, "input", "grid", 8, 0, "auto", "lane", 4),
+}
+
+
+@pytest.mark.parametrize("option", sorted(LANE_OPTIONS))
+def test_lane_backward_options_with_vector_rows(option):
+    """B and C in the mixer's layout (8-element rows: 16-byte vector loads of fp32 in both lane kernels)."""
+    inputs = mixer_layout(make_inputs(2, 2, 6, 8, 21))
+    assert bc_vector_width(inputs[3], inputs[4]) == 4
+    check_against_oracle(inputs, True, route("bi", 2, 21), "mean", torch.float32, LANE_OPTIONS[option])
+
+
+def test_vector_width_follows_strides_and_alignment():
+    B = mixer_layout(make_inputs(2, 2, 3, 8, 9, dtype=torch.bfloat16))[3]
+    assert bc_vector_width(B, B) == 8  # 8 bf16 = 16 bytes: rows of 16, every offset a multiple of 8
+    odd = mixer_layout(make_inputs(2, 2, 3, 8, 9, dtype=torch.bfloat16), pad=4)[3]  # rows of 20 elements
+    assert bc_vector_width(odd, odd) == 4
+    plain = make_inputs(2, 2, 3, 8, 9)[3]  # (batch, P, N, L) contiguous: N is not the unit stride
+    assert bc_vector_width(plain, plain) == 1
+    shifted = torch.zeros(2 * 2 * 9 * 16 + 1)[1:].view(2, 2, 9, 16)[..., :8].transpose(-1, -2)  # 4-byte aligned
+    assert bc_vector_width(shifted, shifted) == 1
+
+
 def channel_last_inputs(inputs):
     """The same values with (…, L, channels) memory for u, Δ, B, C, z (what token-wise Linear layers produce)."""
     def cl(x):
@@ -147,20 +188,27 @@ def channel_last_inputs(inputs):
 # backward tiles differing from the forward's and both gradient layouts (ScanConfig's optional fields)
 BWD_VARIANTS = {"bwd8_input": ("chunk", 4, 8, 1, 8, 2, "input"),
                 "bwd2_first": ("chunk", 4, 8, 1, 2, 1, "channel_first"),
-                "seq_first": ("seq", 8, 8, 1, 4, 1, "channel_first"),
                 "grid_input": ("chunk", 4, 8, 1, 4, 1, "input", "grid")}
 
 
 @pytest.mark.parametrize("name", sorted(BWD_VARIANTS))
 def test_backward_tiles_and_gradient_layouts(name):
-    inputs = channel_last_inputs(make_inputs(2, 4, 6, 3, 25))
-    check_against_oracle(inputs, True, route("cross", 4, 25, side=5), "sum", torch.float32, BWD_VARIANTS[name])
+    inputs = channel_last_inputs(make_inputs(2, 4, 6, 3, 16))
+    check_against_oracle(inputs, True, route("cross", 4, 16, side=4), "sum", torch.float32, BWD_VARIANTS[name])
 
 
 def test_bad_gradient_layout_is_refused():
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 1, 4, 2, 9)]
     out = selective_scan_paths_triton(*leaves, config=("chunk", 4, 8, 1, 0, 0, "rows"))
     with pytest.raises(ValueError, match="grad_layout"):
+        out.sum().backward()
+
+
+def test_bad_backward_variant_is_refused():
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 1, 4, 2, 9)]
+    out = selective_scan_paths_triton(*leaves, config=("chunk", 4, 8, 1, 0, 0, "input", "grid", 4, 0, "auto",
+                                                       "rows"))
+    with pytest.raises(ValueError, match="bwd must be"):
         out.sum().backward()
 
 
@@ -211,13 +259,38 @@ def test_real_shapes_gpu(shape, dtype, variant):
                                          for c in [None] + [c for c in BWD_GRID_CANDIDATES[n] if c.bwd_paths == "grid"]],
                          ids=lambda c: c if isinstance(c, str) else "default" if c is None else "-".join(map(str, c)))
 def test_default_and_grid_tiles_channel_last_gpu(kind, config, dtype):
-    """The default tiles and the backward path-loop/grid candidates on channel-last inputs (the SSM mixer's layout;
-    gradients come back channel-last): Vim-Ti's bi route, and a 16×16 cross4 route with N = 1 (VMamba's)."""
+    """The default tiles and the backward path-loop/grid candidates on the SSM mixer's layout (channel-last u, Δ, z;
+    B and C as column blocks of one x_proj output; gradients come back in the inputs' layout): Vim-Ti's bi route,
+    and a 16×16 cross4 route with N = 1 (VMamba's)."""
     if kind == "vim_ti_bi":
-        inputs, paths = make_inputs(16, 2, 384, 16, 197, dtype=dtype), route("bi", 2, 197)
+        inputs, paths = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype)), route("bi", 2, 197)
     else:
         inputs, paths = make_inputs(8, 4, 96, 1, 256, dtype=dtype, with_z=False), route("cross", 4, 256, side=16)
-    check_against_oracle(channel_last_inputs(inputs), True, paths, "mean", dtype, config)
+        inputs = channel_last_inputs(inputs)
+    check_against_oracle(inputs, True, paths, "mean", dtype, config)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
+@pytest.mark.parametrize("kind", ["vim_ti_bi", "cross4_16x16"])
+def test_default_tiles_smoke_gpu(kind):
+    """The default tiles (Vim-Ti bi: the lane kernels with vector B/C rows; cross4 N = 1: the chunk kernels) on the
+    mixer's bfloat16 layout."""
+    test_default_and_grid_tiles_channel_last_gpu(kind, None, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("red", [32, 8])
+def test_lane_backward_smoke_gpu(dtype, red):
+    """The lane backward (forced; "auto" takes it only when the batch fills the GPU) at Vim-Ti's bi shape in the
+    mixer's layout, with the whole-warp and the 8-lane Σ_d."""
+    cfg = GPU_VARIANTS["lane"][:-1] + (red,)
+    inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
+    check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
 
 
 @pytest.mark.gpu

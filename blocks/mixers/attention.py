@@ -26,9 +26,11 @@ class AttentionParams(MixerParams):
 
 class Attention(TokenMixer):
     Params = AttentionParams
+    test_params = ({"head_dim": 8}, {"head_dim": 8, "causal": True})
 
     def __init__(self, dim: int, *, params: AttentionParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
-                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+                 kernel_backend: str = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
                          kernel_backend=kernel_backend, device=device, dtype=dtype)
         if dim % params.head_dim:

@@ -30,9 +30,11 @@ class GatedConvParams(MixerParams):
 
 class GatedConv(TokenMixer):
     Params = GatedConvParams
+    test_params = ({"kernel_size": 3},)
 
     def __init__(self, dim: int, *, params: GatedConvParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
-                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+                 kernel_backend: str = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
                          kernel_backend=kernel_backend, device=device, dtype=dtype)
         hidden = int(params.expansion_ratio * dim)

@@ -52,7 +52,8 @@ class MLSTMParams(MixerParams):
 class BlockDiagonal(nn.Module):
     """xLSTM's LinearHeadwiseExpand: channels in groups of `block`, each group mapped by its own block×block matrix."""
 
-    def __init__(self, dim: int, block: int, bias: bool, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, block: int, bias: bool, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.n_blocks, self.block = dim // block, block
         self.weight = nn.Parameter(torch.empty(self.n_blocks, block, block, device=device, dtype=dtype))
@@ -69,7 +70,8 @@ class BlockDiagonal(nn.Module):
 class _PathCell(nn.Module):
     """What is per path in a parallel route: q/k/v projections, gates and the output norm."""
 
-    def __init__(self, inner: int, p: MLSTMParams, device=None, dtype=None) -> None:
+    def __init__(self, inner: int, p: MLSTMParams, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         fk = dict(device=device, dtype=dtype)
         self.q = BlockDiagonal(inner, p.qkv_block, p.bias, **fk)
@@ -83,9 +85,11 @@ class _PathCell(nn.Module):
 
 class MLSTM(TokenMixer):
     Params = MLSTMParams
+    test_params = ({}, {"conv": "causal1d"})
 
     def __init__(self, dim: int, *, params: MLSTMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
-                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+                 kernel_backend: str = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
                          kernel_backend=kernel_backend, device=device, dtype=dtype)
         p = params
@@ -135,6 +139,10 @@ class MLSTM(TokenMixer):
     def is_causal(cls, params: MLSTMParams) -> bool:
         return True
 
+    @classmethod
+    def causal_along_path(cls, params: MLSTMParams) -> bool:
+        return params.conv == "causal1d"  # the v2 dw2d conv sees grid neighbours on both sides of the path
+
     def _causal_conv(self, x: Tensor) -> Tensor:  # (B, L, E) in path order
         y = F.conv1d(F.pad(x.transpose(1, 2), (self.conv_size - 1, 0)), self.conv.weight, self.conv.bias,
                      groups=self.inner)
@@ -148,8 +156,12 @@ class MLSTM(TokenMixer):
         qkv = torch.cat((q, k, v), dim=-1)
         ig, fg = cell.igate(qkv), cell.fgate(qkv)  # (B, L, H)
 
-        def heads(t: Tensor) -> Tensor:
-            return t.reshape(B, L, H, DH).transpose(1, 2).contiguous()
+        # Under autocast the block-diagonal maps return float32 (their fp32 bias promotes the bf16 product); the cell
+        # takes the autocast dtype, as ViL's kernels do: a float32 cell runs its dots in exact fp32, ~16x slower.
+        cell_dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+
+        def heads(t: Tensor) -> Tensor:  # (B, L, E) → contiguous (B, H, L, DH) in the cell dtype, one copy
+            return t.new_empty((B, H, L, DH), dtype=cell_dtype).copy_(t.reshape(B, L, H, DH).transpose(1, 2))
 
         backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
         h = mlstm_cell(heads(q), heads(k), heads(v), ig.transpose(1, 2).contiguous(),

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from kernels.dispatch import causal_conv1d_paths, selective_scan_paths
+
 from ..layout import MixContext, grid_apply
 from .base import MIXERS, MixerParams, TokenMixer
 
@@ -63,9 +65,14 @@ class SSMParams(MixerParams):
 
 class SSMMixer(TokenMixer):
     Params = SSMParams
+    no_weight_decay_names = frozenset({"A_log", "D"})  # as Mamba marks them (_no_weight_decay)
+    test_params = ({"d_state": 4},
+                   {"d_state": 2, "expand": 1.0, "conv": "dw2d", "conv_bias": False, "gate": False, "out_norm": True,
+                    "merge": "sum"})
 
     def __init__(self, dim: int, *, params: SSMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
-                 kernel_backend: str = "auto", device=None, dtype=None) -> None:
+                 kernel_backend: str = "auto", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(dim, params=params, n_paths=n_paths, layer_idx=layer_idx, depth=depth,
                          kernel_backend=kernel_backend, device=device, dtype=dtype)
         if n_paths < 1:
@@ -112,6 +119,10 @@ class SSMMixer(TokenMixer):
     def is_causal(cls, params: MixerParams) -> bool:
         return True
 
+    @classmethod
+    def causal_along_path(cls, params: SSMParams) -> bool:
+        return params.conv == "causal1d"  # the dw2d conv sees grid neighbours on both sides of the path
+
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
         E, N, R, K = self.d_inner, self.d_state, self.dt_rank, self.conv_size
@@ -141,23 +152,38 @@ class SSMMixer(TokenMixer):
         if self.out_proj.bias is not None:
             self.out_proj.bias.zero_()
 
-    def _causal_conv(self, x: Tensor, path, c: int) -> Tensor:
-        """Causal depthwise conv `c` of `x` (B, L, E) along `path`, then SiLU; returned in canonical order (B, L, E)."""
-        L = x.shape[1]
-        w = self.conv_weight[c].unsqueeze(1)  # (E, 1, K)
-        b = None if self.conv_bias is None else self.conv_bias[c]
-        y = F.conv1d(path.gather(x).transpose(1, 2), w, b, padding=self.conv_size - 1, groups=self.d_inner)
-        return F.silu(y[..., :L]).transpose(1, 2).index_select(1, path.inverse)
-
     def _conv_paths(self, x: Tensor, ctx: MixContext) -> Tensor:
         """Conv outputs in canonical order, stacked over paths, channel-last: (B, P, L, E) (a stride-0 broadcast over
-        P when one conv output serves every path)."""
+        P when one conv output serves every path). The 1-D conv runs along each path without gathered copies
+        (kernels.path_conv: one Triton launch on CUDA, whose output memory is (P, B, L, E))."""
         P = self.n_paths
         if self.conv2d is not None:
             return F.silu(grid_apply(x, ctx.layout, self.conv2d)).unsqueeze(1).expand(-1, P, -1, -1)
-        if not self.params.conv_per_path:  # Vim v1: one conv along the first path, shared
-            return self._causal_conv(x, ctx.paths[0], 0).unsqueeze(1).expand(-1, P, -1, -1)
-        return torch.stack([self._causal_conv(x, path, i) for i, path in enumerate(ctx.paths)], 1)
+        n_conv = P if self.params.conv_per_path else 1  # Vim v1: one conv along the first path, shared
+        paths = torch.stack([p.index.to(x.device) for p in ctx.paths[:n_conv]])
+        backend = self.kernel_backend if self.kernel_backend in ("triton", "reference") else None  # no mamba_ssm conv
+        u = causal_conv1d_paths(x, self.conv_weight, self.conv_bias, paths, backend=backend)
+        return u if n_conv == P else u.expand(-1, P, -1, -1)
+
+    def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_proj and dt_proj of every path as batched matmuls over paths: Δ (P, B, L, E) and B, C (P, B, L, N) views.
+
+        x_proj's rows are taken in the order [B ; C ; δ] (the parameter keeps Mamba's [δ ; B ; C]), so that B and C
+        start each output row: the scan then reads a step's N values of B or C as whole 8- or 16-byte vectors. With
+        u's memory (P, B, L, E) (the path conv's) or one u shared by every path (one matmul for all paths), no copy
+        of u is made."""
+        Bsz, P, L, E = u.shape
+        N, R = self.d_state, self.dt_rank
+        w = self.x_proj_weight
+        w = torch.cat([w[:, R:], w[:, :R]], 1).expand(P, -1, -1)  # (P, 2N + R, E)
+        J = w.shape[1]
+        if u.stride(1) == 0:  # one u for all paths: one (B·L, E) × (E, P·J) product
+            x_dbl = (u[:, 0].reshape(Bsz * L, E) @ w.reshape(P * J, E).t()).view(Bsz, L, P, J).permute(2, 0, 1, 3)
+        else:
+            x_dbl = torch.bmm(u.transpose(0, 1).reshape(P, Bsz * L, E), w.transpose(1, 2)).view(P, Bsz, L, J)
+        delta = torch.bmm(x_dbl[..., 2 * N:].reshape(P, Bsz * L, R),
+                          self.dt_proj_weight.expand(P, -1, -1).transpose(1, 2)).view(P, Bsz, L, E)
+        return delta, x_dbl[..., :N], x_dbl[..., N:2 * N]
 
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         if len(ctx.paths) != self.n_paths:
@@ -165,25 +191,21 @@ class SSMMixer(TokenMixer):
                              f"{len(ctx.paths)} ({[p.name for p in ctx.paths]})")
         if x.dim() != 3 or x.shape[1] != ctx.layout.length:
             raise ValueError(f"x must be (batch, {ctx.layout.length}, {self.dim}); got {tuple(x.shape)}")
-        E, N, R, P = self.d_inner, self.d_state, self.dt_rank, self.n_paths
+        P = self.n_paths
         xz = self.in_proj(x)
+        E = self.d_inner
         x_in, z = (xz[..., :E], xz[..., E:]) if self.params.gate else (xz, None)
         # Everything stays channel-last in memory ((…, L, E), what token-wise Linear layers produce); the scan gets
         # (…, E, L) views of it, which the fused kernel reads through strides (much faster for column routes).
         u = self._conv_paths(x_in, ctx)  # (B, P, L, E)
-        x_dbl = torch.einsum("bple,pje->bplj", u, self.x_proj_weight.expand(P, -1, -1))  # (B, P, L, R+2N)
-        delta = torch.einsum("bplr,per->bple", x_dbl[..., :R], self.dt_proj_weight.expand(P, -1, -1))
-        Bm = x_dbl[..., R:R + N].transpose(-1, -2)  # (B, P, N, L)
-        Cm = x_dbl[..., R + N:].transpose(-1, -2)
+        delta, Bm, Cm = self._project(u)  # (P, B, L, ·) views
         A = -torch.exp(_atleast_f32(self.A_log))
         D = _atleast_f32(self.D.expand(P, -1))
         delta_bias = _atleast_f32(self.dt_proj_bias.expand(P, -1))
         paths = torch.stack([p.index.to(x.device) for p in ctx.paths])
         fuse_gate = self.params.gate and self.out_norm is None
-        from kernels.dispatch import selective_scan_paths
-
         y = selective_scan_paths(
-            u.transpose(-1, -2), delta.transpose(-1, -2), A, Bm, Cm, D,
+            u.transpose(-1, -2), delta.permute(1, 0, 3, 2), A, Bm.permute(1, 0, 3, 2), Cm.permute(1, 0, 3, 2), D,
             z=z.transpose(1, 2) if fuse_gate else None,
             delta_bias=delta_bias, delta_softplus=True, paths=paths, merge=self.params.merge,
             backend=None if self.kernel_backend == "auto" else self.kernel_backend,

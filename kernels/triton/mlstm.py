@@ -29,6 +29,7 @@ math, O(L·Lc) memory instead of the parallel form's O(L²)).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,8 @@ import triton
 import triton.language as tl
 
 
-def mlstm_chunkwise_torch(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64):
+def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                          eps: float = 1e-6, chunk: int = 64) -> torch.Tensor:
     """PyTorch chunkwise mLSTM (differentiable); shapes as `kernels.mlstm.mlstm_parallel_ref`; returns h like v."""
     bsz, heads, length, dqk = q.shape
     dv = v.shape[-1]
@@ -188,7 +190,7 @@ def _mlstm_fwd_kernel(
                                                               sk_d, sv_bh, sv_l, sv_d, LC, PREC)
 
 
-def forward_mode(n_chunks: int, device) -> str:
+def forward_mode(n_chunks: int, device: torch.device) -> str:
     """Choose "walk" (outputs and state in one sequential pass per program) or "two_phase" (a states-only pass, then
     every chunk's outputs in parallel). Two phases pay a write and a read of the chunk states and a second load of k,
     v, and win wherever there are a few chunks to spread (H100, bench_mlstm.py: 1.08× at 4 chunks with 512 walking
@@ -198,8 +200,9 @@ def forward_mode(n_chunks: int, device) -> str:
     return "two_phase"
 
 
-def mlstm_fwd_triton(q, k, v, i, f, eps: float = 1e-6, chunk: int = 64, block_v: int | None = None,
-                     save_stats: bool = False, mode: str | None = None):
+def mlstm_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                     eps: float = 1e-6, chunk: int = 64, block_v: int | None = None, save_stats: bool = False,
+                     mode: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward; q, k (b, h, L, dqk), v (b, h, L, dv), i, f (b, h, L). Returns h (b, h, L, dv), and with
     `save_stats` also the per-row stabiliser m and signed denominator (b·h, L) fp32 that the Triton backward needs.
     `mode`: "walk" or "two_phase" (see `forward_mode`, which chooses when None)."""
@@ -238,7 +241,9 @@ class MLSTMChunkwise(torch.autograd.Function):
     `mlstm_chunkwise_torch` under autograd ("recompute")."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, eps, backward, forward=None, bwd_tile=None):
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                eps: float, backward: str, forward: str | None = None,
+                bwd_tile: tuple[int, int] | None = None) -> torch.Tensor:
         ctx.eps, ctx.mode, ctx.bwd_tile = eps, backward, bwd_tile
         if backward == "triton" and any(ctx.needs_input_grad[:5]):  # inference skips the saved statistics
             h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, save_stats=True, mode=forward)
@@ -248,7 +253,7 @@ class MLSTMChunkwise(torch.autograd.Function):
         return mlstm_fwd_triton(q, k, v, i, f, eps, mode=forward)
 
     @staticmethod
-    def backward(ctx, dh):
+    def backward(ctx: Any, dh: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.mode == "triton":
             from .mlstm_bwd import mlstm_bwd_triton
 
@@ -269,8 +274,9 @@ class MLSTMChunkwise(torch.autograd.Function):
 BACKWARDS = ("recompute", "triton")
 
 
-def mlstm_triton(q, k, v, i, f, eps: float = 1e-6, backward: str = "triton", forward: str | None = None,
-                 bwd_tile: tuple[int, int] | None = None):
+def mlstm_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                 eps: float = 1e-6, backward: str = "triton", forward: str | None = None,
+                 bwd_tile: tuple[int, int] | None = None) -> torch.Tensor:
     """Same contract as `kernels.mlstm.mlstm_parallel_ref`. `backward`: "triton" (the tile kernels of mlstm_bwd.py;
     on the H100 2.3–5.7× faster in fwd+bwd than "recompute" at ViL-T shapes, benchmarks/RESULTS.md) or "recompute"
     (PyTorch chunkwise under autograd). `forward`: "walk", "two_phase" or None (chosen by `forward_mode`).

@@ -129,8 +129,10 @@ def default_tile(length: int, head_width: int) -> tuple[int, int]:
     return (16, 4) if length <= 256 else (32, 4)
 
 
-def mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, eps: float = 1e-6, block: int | None = None,
-                     warps: int | None = None):
+def mlstm_bwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                     h: torch.Tensor, dh: torch.Tensor, m: torch.Tensor, den: torch.Tensor, eps: float = 1e-6,
+                     block: int | None = None, warps: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv, di, df) of the mLSTM cell; m, den: (b·h, L) fp32 saved by the forward. `block` = the
     (t, s) tile side and `warps` per program; None = `default_tile`."""
     bsz, heads, length, dqk = q.shape

@@ -34,35 +34,18 @@ dB, dC buffers) are laid out like the inputs: channel-last memory in, channel-la
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from .scan_common import _combine, _merge_store, _softplus  # noqa: F401
+from .scan_common import _combine, _load_step_inputs, _merge_store, _softplus  # noqa: F401
+from .scan_config import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, ScanConfig, _channel_last,  # noqa: F401
+                          _chunk_default, _common_args, _empty_like_layout, backward_tiles, bc_vector_width,
+                          default_config)
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _load_step_inputs(U, DT, DTB, b64, p, offs_d, mask_d, pos, mask_t,
-                      su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sdb_p, sdb_d,
-                      HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """u and Δ tiles (BD, T) in fp32 at the path's positions; returns (u, Δ, pre-softplus Δ)."""
-    m2 = mask_d[:, None] & mask_t[None, :]
-    u = tl.load(U + b64 * su_b + p * su_p + offs_d[:, None] * su_d + pos[None, :] * su_l, mask=m2, other=0.0)
-    dt = tl.load(DT + b64 * sdt_b + p * sdt_p + offs_d[:, None] * sdt_d + pos[None, :] * sdt_l, mask=m2, other=0.0)
-    dt = dt.to(tl.float32)
-    if HAS_DTB:
-        bias = tl.load(DTB + p * sdb_p + offs_d * sdb_d, mask=mask_d, other=0.0).to(tl.float32)
-        dt = dt + bias[:, None]
-    dt_raw = dt
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(m2, dt, 0.0)  # masked steps: a = 1, Δ B u = 0, so the state passes through unchanged
-    return u.to(tl.float32), dt, dt_raw
 
 
 @triton.jit
@@ -251,93 +234,11 @@ def _scan_bwd_kernel(
             tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
 
 
-class ScanConfig(NamedTuple):
-    """How a launch tiles the work: `variant` "seq" (state in registers, one step at a time; see
-    selective_scan_seq.py) or "chunk" (associative scan over T-step tiles); `bd` channels per program; `steps` = the
-    checkpoint stretch (seq) or tile length (chunk), which the forward and backward must share; `warps`.
-    The backward may use its own channel block and warps (`bwd_bd`, `bwd_warps`; 0 = the forward's). `grad_layout`:
-    memory of du/Δ-grad (and dB/dC): "input" = the inputs' own layout (channel-last when they are), "channel_first"
-    = (…, dim, L) contiguous; "auto" = "input" (H100, `bench_scan.py --bwd-sweep`: fwd+bwd 1.10–1.12× faster for
-    Vim-Ti's bi route and 1.50× for VMamba's cross4 on channel-last inputs, benchmarks/gpu_notes.md). `bwd_paths`
-    (chunk backward of a multi-path route): "loop" = one program walks every path (dz merged in an fp32 buffer),
-    "grid" = one program per path (P× the programs; dz, when there is a gate, by fp32 atomics).
-    Fields of the "lane" forward (selective_scan_lane.py; its backward is the chunk kernel with T = `steps`): `tile`
-    = steps unrolled between two output stores; `segments` = pieces the sequence is cut into for parallelism (0 =
-    chosen from the lane count); `fwd_paths` = "loop" (one program walks every path; only with one segment) or
-    "grid" (one program per path, outputs merged by fp32 atomics), "auto" = "loop" where allowed."""
-
-    variant: str
-    bd: int
-    steps: int
-    warps: int
-    bwd_bd: int = 0
-    bwd_warps: int = 0
-    grad_layout: str = "auto"
-    bwd_paths: str = "loop"
-    tile: int = 8
-    segments: int = 0
-    fwd_paths: str = "auto"
-
-
-# Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
-# keyed by the state size class; their forward is the chunked kernel (default_config's before the lane forward).
-BWD_CANDIDATES = {
-    16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 4, "channel_first"),
-         ScanConfig("chunk", 4, 32, 2, 16, 8, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 2, "channel_first"),
-         ScanConfig("chunk", 4, 32, 2, 4, 2, "input"), ScanConfig("chunk", 4, 32, 2, 16, 8, "input")],
-    1: [ScanConfig("chunk", 32, 64, 2, 32, 2, "channel_first"), ScanConfig("chunk", 32, 64, 2, 32, 2, "input"),
-        ScanConfig("chunk", 32, 64, 2, 64, 4, "input"), ScanConfig("chunk", 32, 64, 2, 128, 4, "input")],
-}
-# second sweep (one program per path in the backward: P× the programs, for grids that leave SMs idle)
-BWD_GRID_CANDIDATES = {
-    16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "loop"), ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")],
-    1: [ScanConfig("chunk", 32, 64, 2, 32, 2, "input", "loop"), ScanConfig("chunk", 32, 64, 2, 32, 2, "input", "grid"),
-        ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")],
-}
-
-
-def default_config(n_state: int, dim: int, n_paths: int = 1) -> ScanConfig:
-    """Tile choice from the H100 runs in benchmarks/RESULTS.md. A multi-path route with N ≥ 16 (Vim's bi route) takes
-    the lane-owned forward, one program per path (session 3's forward sweep: 0.52 vs 0.61 ms at Vim-Ti 224², 1.6 vs
-    1.95 ms at 1248²) with the chunk backward; one path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane)
-    keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait behind the
-    earlier steps' stores, see gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element costs Python
-    time, so tiles shrink to the problem."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
-    if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
-        return ScanConfig("lane", 32, 32, 1, 4, 2, "input", "grid", 8, 0, "grid")
-    return _chunk_default(n_state)
-
-
-def _chunk_default(n_state: int) -> ScanConfig:
-    if triton.next_power_of_2(n_state) >= 16:
-        return ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")
-    return ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")
-
-
-def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
-    zs = z.stride() if z is not None else (0, 0, 0)
-    Ds = D.stride() if D is not None else (0, 0)
-    dbs = delta_bias.stride() if delta_bias is not None else (0, 0)
-    ps = paths.stride() if paths is not None else (0, 0)
-    return (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *Ds, *dbs, *zs, *ps)
-
-
-def _empty_like_layout(shape, ref: torch.Tensor, dtype, zero: bool, channel_last: bool) -> torch.Tensor:
-    """A (..., dim, L) buffer whose memory is (..., L, dim) when `channel_last` (the inputs' own layout)."""
-    make = torch.zeros if zero else torch.empty
-    if not channel_last:
-        return make(shape, device=ref.device, dtype=dtype)
-    return make((*shape[:-2], shape[-1], shape[-2]), device=ref.device, dtype=dtype).transpose(-1, -2)
-
-
-def _channel_last(x: torch.Tensor) -> bool:
-    return x.stride(-2) == 1 and x.stride(-1) != 1
-
-
-def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, save_last=False,
-                   config=None):
+def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                   paths: torch.Tensor | None, softplus: bool, scale: float, save_states: bool, save_last: bool = False,
+                   config: ScanConfig | tuple | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward; returns (out in u's dtype, checkpoint states or None, last state or None)."""
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
@@ -350,7 +251,7 @@ def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, 
             raise ValueError("the lane variant does not return the last state; use 'chunk' or 'seq'")
         out, hs = launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, cfg,
                                   _common_args(u, delta, A, B, C, D, z, delta_bias, paths), _empty_like_layout,
-                                  _channel_last)
+                                  _channel_last, bc_vector_width(B, C))
         return out, hs, None
     nchunk = triton.cdiv(length, cfg.steps)
     seq = cfg.variant == "seq"
@@ -379,7 +280,12 @@ def scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, 
     return out.to(u.dtype), (hs if save_states else None), (last[..., :n_state] if save_last else None)
 
 
-def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, hs, config=None):
+def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                   paths: torch.Tensor | None, softplus: bool, scale: float, hs: torch.Tensor,
+                   config: ScanConfig | tuple | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward; returns the gradients of (u, delta, A, B, C, D, z, delta_bias) (None where absent)."""
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
@@ -389,11 +295,7 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     if hs.shape[2] != nchunk:
         raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
     seq = cfg.variant == "seq"
-    if cfg.variant == "lane":  # the lane forward's gradients come from the chunk backward (T = the checkpoint stretch)
-        fallback = _chunk_default(n_state)
-        bd, warps = cfg.bwd_bd or fallback.bwd_bd, cfg.bwd_warps or fallback.bwd_warps
-    else:
-        bd, warps = cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+    cfg, bd, warps = backward_tiles(cfg, n_state, bsz * n_paths * triton.cdiv(dim, 32), u.device)
     if cfg.grad_layout not in ("auto", "input", "channel_first"):
         raise ValueError(f"grad_layout must be 'auto', 'input' or 'channel_first', got {cfg.grad_layout!r}")
     follow = cfg.grad_layout in ("input", "auto")
@@ -408,7 +310,7 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     if cfg.bwd_paths not in ("loop", "grid"):
         raise ValueError(f"bwd_paths must be 'loop' or 'grid', got {cfg.bwd_paths!r}")
-    path_loop = not seq and n_paths > 1 and cfg.bwd_paths == "loop"
+    path_loop = not seq and n_paths > 1 and cfg.bwd_paths == "loop" and cfg.bwd == "chunk"
     atomic_z = n_paths > 1 and not path_loop
     dz = dzacc = None
     if z is not None:
@@ -425,7 +327,11 @@ def scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, softplus, s
     inputs = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
               z if z is not None else dummy, paths if paths is not None else dummy, dout, hs)
     outs = (du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy)
-    if seq:
+    if cfg.bwd == "lane":
+        flags = {k: v for k, v in opts.items() if k not in ("T", "BD", "num_warps")}
+        launch_lane_bwd(inputs, outs, length, dim, nchunk, scale, n_paths, (*strides, *du.stride(), *db.stride()),
+                        flags, cfg.steps, cfg.bwd_tile, bd, warps, bc_vector_width(B, C), cfg.bwd_red)
+    elif seq:
         scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, bd, np2), device=dev, dtype=f32)
         _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, length, dim, nchunk, float(scale), *strides,
                                    *du.stride(), *db.stride(), **opts)
@@ -442,7 +348,10 @@ class SelectiveScanPaths(torch.autograd.Function):
     """Autograd wrapper; tensors as in `kernels.route_scan.selective_scan_paths_ref`, paths as int32 (P, L) or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, config=None):
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                paths: torch.Tensor | None, softplus: bool, scale: float,
+                config: ScanConfig | tuple | None = None) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:8])
         out, hs, _ = scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states=need_grad,
                                     config=config)
@@ -452,7 +361,7 @@ class SelectiveScanPaths(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias, paths, hs = ctx.saved_tensors
         grads = scan_paths_bwd(dout, u, delta, A, B, C, D, z, delta_bias, paths, ctx.softplus, ctx.scale, hs,
                                config=ctx.config)
@@ -460,8 +369,11 @@ class SelectiveScanPaths(torch.autograd.Function):
         return du, ddt, da, db, dc, dd, dz, ddtb, None, None, None, None
 
 
-def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                                paths=None, merge="sum", *, config=None):
+def selective_scan_paths_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                                delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                                paths: torch.Tensor | None = None, merge: str = "sum", *,
+                                config: ScanConfig | tuple | None = None) -> torch.Tensor:
     """Same contract as `kernels.route_scan.selective_scan_paths_ref`; one launch for all paths. `config` = a
     `ScanConfig` or its tuple ("seq"|"chunk", channels, steps, warps[, bwd channels, bwd warps, grad layout])
     overrides the tile choice (benchmark sweeps)."""
@@ -473,8 +385,10 @@ def selective_scan_paths_triton(u, delta, A, B, C, D=None, z=None, delta_bias=No
     return SelectiveScanPaths.apply(u, delta, A, B, C, D, z, delta_bias, paths, bool(delta_softplus), scale, config)
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False):
+def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                          D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                          delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                          return_last_state: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`selective_scan_ref` semantics for one path: u (batch, dim, L), B/C (batch, N, L) or (batch, 1, N, L)."""
     if B.dim() == 4:
         B, C = B[:, 0], C[:, 0]
@@ -490,6 +404,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
 
 from .selective_scan_lane import launch_lane_fwd  # noqa: E402
+from .selective_scan_lane_bwd import launch_lane_bwd  # noqa: E402
 from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel  # noqa: E402 (needs the helpers above)
 
 __all__ = ["selective_scan_paths_triton", "selective_scan_triton", "SelectiveScanPaths", "ScanConfig", "LOG2E",

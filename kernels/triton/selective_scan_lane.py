@@ -26,10 +26,17 @@ so the chunked backward (`_scan_bwd_kernel`, with T = CK) computes the gradients
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import triton
 import triton.language as tl
 
-from .scan_common import _merge_store, _step_u_dt
+from .scan_common import _bc_row, _merge_store, _step_u_dt
+
+if TYPE_CHECKING:
+    import torch
+
+    from .scan_config import ScanConfig
 
 _STRIDES = ["su_b", "su_p", "su_d", "su_l", "sdt_b", "sdt_p", "sdt_d", "sdt_l", "sa_p", "sa_d", "sa_n",
             "sb_b", "sb_p", "sb_n", "sb_l", "sc_b", "sc_p", "sc_n", "sc_l", "sD_p", "sD_d", "sdb_p", "sdb_d",
@@ -46,7 +53,7 @@ def _scan_fwd_lane_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC: tl.constexpr, PATH_LOOP: tl.constexpr, SAVE_STATES: tl.constexpr,
-    MODE: tl.constexpr,
+    MODE: tl.constexpr, VEC_BC: tl.constexpr = 1,
 ):
     # MODE 0: the whole sequence in one program; 1: segment summaries only (end state from zero, Σ Δ; no output);
     # 2: one segment, started from the earlier segments' summaries.
@@ -98,15 +105,12 @@ def _scan_fwd_lane_kernel(
                     pos, u, dt, _ = _step_u_dt(U, DT, PATHS, p, t, valid, offs_d, mask_d, u_base, dt_base, dtb,
                                                su_l, su_d, sdt_l, sdt_d, sp_p, sp_l, HAS_PATHS, HAS_DTB, SOFTPLUS)
                     md = mask_d & valid
-                    mn = (mask_n & valid)[:, None] & mask_d[None, :]
-                    bt = tl.load(Bm + b_base + offs_n[:, None] * sb_n + pos * sb_l + zero_nd, mask=mn,
-                                 other=0.0).to(tl.float32)
+                    bt = _bc_row(Bm, b_base, pos, sb_n, sb_l, offs_n, mask_n, valid, zero_nd, VEC_BC, N == NP)
                     h = tl.exp2(a2 * dt[None, :]) * h + bt * (dt * u)[None, :]
                     if MODE == 1:
                         dsum += dt
                     else:
-                        ct = tl.load(Cm + c_base + offs_n[:, None] * sc_n + pos * sc_l + zero_nd, mask=mn,
-                                     other=0.0).to(tl.float32)
+                        ct = _bc_row(Cm, c_base, pos, sc_n, sc_l, offs_n, mask_n, valid, zero_nd, VEC_BC, N == NP)
                         y = tl.sum(h * ct, axis=0)
                         if HAS_D:
                             y += dvec * u
@@ -131,7 +135,7 @@ def _scan_fwd_lane_kernel(
                      mask=mask_n[:, None] & mask_d[None, :])
 
 
-def lane_segments(requested: int, threads: int, nchunk: int, device) -> int:
+def lane_segments(requested: int, threads: int, nchunk: int, device: torch.device) -> int:
     """Segments for a launch: `requested` when > 0; else enough to give the GPU ~16 warps per SM (1 when the batch ×
     channel blocks × paths programs already give half of that), never shorter than two checkpoint stretches."""
     if requested > 0:
@@ -146,8 +150,12 @@ def lane_segments(requested: int, threads: int, nchunk: int, device) -> int:
     return max(1, min(triton.cdiv(target, threads), nchunk // 2))
 
 
-def launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, cfg, common_strides,
-                    empty_like_layout, channel_last):
+def launch_lane_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                    paths: torch.Tensor | None, softplus: bool, scale: float, save_states: bool, cfg: ScanConfig,
+                    common_strides: tuple[int, ...], empty_like_layout: Callable[..., torch.Tensor],
+                    channel_last: Callable[[torch.Tensor], bool], vec_bc: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward with the lane-owned kernel; returns (out in u's dtype, checkpoint states or None)."""
     import torch
 
@@ -180,7 +188,7 @@ def launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale,
             length, dim, nchunk, float(scale), n_paths, seglen, nseg)
     opts = dict(N=n_state, NP=np2, BD=cfg.bd, T=tile, CK=ck, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
                 HAS_Z=z is not None, SOFTPLUS=bool(softplus), HAS_PATHS=paths is not None, ATOMIC=atomic,
-                PATH_LOOP=path_loop, num_warps=cfg.warps)
+                PATH_LOOP=path_loop, VEC_BC=vec_bc, num_warps=cfg.warps)
     strides = (*common_strides, *out.stride())
     n_prog_paths = 1 if path_loop else n_paths
     if nseg > 1:

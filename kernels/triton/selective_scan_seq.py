@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .scan_common import _step_u_dt
+from .scan_common import _gate_dy, _step_u_dt, _store_dz
 
 
 @triton.jit
@@ -156,21 +156,11 @@ def _scan_bwd_seq_kernel(
                                                       HAS_DTB, SOFTPLUS)
             md = mask_d & valid
             ht = tl.load(scr + s * BD * NP)
-            dout = tl.load(DOUT + b64 * so_b + offs_d * so_d + pos * so_l, mask=md, other=0.0).to(tl.float32)
-            dout = dout * scale
+            dout, dy, z, sig = _gate_dy(DOUT, Z, b64, offs_d, pos, md, scale, so_b, so_d, so_l, sz_b, sz_d, sz_l,
+                                        HAS_Z)
             if HAS_Z:
-                z = tl.load(Z + b64 * sz_b + offs_d * sz_d + pos * sz_l, mask=md, other=0.0).to(tl.float32)
-                sig = tl.sigmoid(z)
-                dy = dout * (z * sig)
-                y = tl.sum(ht * ct[None, :], axis=1) + dvec * u
-                dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-                zptr = DZ + b64 * sz_b + offs_d * sz_d + pos * sz_l
-                if ATOMIC_Z:
-                    tl.atomic_add(zptr, dz, mask=md, sem="relaxed")
-                else:
-                    tl.store(zptr, dz.to(DZ.dtype.element_ty), mask=md)
-            else:
-                dy = dout
+                _store_dz(DZ, b64, offs_d, pos, md, dout, tl.sum(ht * ct[None, :], axis=1) + dvec * u, z, sig,
+                          sz_b, sz_d, sz_l, ATOMIC_Z)
             g = ct[None, :] * dy[:, None] + ga
             a = tl.exp2(dt[:, None] * a2)
             ga = a * g

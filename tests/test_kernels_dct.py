@@ -1,4 +1,4 @@
-"""DCT-II / inverse, GlobalMamba masks, and route index maps.
+"""DCT-II / inverse and GlobalMamba masks (route index maps are tested with the paths, tests/test_spec_layout.py).
 
 Tolerance rule: float64 transforms are compared at atol 1e-12 (the brief's exact-inverse bound; matmul rounding is
 ~1e-15 at these sizes); float32 at 1e-5 (~ n * eps32 with n <= 16, scaled by the data's O(1) magnitude).
@@ -10,11 +10,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from kernels.dct import anti_diagonal_lowpass_masks, dct2, dct_matrix, idct2
-from kernels.routes import gather_tokens, invert_permutation, scatter_add_paths, scatter_tokens
 
 
 def naive_dct2(x: torch.Tensor) -> torch.Tensor:
@@ -73,38 +70,3 @@ def test_band_images_last_is_identity():
     x = torch.randn(3, 32, 32, dtype=torch.float64)
     masks = anti_diagonal_lowpass_masks(32, 3)
     torch.testing.assert_close(idct2(dct2(x) * masks[-1]), x, rtol=0, atol=1e-12)
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.permutations(list(range(12))))
-def test_permutation_round_trip(perm):
-    index = torch.tensor(perm)
-    x = torch.randn(2, 12, 3)
-    inv = invert_permutation(index)
-    assert torch.equal(index[inv], torch.arange(12)) and torch.equal(inv[index], torch.arange(12))
-    y = gather_tokens(x, index)
-    assert torch.equal(y[:, 3], x[:, index[3]])
-    assert torch.equal(scatter_tokens(y, index), x)
-    assert torch.equal(gather_tokens(scatter_tokens(x, index), index), x)
-
-
-def test_other_token_axis_and_scatter_add_paths():
-    x = torch.randn(4, 3, 10)
-    fwd, bwd = torch.arange(10), torch.arange(9, -1, -1)
-    ys = [gather_tokens(x, fwd, dim=-1) * 2, gather_tokens(x, bwd, dim=-1)]
-    torch.testing.assert_close(scatter_add_paths(ys, [fwd, bwd], dim=-1), 3 * x)
-
-
-@pytest.mark.parametrize("bad", [[0, 1, 1], [0, 1, 3], [-1, 0, 1], [[0, 1, 2]]])
-def test_non_permutation_raises(bad):
-    with pytest.raises(ValueError, match="permutation|1-D"):
-        invert_permutation(torch.tensor(bad))
-    with pytest.raises(ValueError):
-        gather_tokens(torch.randn(1, 3, 2), torch.tensor(bad))
-
-
-def test_length_mismatch_and_float_index_raise():
-    with pytest.raises(ValueError, match="length"):
-        gather_tokens(torch.randn(1, 4, 2), torch.arange(3))
-    with pytest.raises(ValueError, match="integer"):
-        invert_permutation(torch.arange(3.0))

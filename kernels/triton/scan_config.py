@@ -1,0 +1,147 @@
+"""Tile choices of the selective-scan kernels (`ScanConfig`, the defaults and the sweep candidates) and the small
+layout helpers every launcher shares."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+
+
+class ScanConfig(NamedTuple):
+    """How a launch tiles the work: `variant` "seq" (state in registers, one step at a time; see
+    selective_scan_seq.py) or "chunk" (associative scan over T-step tiles); `bd` channels per program; `steps` = the
+    checkpoint stretch (seq) or tile length (chunk), which the forward and backward must share; `warps`.
+    The backward may use its own channel block and warps (`bwd_bd`, `bwd_warps`; 0 = the forward's). `grad_layout`:
+    memory of du/Δ-grad (and dB/dC): "input" = the inputs' own layout (channel-last when they are), "channel_first"
+    = (…, dim, L) contiguous; "auto" = "input" (H100, `bench_scan.py --bwd-sweep`: fwd+bwd 1.10–1.12× faster for
+    Vim-Ti's bi route and 1.50× for VMamba's cross4 on channel-last inputs, benchmarks/gpu_notes.md). `bwd_paths`
+    (chunk backward of a multi-path route): "loop" = one program walks every path (dz merged in an fp32 buffer),
+    "grid" = one program per path (P× the programs; dz, when there is a gate, by fp32 atomics).
+    Fields of the "lane" forward (selective_scan_lane.py; its backward is the chunk kernel with T = `steps`): `tile`
+    = steps unrolled between two output stores; `segments` = pieces the sequence is cut into for parallelism (0 =
+    chosen from the lane count); `fwd_paths` = "loop" (one program walks every path; only with one segment) or
+    "grid" (one program per path, outputs merged by fp32 atomics), "auto" = "loop" where allowed.
+    `bwd`: "chunk" (the associative-scan backward above, or the seq variant's own) or "lane" (one lane owns a
+    channel, selective_scan_lane_bwd.py; one program per path) with `bwd_tile` steps recomputed in registers
+    (`steps` must be a multiple of it) and dB/dC partials summed over `bwd_red` lanes before the atomics."""
+
+    variant: str
+    bd: int
+    steps: int
+    warps: int
+    bwd_bd: int = 0
+    bwd_warps: int = 0
+    grad_layout: str = "auto"
+    bwd_paths: str = "loop"
+    tile: int = 8
+    segments: int = 0
+    fwd_paths: str = "auto"
+    bwd: str = "chunk"
+    bwd_tile: int = 8
+    bwd_red: int = 8
+
+
+# Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
+# keyed by the state size class; their forward is the chunked kernel (default_config's before the lane forward).
+BWD_CANDIDATES = {
+    16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 4, "channel_first"),
+         ScanConfig("chunk", 4, 32, 2, 16, 8, "channel_first"), ScanConfig("chunk", 4, 32, 2, 8, 2, "channel_first"),
+         ScanConfig("chunk", 4, 32, 2, 4, 2, "input"), ScanConfig("chunk", 4, 32, 2, 16, 8, "input")],
+    1: [ScanConfig("chunk", 32, 64, 2, 32, 2, "channel_first"), ScanConfig("chunk", 32, 64, 2, 32, 2, "input"),
+        ScanConfig("chunk", 32, 64, 2, 64, 4, "input"), ScanConfig("chunk", 32, 64, 2, 128, 4, "input")],
+}
+# second sweep (one program per path in the backward: P× the programs, for grids that leave SMs idle)
+BWD_GRID_CANDIDATES = {
+    16: [ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "loop"), ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")],
+    1: [ScanConfig("chunk", 32, 64, 2, 32, 2, "input", "loop"), ScanConfig("chunk", 32, 64, 2, 32, 2, "input", "grid"),
+        ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")],
+}
+
+
+def default_config(n_state: int, dim: int, n_paths: int = 1) -> ScanConfig:
+    """Tile choice from the H100/H200 runs in benchmarks/RESULTS.md. A multi-path route with N ≥ 16 (Vim's bi route)
+    takes the lane-owned forward, one program per path (session 3's forward sweep: 0.52 vs 0.61 ms at Vim-Ti 224², 1.6
+    vs 1.95 ms at 1248²), checkpoints every 16 steps, and the lane backward (2-step register tiles, Σ_d over the whole
+    warp) wherever it fills the GPU, else the chunk backward (session 4's sweep on the mixer's layout, H200: fwd+bwd
+    1.64 vs 2.40 ms at Vim-Ti 224² × 64); one path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane)
+    keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait behind the
+    earlier steps' stores, see gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element costs Python
+    time, so tiles shrink to the problem."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
+    if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
+        return ScanConfig("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 32)
+    return _chunk_default(n_state)
+
+
+def _chunk_default(n_state: int) -> ScanConfig:
+    if triton.next_power_of_2(n_state) >= 16:
+        return ScanConfig("chunk", 4, 32, 2, 4, 2, "input", "grid")
+    return ScanConfig("chunk", 32, 64, 2, 16, 2, "input", "grid")
+
+
+def lane_bwd_fills(warps: int, device: torch.device) -> bool:
+    """Whether `warps` one-warp programs give every SM at least 4 (the lane backward has no sequence segments: at
+    Vim-Ti 1248² × 4 it would run 96 warps on 132 SMs, and the chunk backward is used instead). Always true off
+    CUDA (the interpreter's tests run the lane kernel)."""
+    if device.type != "cuda":
+        return True
+    return warps >= 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
+                   device: torch.device) -> tuple[ScanConfig, int, int]:
+    """The backward actually run: `cfg` with `bwd` resolved ("auto": the lane backward where its `lane_warps`
+    programs fill the GPU, else the chunk one), its channels per program and warps."""
+    if cfg.bwd not in ("chunk", "lane", "auto"):
+        raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
+    if cfg.bwd == "auto":
+        cfg = cfg._replace(bwd="lane" if lane_bwd_fills(lane_warps, device) else "chunk")
+    if cfg.bwd == "lane":  # one lane a channel: 32 channels a warp
+        bd = cfg.bwd_bd or 32
+        return cfg, bd, cfg.bwd_warps or max(1, bd // 32)
+    if cfg.variant == "lane":  # the lane forward's chunk backward (T = the checkpoint stretch)
+        fallback = _chunk_default(n_state)
+        return cfg, cfg.bwd_bd or fallback.bwd_bd, cfg.bwd_warps or fallback.bwd_warps
+    return cfg, cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+
+
+def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
+    zs = z.stride() if z is not None else (0, 0, 0)
+    Ds = D.stride() if D is not None else (0, 0)
+    dbs = delta_bias.stride() if delta_bias is not None else (0, 0)
+    ps = paths.stride() if paths is not None else (0, 0)
+    return (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *Ds, *dbs, *zs, *ps)
+
+
+def _empty_like_layout(shape, ref: torch.Tensor, dtype, zero: bool, channel_last: bool) -> torch.Tensor:
+    """A (..., dim, L) buffer whose memory is (..., L, dim) when `channel_last` (the inputs' own layout)."""
+    make = torch.zeros if zero else torch.empty
+    if not channel_last:
+        return make(shape, device=ref.device, dtype=dtype)
+    return make((*shape[:-2], shape[-1], shape[-2]), device=ref.device, dtype=dtype).transpose(-1, -2)
+
+
+def _channel_last(x: torch.Tensor) -> bool:
+    return x.stride(-2) == 1 and x.stride(-1) != 1
+
+
+def bc_vector_width(B: torch.Tensor, C: torch.Tensor) -> int:
+    """Elements per vector load of a B_t / C_t row (batch, P, N, L) in the lane kernels: the largest power of two
+    ≤ 16 bytes that divides N and every row offset (batch, path and step strides; N contiguous); 1 = scalar loads.
+    Triton knows a base address only as 16-byte aligned or not, so both must be 16-byte aligned."""
+    n = B.shape[-2]
+    vec = 16 // B.element_size()
+    if (B.dtype != C.dtype or n == 1 or n & (n - 1) or B.stride(-2) != 1 or C.stride(-2) != 1
+            or B.data_ptr() % 16 or C.data_ptr() % 16):
+        return 1
+    while vec > 1 and (n % vec or any(x % vec for t in (B, C) for x in (t.stride(0), t.stride(1), t.stride(-1)))):
+        vec //= 2
+    return vec
+
+
+__all__ = ["ScanConfig", "BWD_CANDIDATES", "BWD_GRID_CANDIDATES", "default_config", "bc_vector_width", "backward_tiles",
+           "lane_bwd_fills"]

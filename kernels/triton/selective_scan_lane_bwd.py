@@ -1,0 +1,215 @@
+"""Lane-owned backward of the route-fused selective scan (same math as `selective_scan.py`; read that docstring).
+
+One lane owns one channel and all its N states, as in the lane forward (`selective_scan_lane.py`): the recurrence, its
+adjoint and every Σ_n stay inside the thread. A program walks one path of one (batch, 32 · warps channels) block from
+the last step to the first, stretch by stretch:
+
+    the forward's checkpoint at the stretch start (every CK steps) → (CK > T only) the state every T steps, written to
+    a program-private fp32 scratch (L2-resident, CK/T · N · 4 bytes per channel) → for each T-step tile, last first:
+    recompute the T states into registers (a tuple of T (N, BD) tiles: no memory, no layout conversion), then walk
+    the T steps backwards with the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers.
+
+The work per (channel, state, step) is two exp2 (three with CK > T) and about a dozen FMAs; no shuffles except the
+Σ_d of dB_t and dC_t (B and C are shared by the channels), which are summed over groups of `RED` lanes (offline
+SASS, sm_90: 8 lanes take 15 % fewer instructions per step than the whole warp) and added with one fp32 atomic per
+(group, state, step). du and dΔ are stored per step (coalesced for channel-last gradients); dz goes
+through fp32 atomics when several paths' programs add to it. B_t and C_t rows are read with 16-byte vector loads
+when their memory allows (`VEC_BC`, set by the launcher from the strides and alignment).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import triton
+import triton.language as tl
+
+from .scan_common import _bc_row, _gate_dy, _step_u_dt, _store_dz
+
+if TYPE_CHECKING:
+    import torch
+
+
+@triton.jit
+def _recompute_tile(U, DT, Bm, PATHS, p, t0, L, h, a2, offs_d, mask_d, offs_n, mask_n, zero_nd, dtb, u_base, dt_base,
+                    b_base, su_l, su_d, sdt_l, sdt_d, sb_n, sb_l, sp_p, sp_l, T: tl.constexpr,
+                    HAS_PATHS: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, VEC_BC: tl.constexpr,
+                    FULL_N: tl.constexpr):
+    """T steps of the recurrence from `h`; returns the T states and the steps' (pos, u, Δ, pre-softplus Δ) as
+    tuples (registers), and the last state."""
+    hs = ()
+    us = ()
+    dts = ()
+    raws = ()
+    poss = ()
+    for s in tl.static_range(T):
+        t = t0 + s
+        valid = t < L
+        pos, u, dt, dt_raw = _step_u_dt(U, DT, PATHS, p, t, valid, offs_d, mask_d, u_base, dt_base, dtb, su_l, su_d,
+                                        sdt_l, sdt_d, sp_p, sp_l, HAS_PATHS, HAS_DTB, SOFTPLUS)
+        bt = _bc_row(Bm, b_base, pos, sb_n, sb_l, offs_n, mask_n, valid, zero_nd, VEC_BC, FULL_N)
+        h = tl.exp2(a2 * dt[None, :]) * h + bt * (dt * u)[None, :]
+        hs = hs + (h,)
+        us = us + (u,)
+        dts = dts + (dt,)
+        raws = raws + (dt_raw,)
+        poss = poss + (pos,)
+    return hs, us, dts, raws, poss, h
+
+
+@triton.jit
+def _advance(U, DT, Bm, PATHS, p, t0, L, h, a2, offs_d, mask_d, offs_n, mask_n, zero_nd, dtb, u_base, dt_base, b_base,
+             su_l, su_d, sdt_l, sdt_d, sb_n, sb_l, sp_p, sp_l, T: tl.constexpr, HAS_PATHS: tl.constexpr,
+             HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, VEC_BC: tl.constexpr, FULL_N: tl.constexpr):
+    """The state after T more steps (the tile's other values are dead and compiled away)."""
+    return _recompute_tile(U, DT, Bm, PATHS, p, t0, L, h, a2, offs_d, mask_d, offs_n, mask_n, zero_nd, dtb, u_base,
+                           dt_base, b_base, su_l, su_d, sdt_l, sdt_d, sb_n, sb_l, sp_p, sp_l, T, HAS_PATHS, HAS_DTB,
+                           SOFTPLUS, VEC_BC, FULL_N)[5]
+
+
+_STRIDES = ["su_b", "su_p", "su_d", "su_l", "sdt_b", "sdt_p", "sdt_d", "sdt_l", "sa_p", "sa_d", "sa_n",
+            "sb_b", "sb_p", "sb_n", "sb_l", "sc_b", "sc_p", "sc_n", "sc_l", "sD_p", "sD_d", "sdb_p", "sdb_d",
+            "sz_b", "sz_d", "sz_l", "sp_p", "sp_l", "so_b", "so_d", "so_l", "sg_b", "sg_p", "sg_d", "sg_l",
+            "sbc_b", "sbc_p", "sbc_n", "sbc_l", "one"]
+
+
+# Strides are not specialised (as in the lane forward): a known unit stride makes Triton re-lay the state out for
+# vector loads (4 states a lane, 8 channels a warp row), and every Σ_n then crosses lanes. `one` (= 1) is the unit
+# stride of the checkpoint and scratch memory, passed at run time for the same reason.
+@triton.jit(do_not_specialize=_STRIDES)
+def _scan_bwd_lane_kernel(
+    U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, DOUT, HS, SCR,
+    DU, DDT, DA, DB, DC, DD, DDTB, DZ,
+    L, DIM, NCHUNK, scale, NPATHS,
+    su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
+    sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, sg_b, sg_p, sg_d, sg_l, sbc_b, sbc_p, sbc_n, sbc_l, one,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr, VEC_BC: tl.constexpr, RED: tl.constexpr,
+):
+    # Gradient layouts as in `_scan_bwd_kernel`: DU, DDT through sg_*, DB/DC fp32 through sbc_*, DA (P, dim, NP),
+    # DD/DDTB (P, dim) fp32, DZ with Z's strides (fp32 when ATOMIC_Z). HS: (batch, P, NCHUNK, dim, NP) fp32 states at
+    # every CK-step checkpoint. SCR: per program (CK / T, NP, BD) fp32, used only when CK > T.
+    b64 = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    p = tl.program_id(2)
+    FULL_N: tl.constexpr = N == NP
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < DIM
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    zero_nd = tl.zeros((NP, BD), dtype=tl.int32)
+    mnd = mask_n[:, None] & mask_d[None, :]
+    a2 = tl.load(A + p * sa_p + offs_d[None, :] * sa_d + offs_n[:, None] * sa_n, mask=mnd,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    dvec = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_D:
+        dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
+    dtb = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_DTB:
+        dtb = tl.load(DTB + p * sdb_p + offs_d * sdb_d, mask=mask_d, other=0.0).to(tl.float32)
+    u_base, dt_base = b64 * su_b + p * su_p, b64 * sdt_b + p * sdt_p
+    b_base, c_base = b64 * sb_b + p * sb_p, b64 * sc_b + p * sc_p
+    g_base, bc_base = b64 * sg_b + p * sg_p, b64 * sbc_b + p * sbc_p
+    hs_base = HS + ((b64 * NPATHS + p) * NCHUNK) * DIM * NP
+    nd_off = (offs_n[:, None] + offs_d[None, :] * NP) * one  # the checkpoints' (dim, NP) memory
+    prog = (b64 * tl.num_programs(1) + pid_d) * NPATHS + p
+    scr = SCR + prog * (CK // T) * NP * BD + (offs_n[:, None] * BD + tl.arange(0, BD)[None, :]) * one
+    g = tl.zeros((NP, BD), dtype=tl.float32)
+    a_next = tl.zeros((NP, BD), dtype=tl.float32)  # decay of the step after the one being processed
+    da_acc = tl.zeros((NP, BD), dtype=tl.float32)
+    dd_acc = tl.zeros((BD,), dtype=tl.float32)
+    ddtb_acc = tl.zeros((BD,), dtype=tl.float32)
+    for ci in range(0, NCHUNK):
+        c = NCHUNK - 1 - ci
+        h = tl.load(hs_base + c * DIM * NP + nd_off, mask=mnd, other=0.0)
+        if CK > T:  # the state at every T-step tile start of this stretch, into the scratch
+            for j in range(0, CK // T - 1):
+                tl.store(scr + j * NP * BD, h)
+                h = _advance(U, DT, Bm, PATHS, p, c * CK + j * T, L, h, a2, offs_d, mask_d, offs_n, mask_n, zero_nd,
+                             dtb, u_base, dt_base, b_base, su_l, su_d, sdt_l, sdt_d, sb_n, sb_l, sp_p, sp_l, T,
+                             HAS_PATHS, HAS_DTB, SOFTPLUS, VEC_BC, FULL_N)
+            tl.debug_barrier()
+        for jr in range(0, CK // T):
+            j = CK // T - 1 - jr
+            t0 = c * CK + j * T
+            if CK > T:
+                if jr > 0:
+                    h = tl.load(scr + j * NP * BD)
+            hs, us, dts, raws, poss, _ = _recompute_tile(
+                U, DT, Bm, PATHS, p, t0, L, h, a2, offs_d, mask_d, offs_n, mask_n, zero_nd, dtb, u_base, dt_base,
+                b_base, su_l, su_d, sdt_l, sdt_d, sb_n, sb_l, sp_p, sp_l, T, HAS_PATHS, HAS_DTB, SOFTPLUS, VEC_BC,
+                FULL_N)
+            for r in tl.static_range(T):
+                t = t0 + T - 1 - r
+                valid = t < L
+                md = mask_d & valid
+                ht = hs[T - 1 - r]
+                u = us[T - 1 - r]
+                dt = dts[T - 1 - r]
+                pos = poss[T - 1 - r]
+                bt = _bc_row(Bm, b_base, pos, sb_n, sb_l, offs_n, mask_n, valid, zero_nd, VEC_BC, FULL_N)
+                ct = _bc_row(Cm, c_base, pos, sc_n, sc_l, offs_n, mask_n, valid, zero_nd, VEC_BC, FULL_N)
+                dout, dy, z, sig = _gate_dy(DOUT, Z, b64, offs_d, pos, md, scale, so_b, so_d, so_l, sz_b, sz_d,
+                                            sz_l, HAS_Z)
+                if HAS_Z:
+                    _store_dz(DZ, b64, offs_d, pos, md, dout, tl.sum(ht * ct, axis=0) + dvec * u, z, sig, sz_b,
+                              sz_d, sz_l, ATOMIC_Z)
+                g = a_next * g + ct * dy[None, :]
+                a_next = tl.exp2(a2 * dt[None, :])
+                dtu = dt * u
+                sum_gb = tl.sum(g * bt, axis=0)
+                ghb = g * (ht - bt * dtu[None, :])  # g_t · a_t h_{t-1}
+                ddt = u * sum_gb + tl.sum(ghb * a2, axis=0) * 0.6931471805599453
+                da_acc += ghb * dt[None, :]
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(raws[T - 1 - r])
+                ddt = tl.where(md, ddt, 0.0)
+                ddtb_acc += ddt
+                dd_acc += dy * u
+                gptr = g_base + offs_d * sg_d + pos * sg_l
+                tl.store(DU + gptr, (dt * sum_gb + dvec * dy).to(DU.dtype.element_ty), mask=md)
+                tl.store(DDT + gptr, ddt.to(DDT.dtype.element_ty), mask=md)
+                mn = mask_n & valid
+                bcptr = bc_base + offs_n * sbc_n + pos * sbc_l
+                # Σ_d over RED lanes (log2 RED shuffle rounds), then BD / RED atomics per state and step
+                zg = tl.zeros((NP, BD // RED), dtype=tl.int32)
+                mg = mn[:, None] & (zg == 0)
+                db = tl.sum(tl.reshape(g * dtu[None, :], (NP, BD // RED, RED)), axis=2)
+                tl.atomic_add(DB + bcptr[:, None] + zg, db, mask=mg, sem="relaxed")
+                dc = tl.sum(tl.reshape(ht * dy[None, :], (NP, BD // RED, RED)), axis=2)
+                tl.atomic_add(DC + bcptr[:, None] + zg, dc, mask=mg, sem="relaxed")
+        if CK > T:
+            tl.debug_barrier()
+    tl.atomic_add(DA + (p * DIM + offs_d[None, :]) * NP + offs_n[:, None], da_acc, mask=mnd, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(DD + p * DIM + offs_d, dd_acc, mask=mask_d, sem="relaxed")
+    if HAS_DTB:
+        tl.atomic_add(DDTB + p * DIM + offs_d, ddtb_acc, mask=mask_d, sem="relaxed")
+
+
+
+
+def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, ...], length: int, dim: int,
+                    nchunk: int, scale: float, n_paths: int, strides: tuple[int, ...], flags: dict[str, Any], ck: int,
+                    tile: int, bd: int, warps: int, vec_bc: int, red: int = 8) -> None:
+    """Launch `_scan_bwd_lane_kernel`: one program per (batch, `bd` channels, path). `inputs`/`outs` in the chunk
+    backward's order, `strides` = the inputs', dout's, the u/Δ gradients' and the dB/dC buffers' strides; `flags`
+    = the N/NP/HAS_*/ATOMIC_Z constexprs; `ck` = the forward's checkpoint stretch, `tile` = steps kept in registers;
+    `red` = lanes whose dB/dC partials are summed before the atomics (a power of two ≤ 32)."""
+    import torch
+
+    tile = min(tile, ck)
+    if ck % tile:
+        raise ValueError(f"lane backward: the checkpoint stretch ({ck}) must be a multiple of the tile ({tile})")
+    u = inputs[0]
+    grid = (u.shape[0], triton.cdiv(dim, bd), n_paths)
+    np2 = flags["NP"]
+    scratch = (torch.empty((grid[0] * grid[1] * grid[2], ck // tile, np2, bd), device=u.device, dtype=torch.float32)
+               if ck > tile else outs[2])
+    _scan_bwd_lane_kernel[grid](*inputs, scratch, *outs, length, dim, nchunk, float(scale), n_paths, *strides, 1,
+                                BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=min(red, bd), num_warps=warps, **flags)
+
+
+__all__ = ["launch_lane_bwd"]
