@@ -32,6 +32,7 @@ from . import queries as Q
 from . import views as V
 
 REFRESH_MS = 5000
+MAX_TRIAL_ROWS = 1000  # rows of the Trials tab (the latest attempts)
 LOADING_DELAY_MS = 250  # a callback quicker than this shows no spinner
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #fafafa; }
@@ -150,12 +151,15 @@ class DashboardApp:
 
     def study_page(self, name: str) -> html.Div:
         """The page with its first view already drawn (one round trip: the other tabs draw when opened)."""
-        data = Q.load_study(self.store, name)  # StoreError → the router's message
         version, _ = self.version(name, None)
+        if version is None:
+            Q.load_study(self.store, name)  # StoreError naming the studies there → the router's message
+        data = self.data(name, version)  # the tabs' callbacks find it cached
         levels = F.ablation_levels(data.config, data.trials) if data.is_grid else []
         metrics = [{"label": m, "value": m} for m in data.metrics]
         tab = "ablation" if data.is_grid else "search"
-        abl_fig, abl_table, ref = self.ablation_outputs(data, data.metrics[0], None) if data.is_grid else \
+        points = len(data.trials) <= F.AUTO_POINTS  # a large study opens on each level's density of seeds
+        abl_fig, abl_table, ref = self.ablation_outputs(data, data.metrics[0], None, points) if data.is_grid else \
             (pending(), "", None)
         search = V.search_views(self.url, data) if not data.is_grid else (pending(), pending(), pending())
         return html.Div([
@@ -175,7 +179,12 @@ class DashboardApp:
             dcc.Tabs(id="study-tabs", value=tab, children=[
                 dcc.Tab(label="Ablation", value="ablation", children=loading([
                     dcc.Graph(id="ablation-graph", figure=abl_fig),
-                    html.P("Click a seed's point to open its trial.", className="muted"),
+                    html.Div(className="controls", children=[
+                        dcc.Checklist([{"label": " every seed as a point", "value": "points"}],
+                                      ["points"] if points else [], id="ablation-points"),
+                        html.Span("Click a seed's point to open its trial." + (
+                            "" if points else f" Over {F.AUTO_POINTS:,} seeds the view opens on each level's "
+                                              "density: tick the box to draw every seed."), className="muted")]),
                     html.Div(abl_table, id="ablation-table")], "ablation")),
                 dcc.Tab(label="Learning curves", value="curves",
                         children=loading(dcc.Graph(id="curves-graph", figure=pending()), "curves")),
@@ -191,9 +200,11 @@ class DashboardApp:
             ])])
 
     @staticmethod
-    def ablation_outputs(data: Q.StudyData, metric: str, reference: str | None) -> tuple[Any, Any, str | None]:
-        """The ablation figure, its table, and the reference level it used."""
-        view = V.ablation_view(data, metric, reference)
+    def ablation_outputs(data: Q.StudyData, metric: str, reference: str | None,
+                         points: bool | None = None) -> tuple[Any, Any, str | None]:
+        """The ablation figure (every seed as a point, or each level's density: `V.ablation_view`), its table, and
+        the reference level it used."""
+        view = V.ablation_view(data, metric, reference, points)
         if view is None:
             return F.empty_figure("a search study has no factors to ablate: its views are the Search, Pareto front "
                                   "and Cost scaling tabs"), "", None
@@ -206,7 +217,11 @@ class DashboardApp:
         if not data.trials:
             return html.P("No trials yet: they appear here as the study's driver starts them.", className="muted")
         cols = [c for c in V.TRIAL_COLUMNS if c[0] != "spec"]
-        return _table(V.trial_rows(data), cols, link=lambda r: study_href(data.name, int(r["number"])))
+        shown = Q.StudyData(data.name, data.info, data.trials[-MAX_TRIAL_ROWS:])  # a table of 100,000 rows stalls
+        note = [] if len(shown.trials) == len(data.trials) else [html.P(
+            f"The latest {MAX_TRIAL_ROWS:,} of {len(data.trials):,} trial attempts; `nas show` summarises them all.",
+            className="muted")]
+        return note + [_table(V.trial_rows(shown), cols, link=lambda r: study_href(data.name, int(r["number"])))]
 
     def trial_page(self, name: str, number: int) -> html.Div:
         data = Q.load_study(self.store, name)
@@ -280,10 +295,11 @@ class DashboardApp:
 
         @app.callback(Output("ablation-graph", "figure"), Output("ablation-table", "children"),
                       Input("study-version", "data"), Input("metric", "value"), Input("reference", "value"),
-                      Input("study-tabs", "value"), State("study-name", "data"), prevent_initial_call=True)
-        def _ablation(version: str, metric: str, reference: str, tab: str, name: str) -> Any:
+                      Input("ablation-points", "value"), Input("study-tabs", "value"), State("study-name", "data"),
+                      prevent_initial_call=True)
+        def _ablation(version: str, metric: str, reference: str, points: list[str], tab: str, name: str) -> Any:
             tab_guard(tab, "ablation")
-            return self.ablation_outputs(self.data(name, version), metric, reference)[:2]
+            return self.ablation_outputs(self.data(name, version), metric, reference, "points" in (points or []))[:2]
 
         @app.callback(Output("curves-graph", "figure"), Input("study-version", "data"), Input("metric", "value"),
                       Input("study-tabs", "value"), State("study-name", "data"), prevent_initial_call=True)

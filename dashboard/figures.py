@@ -22,6 +22,9 @@ from nas.store import TrialView
 from nas.summary import ablation_summary, display_columns, display_rows, method_note
 
 DONE = ("complete", "stopped")
+AUTO_POINTS = 5000  # above this many seeds the ablation view shows each level's density; its points on demand
+WEBGL_POINTS = 5000  # above this many points a scatter is drawn with WebGL (SVG markers stall the browser)
+DENSITY_BINS = 40
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -162,23 +165,57 @@ def _jitter(seed: int) -> float:
     return ((seed * 0.618034) % 1.0 - 0.5) * 0.24  # deterministic spread, so seeds do not hide each other
 
 
-def ablation_figure(d: AblationData, title: str = "") -> go.Figure:
-    """Left: every seed, mean ± interval, the paper on its own axis. Right: our Δ with its Holm-corrected interval
-    (the one the verdict rests on) beside the paper's Δ. No axis of ours leaves the metric's range."""
+def seed_density(d: AblationData, bins: int = DENSITY_BINS) -> dict[str, Any]:
+    """Where each level's seeds fall: counts in `bins` equal bins of the metric over all levels' range (the
+    aggregate the ablation view draws instead of one point per seed in a large study)."""
+    values = [p["value"] for p in d.points]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    width = (hi - lo) / bins or 1.0
+    pos = {lv: i for i, lv in enumerate(d.levels)}
+    counts = [[0] * len(d.levels) for _ in range(bins)]  # z[bin][level], as a heatmap takes it
+    for p in d.points:
+        if p["level"] in pos:
+            counts[min(bins - 1, int((p["value"] - lo) / width))][pos[p["level"]]] += 1
+    return {"x": list(range(len(d.levels))), "y": [lo + (i + 0.5) * width for i in range(bins)], "z": counts,
+            "edges": [lo + i * width for i in range(bins + 1)], "levels": list(d.levels)}
+
+
+def scatter(n: int) -> Any:
+    """The scatter trace type for `n` points: SVG up to WEBGL_POINTS, WebGL above."""
+    return go.Scatter if n <= WEBGL_POINTS else go.Scattergl
+
+
+def ablation_figure(d: AblationData, title: str = "", points: bool | None = None) -> go.Figure:
+    """Left: every seed (or, for more than AUTO_POINTS seeds unless `points`, each level's density of seeds),
+    mean ± interval, the paper on its own axis. Right: our Δ with its Holm-corrected interval (the one the verdict
+    rests on) beside the paper's Δ. No axis of ours leaves the metric's range."""
     has_paper = any(r["paper"] is not None for r in d.rows)
+    show = len(d.points) <= AUTO_POINTS if points is None else points
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.12,
                         specs=[[{"secondary_y": has_paper}, {}]],
-                        subplot_titles=(f"{esc(d.metric)}{d.unit} per {esc(d.factor)}: seeds, mean ± 95% CI",
+                        subplot_titles=(f"{esc(d.metric)}{d.unit} per {esc(d.factor)}: "
+                                        f"{'seeds' if show else f'density of {len(d.points):,} seeds'}, "
+                                        "mean ± 95% CI",
                                         f"paired Δ vs {esc(d.reference)}, Holm-corrected" +
                                         (" (ours vs paper)" if has_paper else "")))
     pos = {lv: i for i, lv in enumerate(d.levels)}
     pts = [p for p in d.points if p["level"] in pos]
-    fig.add_trace(go.Scatter(
-        x=[pos[p["level"]] - 0.15 + _jitter(p["seed"]) for p in pts], y=[p["value"] for p in pts], mode="markers",
-        name="seed (click: trial)", marker=dict(size=9, color="rgba(31,119,180,0.55)", line=dict(width=1)),
-        customdata=[[p["number"], p["seed"], esc(p["level"])] for p in pts], cliponaxis=False,
-        hovertemplate="%{customdata[2]}<br>seed %{customdata[1]} · trial %{customdata[0]}<br>%{y:.4g}<extra></extra>"),
-        row=1, col=1)
+    if show:
+        trace = scatter(len(pts))
+        fig.add_trace(trace(
+            x=[pos[p["level"]] - 0.15 + _jitter(p["seed"]) for p in pts], y=[p["value"] for p in pts],
+            mode="markers", name="seed (click: trial)", marker=dict(size=9 if trace is go.Scatter else 5,
+                                                                    color="rgba(31,119,180,0.55)", line=dict(width=1)),
+            customdata=[[p["number"], p["seed"], esc(p["level"])] for p in pts],
+            hovertemplate="%{customdata[2]}<br>seed %{customdata[1]} · trial %{customdata[0]}<br>%{y:.4g}"
+                          "<extra></extra>", **({"cliponaxis": False} if trace is go.Scatter else {})),
+            row=1, col=1)
+    else:
+        dens = seed_density(d)
+        fig.add_trace(go.Heatmap(
+            x=[x - 0.15 for x in dens["x"]], y=dens["y"], z=dens["z"], colorscale="Blues", showscale=False, xgap=4,
+            name="seeds per bin", customdata=[[esc(lv) for lv in dens["levels"]]] * len(dens["y"]),
+            hovertemplate="%{customdata}<br>%{z} seeds near %{y:.4g}<extra></extra>"), row=1, col=1)
     rows = [r for r in d.rows if r["mean"] is not None]
     fig.add_trace(go.Scatter(
         x=[pos[r["level"]] + 0.1 for r in rows], y=[r["mean"] for r in rows], mode="markers", name="mean ± 95% CI",
@@ -329,6 +366,7 @@ def _max_epoch(d: CurvesData) -> int:
     return max((e for s in d.series for e in s["epochs"]), default=0)
 
 
-__all__ = ["DONE", "PALETTE", "AblationData", "CurvesData", "ablation_data", "ablation_figure", "ablation_levels",
-           "ablation_table_rows", "curves_data", "curves_figure", "display_range", "empty_figure", "esc",
-           "latest_attempts", "level_label", "metric_value", "scale", "studies_table"]
+__all__ = ["AUTO_POINTS", "DONE", "PALETTE", "WEBGL_POINTS", "AblationData", "CurvesData", "ablation_data",
+           "ablation_figure", "ablation_levels", "ablation_table_rows", "curves_data", "curves_figure",
+           "display_range", "empty_figure", "esc", "latest_attempts", "level_label", "metric_value", "scale",
+           "scatter", "seed_density", "studies_table"]

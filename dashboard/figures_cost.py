@@ -18,7 +18,7 @@ from nas.records import finite
 from nas.store import TrialView
 
 from . import units as U
-from .figures import DONE, PALETTE, empty_figure, esc, metric_value, scale
+from .figures import DONE, PALETTE, empty_figure, esc, metric_value, scale, scatter
 
 MINIMIZE_METRICS = {"val_loss", "train_loss", "params", "flops", "peak_memory_bytes"}
 DARK24 = tuple(qualitative.Dark24)
@@ -115,7 +115,7 @@ def pareto_figure(d: dict[str, Any], title: str = "") -> go.Figure:
         return empty_figure(d["note"], title)
     fig = go.Figure()
     hover = f"%{{hovertext}}<br>%{{x:,.4g}} {d['cost_unit']}, %{{y:.4g}}<extra></extra>"
-    fig.add_trace(go.Scatter(x=[p["cost"] for p in pts], y=[p["value"] for p in pts], mode="markers",
+    fig.add_trace(scatter(len(pts))(x=[p["cost"] for p in pts], y=[p["value"] for p in pts], mode="markers",
                              name="trial", marker=dict(size=9, color="rgba(31,119,180,0.5)"),
                              customdata=[[p["number"]] for p in pts], hovertext=[p["hover"] for p in pts],
                              hovertemplate=hover))

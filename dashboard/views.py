@@ -28,13 +28,15 @@ class AblationView:
     data: F.AblationData
 
 
-def ablation_view(data: StudyData, metric: str = "val_acc", reference: str | None = None) -> AblationView | None:
-    """None for a search study (no factors)."""
+def ablation_view(data: StudyData, metric: str = "val_acc", reference: str | None = None,
+                  points: bool | None = None) -> AblationView | None:
+    """None for a search study (no factors). `points`: every seed as a point (None: only up to F.AUTO_POINTS
+    seeds; above, each level's density)."""
     if not data.is_grid:
         return None
     d = F.ablation_data(data.config, data.trials, metric, reference)
     title = f"{data.name}: {data.config.get('question') or ''}"
-    fig = F.ablation_figure(d, title=title) if d.points else F.empty_figure(
+    fig = F.ablation_figure(d, title=title, points=points) if d.points else F.empty_figure(
         f"no finished trial with {metric} yet: each seed shows up here as a point when its trial finishes", title)
     return AblationView(fig, F.ablation_table_rows(d), d)
 

@@ -7,6 +7,7 @@ import json
 import math
 from datetime import datetime
 
+import plotly.graph_objects as go
 import pytest
 
 from dashboard import figures as F
@@ -81,6 +82,19 @@ def test_ablation_figure_points_carry_their_trial_number() -> None:
     assert "&lt;b&gt;" in fig.layout.title.text and "<b>" not in fig.layout.title.text
     names = [t.name for t in fig.data]
     assert any(n.startswith("paper") for n in names) and "mean ± 95% CI" in names
+
+
+def test_ablation_figure_large_study_opens_on_density_and_points_on_demand() -> None:
+    d = F.ablation_data(CONFIG, grid_trials())
+    dens = F.seed_density(d, bins=4)
+    # every finished seed lands in exactly one bin of its own level; 66 and 78 are the range's ends
+    assert [sum(dens["z"][b][i] for b in range(4)) for i in range(3)] == [3, 3, 2]
+    assert dens["edges"][0] == pytest.approx(66) and dens["edges"][-1] == pytest.approx(78)
+    assert dens["z"][0][2] == 1 and dens["z"][3][1] == 3  # tail's 66 in the first bin; middle's 75-78 in the last
+    fig = F.ablation_figure(d, points=False)
+    assert fig.data[0].type == "heatmap" and "density of 8 seeds" in fig.layout.annotations[0].text
+    assert F.ablation_figure(d).data[0].type == "scatter"  # few seeds: points without asking
+    assert F.scatter(F.WEBGL_POINTS) is go.Scatter and F.scatter(F.WEBGL_POINTS + 1) is go.Scattergl
 
 
 def test_ablation_table_rows_match_nas_show_columns() -> None:
