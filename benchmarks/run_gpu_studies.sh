@@ -13,7 +13,8 @@
 #
 # Environment: DEADLINE_S, DB (sqlite file, default runs/gpu_studies.db), STUDIES (space-separated names), NUM_CPUS
 # (default 16), PROFILE (default h200; "none" keeps the files' own settings), EXTRA_SETS (space-separated key=value
-# overrides for every driver), REQUIRE_CUDA=0 and NUM_GPUS=0 (a CPU smoke test of this script). On the device machine
+# overrides for every driver), MAX_CONCURRENT (the slots each driver may hold: one number for all, or space-separated
+# STUDY=N pairs; default: none, first come first served, which starved the last drivers in session 5), REQUIRE_CUDA=0 and NUM_GPUS=0 (a CPU smoke test of this script). On the device machine
 # `.devbundle/activate` (carried) makes Ray, Optuna and pydantic importable; it is sourced when present.
 set -uo pipefail
 T0=$(date +%s)
@@ -76,8 +77,19 @@ stop_ray() {
 
 # ---- six drivers in parallel ----------------------------------------------------------------------------------
 declare -A PID
+slots_for() {  # the --max-concurrent of study $1 from MAX_CONCURRENT ("" when it sets none)
+  local kv
+  for kv in ${MAX_CONCURRENT:-}; do
+    case $kv in
+      "$1="*) echo "--max-concurrent ${kv#*=}"; return ;;
+      *=*) ;;
+      *) echo "--max-concurrent $kv"; return ;;
+    esac
+  done
+}
 for s in "${STUDIES[@]}"; do
-  "$PY" -m nas.cli run "studies/$s.yaml" "${ARGS[@]}" --address "$ADDRESS" --db "$URL" \
+  # shellcheck disable=SC2046
+  "$PY" -m nas.cli run "studies/$s.yaml" "${ARGS[@]}" $(slots_for "$s") --address "$ADDRESS" --db "$URL" \
     --set storage.artifacts=runs/gpu_artifacts --set storage.ray_results=runs/gpu_ray_results \
     >> "$LOGS/$s.log" 2>&1 &
   PID[$s]=$!

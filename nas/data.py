@@ -5,7 +5,7 @@ ever downloaded.
 
 | name           | what it tests                                                | knobs                          |
 |----------------|--------------------------------------------------------------|--------------------------------|
-| `shapes`       | procedural shapes (square, circle, ring, ...), position bias | num_classes, position, clutter |
+| `shapes`       | procedural shapes (square, circle, ring, ...), position bias | num_classes, position, clutter, object_scale |
 | `pathfinder`   | are two marked points joined by a drawn curve (long range)   | distractors                    |
 | `digits`       | scikit-learn's 8×8 handwritten digits, resized               | (none)                         |
 | `image_folder` | a local folder of class sub-folders, or CIFAR-10's pickles   | path                           |
@@ -101,10 +101,11 @@ SHAPES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 POSITIONS = ("centred", "uniform")
 
 
-def _render_shapes(y: Tensor, size: int, position: str, clutter: float, g: torch.Generator) -> Tensor:
+def _render_shapes(y: Tensor, size: int, position: str, clutter: float, g: torch.Generator,
+                   object_scale: float = 1.0) -> Tensor:
     n, dev = y.numel(), y.device
     yy, xx = _grid(size, dev)
-    r = _uniform(g, (n,), 0.18 * size, 0.3 * size, dev)
+    r = _uniform(g, (n,), 0.18 * size * object_scale, 0.3 * size * object_scale, dev)
     if position == "centred":
         centre = size / 2 + _uniform(g, (n, 2), -0.05 * size, 0.05 * size, dev)
     else:
@@ -126,7 +127,10 @@ def _render_shapes(y: Tensor, size: int, position: str, clutter: float, g: torch
 
 
 def _shapes(*, seed: int, n_train: int, n_test: int, img_size: int, device: torch.device, num_classes: int = 10,
-            position: str = "uniform", clutter: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+            position: str = "uniform", clutter: float = 0.0,
+            object_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """`object_scale` shrinks every object's radius (1.0: 18-30 % of the image; 0.4: 7-12 %, a shape that covers a
+    patch or two, so that telling a square from a diamond in clutter is hard enough to keep a model off 100 %)."""
     if not 2 <= num_classes <= len(SHAPES):
         raise NasError(f"shapes: num_classes={num_classes} is out of range; allowed 2..{len(SHAPES)} "
                        f"({', '.join(SHAPES)})")
@@ -134,10 +138,12 @@ def _shapes(*, seed: int, n_train: int, n_test: int, img_size: int, device: torc
         raise NasError(f"shapes: position={position!r} is not allowed; use one of {POSITIONS}")
     if not 0.0 <= clutter <= 1.0:
         raise NasError(f"shapes: clutter={clutter} is out of range; allowed 0.0..1.0")
+    if not 0.2 <= object_scale <= 1.0:
+        raise NasError(f"shapes: object_scale={object_scale} is out of range; allowed 0.2..1.0")
     g = _rng(seed, device)
     y_tr, y_te = _balanced_labels(n_train, num_classes, g, device), _balanced_labels(n_test, num_classes, g, device)
-    x_tr = _render_shapes(y_tr, img_size, position, clutter, g)
-    return x_tr, y_tr, _render_shapes(y_te, img_size, position, clutter, g), y_te, num_classes
+    x_tr = _render_shapes(y_tr, img_size, position, clutter, g, object_scale)
+    return x_tr, y_tr, _render_shapes(y_te, img_size, position, clutter, g, object_scale), y_te, num_classes
 
 
 # ---------------------------------------------------------------------------------------------------- pathfinder

@@ -60,6 +60,31 @@ class RoundRunner(Protocol):
         """Release what the rounds used (a local Ray); called once, after the last round."""
 
 
+RESULT_SETTINGS = ("data", "train")  # what a trial's result depends on beyond its spec and seed (its key)
+
+
+def refuse_changed_settings(store: Store, plan: Plan) -> None:
+    """A trial's key is (study, spec, seed): the data and training settings are not in it. So a study whose `data` or
+    `train` changed since its trials finished would count those trials as done and mix them into a table of the new
+    settings. Refuse that, naming what changed (exit 2 at the CLI); a new database or study name keeps both."""
+    from .errors import StoreError
+    from .records import TrialState
+
+    try:
+        old = store.study(plan.study.name).config
+    except StoreError:
+        return  # a new study
+    new = plan.study.model_dump(mode="json")
+    changed = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {new[sec].get(k)!r}" for sec in RESULT_SETTINGS
+               for k in sorted(set(old.get(sec) or {}) | set(new[sec]))
+               if (old.get(sec) or {}).get(k) != new[sec].get(k)]
+    if changed and store.trials(plan.study.name, states=(TrialState.COMPLETE, TrialState.STOPPED)):
+        raise StudyConfigError(
+            f"study {plan.study.name!r} in {store.url} has finished trials run with other settings ("
+            + "; ".join(changed) + "): resuming would mix them into this run's table. Run it with another --db, or "
+            "rename the study (its `name`) to keep both", file=str(plan.file.path), key=changed[0].split(":")[0])
+
+
 def run_study(plan: Plan, store: Store, runner: RoundRunner, *, command: str = "", retry_failed: bool = False,
               on_event: EventFn = lambda kind, info: None, on_queued: QueuedFn = lambda r, q, s, d: None,
               policy: SeedPolicy | None = DEFAULT_POLICY) -> Outcome:
@@ -71,6 +96,7 @@ def run_study(plan: Plan, store: Store, runner: RoundRunner, *, command: str = "
         raise StudyConfigError(f"study {study.name!r} is being run right now by driver {other} (database "
                                f"{store.url}); wait for it to finish or stop it, then run this command again to "
                                "resume", key="name")
+    refuse_changed_settings(store, plan)
     link = open_optuna(store, study)
     store.upsert_study(name=study.name, question=study.question, kind=study.kind, study_yaml=plan.file.text,
                        config=study.model_dump(mode="json"), search_space_yaml=Path(plan.space.path).read_text(),

@@ -69,6 +69,19 @@ def test_clutter_knob_adds_structure_outside_the_object():
     assert distinct(busy) > 5 * distinct(clean)
 
 
+def test_object_scale_knob_shrinks_objects_and_keeps_the_default_stream():
+    def object_area(scale: float) -> float:  # clean images: the object is the pixels brighter than the background
+        d = make_dataset("shapes", seed=0, clutter=0.0, object_scale=scale, **SMALL)
+        return float(torch.stack([(x[0] > x[0].median() + 1e-3).float().mean() for x in d.x_train[:40]]).mean())
+
+    assert object_area(0.4) < 0.35 * object_area(1.0)  # area goes as the radius squared (0.16), shape by shape
+    default, explicit = make_dataset("shapes", seed=0, **SMALL), make_dataset("shapes", seed=0, object_scale=1.0,
+                                                                                **SMALL)
+    assert torch.equal(default.x_train, explicit.x_train)  # studies written before the knob see the same images
+    with pytest.raises(NasError, match="object_scale=0.1 is out of range"):
+        make_dataset("shapes", seed=0, object_scale=0.1, **SMALL)
+
+
 def test_pathfinder_image_size_sets_sequence_length():
     assert make_dataset("pathfinder", seed=0, n_train=8, n_test=4, img_size=48).x_train.shape[-1] == 48
 

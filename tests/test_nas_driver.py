@@ -138,6 +138,24 @@ def test_the_default_policy_adds_seeds_where_the_interval_holds_zero_and_resumes
     assert again.rounds == [] and len(store.trials("adaptive_default")) == len(cells)
 
 
+def test_a_study_whose_data_or_training_changed_is_not_resumed_into_the_old_trials(tmp_path):
+    from nas.errors import StudyConfigError
+
+    plan = _plan(tmp_path, ADAPTIVE, "changed")
+    store = Store(plan.study.storage.url)
+    run_study(plan, store, FakeRunner(), policy=None)
+    changed = _plan(tmp_path, ADAPTIVE.replace("epochs: 1", "epochs: 2").replace("n_test: 32", "n_test: 16"),
+                    "changed")
+    again = FakeRunner()
+    with pytest.raises(StudyConfigError, match=r"train.epochs: 1 -> 2.*--db") as err:
+        run_study(changed, store, again, policy=None)
+    assert "data.n_test: 32 -> 16" in str(err.value) and err.value.key in ("data.n_test", "train.epochs")
+    assert again.rounds == [] and len(store.trials("changed")) == 4  # nothing run, nothing written
+    assert store.study("changed").config["train"]["epochs"] == 1
+    same = _plan(tmp_path, ADAPTIVE.replace("max: 4", "max: 3"), "changed")  # seeds may change: not in a result
+    assert run_study(same, store, FakeRunner(), policy=None).queued == 0
+
+
 def test_without_a_policy_an_adaptive_study_stops_after_its_min_seeds(tmp_path):
     plan = _plan(tmp_path, ADAPTIVE, "no_policy")
     runner = FakeRunner()
