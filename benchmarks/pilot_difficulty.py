@@ -7,7 +7,8 @@ task, on a pilot seed outside the study's own seeds, all candidates at once (one
 Why: the session-5 GPU run of cls_token_position and vim_bidirectional put every level at 99.2-99.9 %, where no
 1-point effect can show. Choosing the task by the *reference level's* accuracy on a seed the study never uses keeps
 the choice blind to the effect under study (the other levels are not run), so it cannot steer the verdict. The rule
-the caller states before the run (studies/RESULTS.md): the hardest candidate whose pilot accuracy lies in [LOW, HIGH].
+the caller states before the run (studies/RESULTS.md): the hardest candidate whose pilot accuracy lies in [LOW, HIGH],
+else the candidate nearest that range.
 Prints one JSON line per candidate and, last, the chosen one (`--low`, `--high`).
 """
 
@@ -88,10 +89,13 @@ def main() -> None:
             continue
         results[label] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps({"study": a.study, "candidate": label, **results[label]}), flush=True)
-    fits = [lb for lb in (_sets(c)[0] for c in a.candidate) if lb in results
-            and a.low <= results[lb]["val_acc"] <= a.high]
-    print(json.dumps({"study": a.study, "chosen": fits[0] if fits else None, "rule":
-                      f"hardest candidate with the reference level's pilot accuracy in [{a.low}, {a.high}] %"}))
+    order = [lb for lb in (_sets(c)[0] for c in a.candidate) if lb in results]
+    fits = [lb for lb in order if a.low <= results[lb]["val_acc"] <= a.high]
+    off = lambda lb: max(a.low - results[lb]["val_acc"], results[lb]["val_acc"] - a.high)  # noqa: E731
+    chosen = fits[0] if fits else min(order, key=off, default=None)  # none inside: the nearest to the range
+    print(json.dumps({"study": a.study, "chosen": chosen, "inside_range": bool(fits), "rule":
+                      f"hardest candidate with the reference level's pilot accuracy in [{a.low}, {a.high}] %, "
+                      "else the one nearest that range"}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from .errors import StudyConfigError
 from .plan import Plan
 from .queue import OptunaLink, enqueue_cells, open_optuna, search_budget, take_over
 from .rounds import DEFAULT_POLICY, SeedPolicy, next_round
+from .space import existing_distributions, grid_distributions
 from .store import Store
 
 EventFn = Callable[[str, dict[str, Any]], None]  # (kind: start | retry | epoch | complete | stopped | failed, info)
@@ -98,6 +99,8 @@ def run_study(plan: Plan, store: Store, runner: RoundRunner, *, command: str = "
                                "resume", key="name")
     refuse_changed_settings(store, plan)
     link = open_optuna(store, study)
+    if plan.is_grid:  # a new level, or seeds beyond a stored list, Optuna cannot take: say so before writing
+        grid_distributions(study, existing_distributions(link.study))
     store.upsert_study(name=study.name, question=study.question, kind=study.kind, study_yaml=plan.file.text,
                        config=study.model_dump(mode="json"), search_space_yaml=Path(plan.space.path).read_text(),
                        n_cells=plan.n_trials)

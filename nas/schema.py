@@ -14,6 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
                       model_validator)
 
 DEFAULT_DB_URL = "sqlite:///runs/nas.db"
+SEED_HIGH = 2**31 - 1  # the largest seed (Optuna records a grid's seed as an integer in 0 .. SEED_HIGH)
 MAX_ADAPTIVE_SEEDS = 100  # an adaptive study never runs more seeds per level than this
 
 # Metrics a trial produces (per epoch: the first four; after training: the cost ones).
@@ -242,8 +243,8 @@ class Study(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int] | AdaptiveSeeds) -> list[int] | AdaptiveSeeds:
-        if isinstance(seeds, list) and (any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds)):
-            raise ValueError(f"seeds must be distinct non-negative integers (got {seeds})")
+        if isinstance(seeds, list) and (any(not 0 <= s <= SEED_HIGH for s in seeds) or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"seeds must be distinct integers in 0 .. {SEED_HIGH} (got {seeds})")
         return seeds
 
     @model_validator(mode="after")

@@ -14,13 +14,13 @@ import copy
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from blocks import ArchSpec, InvalidSpecError, NasError, get_preset
 
 from .config import SEARCH_SPACES_DIR, load_yaml
 from .errors import StudyConfigError
-from .schema import FloatRange, IntRange, Study, VariantFactor, level_name, unknown_message
+from .schema import SEED_HIGH, FloatRange, IntRange, Study, VariantFactor, level_name, unknown_message
 
 SEED_PARAM = "seed"
 
@@ -232,15 +232,55 @@ def cell_key(study_name: str, spec_id: str, seed: int) -> str:
     return f"{study_name}/{spec_id}/s{seed}"
 
 
-def grid_distributions(study: Study) -> dict[str, Any]:
-    """Optuna distributions naming a grid cell: one categorical per factor plus the seed."""
-    import optuna
 
-    dists: dict[str, Any] = {f: optuna.distributions.CategoricalDistribution(study.level_names(f))
-                             for f in study.factors}
-    # every seed a later round may add: a categorical's choices may not change within an Optuna study
-    dists[SEED_PARAM] = optuna.distributions.CategoricalDistribution(study.max_seeds)
+def grid_distributions(study: Study, existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Optuna distributions naming a grid cell: one categorical per factor plus the seed, an integer range, so that
+    seeds can be added to a study that has run (more seeds is how an answer firms up). `existing`: the distributions
+    the study's Optuna trials already have (`existing_distributions`); Optuna fixes a categorical's choices for the
+    life of a study, so a factor keeps its stored levels (dropping one is fine), and a study first run with seeds as
+    a categorical (before this range) keeps that. A new level, or a seed beyond such a stored list, cannot be
+    expressed: StudyConfigError, before anything is written."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    old = dict(existing or {})
+    dists: dict[str, Any] = {}
+    for f in study.factors:
+        levels, stored = study.level_names(f), old.get(f)
+        dists[f] = CategoricalDistribution(levels) if stored is None else stored
+        if stored is not None and not set(levels) <= set(stored.choices):
+            raise StudyConfigError(
+                f"factor {f!r} has levels the study's first run did not have ({sorted(set(levels) - set(stored.choices))}"
+                f"; it ran with {list(stored.choices)}): Optuna keeps a factor's levels for the life of a study. Run "
+                "the new levels with another --db, or rename the study (its `name`)", key=f"factors.{f}")
+    stored = old.get(SEED_PARAM)
+    if isinstance(stored, CategoricalDistribution):  # a study first run before seeds became a range
+        if not set(study.max_seeds) <= set(stored.choices):
+            raise StudyConfigError(
+                f"this study's database fixed its seeds as {list(stored.choices)} when it first ran (an earlier "
+                f"version of the platform); seeds {sorted(set(study.max_seeds) - set(stored.choices))} cannot be "
+                "added to it. Run with another --db, or rename the study", key="seeds")
+        dists[SEED_PARAM] = stored
+    else:
+        dists[SEED_PARAM] = IntDistribution(0, SEED_HIGH)
     return dists
+
+
+def existing_distributions(ot_study: Any) -> dict[str, Any]:
+    """The distribution each parameter has in an Optuna study's trials (the first trial that has it)."""
+    found: dict[str, Any] = {}
+    for t in ot_study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            found.setdefault(name, dist)
+    return found
+
+
+def suggest_fixed(trial: Any, name: str, dist: Any) -> Any:
+    """Suggest `name` from `dist` on an Optuna trial whose value is already fixed (an enqueued grid cell)."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    return trial.suggest_int(name, dist.low, dist.high)
 
 
 def search_distributions(study: Study) -> dict[str, Any]:
@@ -285,5 +325,6 @@ def search_cell(study: Study, space: SearchSpace, params: dict[str, Any], *, img
                 dict(params), budget)
 
 
-__all__ = ["SEED_PARAM", "Arm", "Cell", "SearchSpace", "apply_overrides", "cell_key", "expand_grid", "grid_arms",
-           "grid_distributions", "load_search_space", "search_cell", "search_distributions", "trial_spec"]
+__all__ = ["SEED_HIGH", "SEED_PARAM", "Arm", "Cell", "SearchSpace", "apply_overrides", "cell_key",
+           "existing_distributions", "expand_grid", "grid_arms", "grid_distributions", "load_search_space",
+           "search_cell", "search_distributions", "suggest_fixed", "trial_spec"]

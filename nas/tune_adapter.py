@@ -31,7 +31,7 @@ from .driver import Round, RunContext
 from .database import EPOCH_METRICS
 from .queue import KEY_ATTR
 from .records import EpochReport, TrialOutcome, TrialStart, TrialState
-from .space import grid_distributions, search_distributions
+from .space import existing_distributions, grid_distributions, search_distributions, suggest_fixed
 from .worker import FINAL, MODEL_FILE
 
 TASK = "nas_task"  # the trial config's entry that carries its resolved cell (a TrialStart as data)
@@ -51,7 +51,8 @@ class StudySearcher(Searcher):
         super().__init__(metric=metrics if len(metrics) > 1 else metrics[0],
                          mode=modes if len(modes) > 1 else modes[0])
         self.ctx, self.left, self.metrics = ctx, rnd.to_run, metrics
-        self.distributions = grid_distributions(st) if ctx.plan.is_grid else search_distributions(st)
+        self.distributions = grid_distributions(st, existing_distributions(ctx.optuna.study)) if ctx.plan.is_grid \
+            else search_distributions(st)
         self.asked: dict[str, Any] = {}  # Tune trial id → optuna.Trial
         self.last: dict[str, tuple[float, int]] = {}  # Tune trial id → its last (value, epoch) of one objective
         # a grid's round runs the cells waiting in Optuna's queue (`nas.queue.enqueue_cells`), in Optuna's order
@@ -107,8 +108,8 @@ class StudySearcher(Searcher):
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             trial = optuna.Trial(link.study, ot_id)
-            for name, dist in self.distributions.items():  # a grid's are categorical: the enqueued values
-                trial.suggest_categorical(name, dist.choices)
+            for name, dist in self.distributions.items():  # the enqueued values, recorded with their distributions
+                suggest_fixed(trial, name, dist)
             return trial, ot_id
         return None
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest.importorskip("dash", reason="the dashboard's packages are not installed (e.g. the GPU machine's device bundle)")
 from typer.testing import CliRunner
 
 from dashboard.commands import is_loopback

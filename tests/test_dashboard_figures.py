@@ -7,8 +7,11 @@ import json
 import math
 from datetime import datetime
 
-import plotly.graph_objects as go
 import pytest
+
+pytest.importorskip("dash", reason="the dashboard's packages are not installed (e.g. the GPU machine's device bundle)")
+
+import plotly.graph_objects as go  # noqa: E402
 
 from dashboard import figures as F
 from dashboard import figures_cost as FC

@@ -156,6 +156,50 @@ def test_a_study_whose_data_or_training_changed_is_not_resumed_into_the_old_tria
     assert run_study(same, store, FakeRunner(), policy=None).queued == 0
 
 
+PLAIN = ADAPTIVE.replace("{{min: 2, max: 4, target_halfwidth: 1.0}}", "[0, 1]")
+
+
+def test_seeds_added_to_a_finished_study_run_only_the_new_seeds(tmp_path):
+    plan = _plan(tmp_path, PLAIN, "more_seeds")
+    store = Store(plan.study.storage.url)
+    run_study(plan, store, FakeRunner(), policy=None)
+    more = FakeRunner()
+    out = run_study(_plan(tmp_path, PLAIN.replace("[0, 1]", "[0, 1, 2, 5]"), "more_seeds"), store, more, policy=None)
+    assert sorted(more.rounds[0]) == [("bi", 2), ("bi", 5), ("uni", 2), ("uni", 5)] and out.skipped_done == 4
+    ot = optuna.load_study(study_name="more_seeds", storage=plan.study.storage.url)
+    assert sorted(t.params["seed"] for t in ot.trials) == [0, 0, 1, 1, 2, 2, 5, 5]
+
+
+def test_a_new_level_or_seeds_beyond_an_old_categorical_list_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    from optuna.distributions import CategoricalDistribution
+
+    from nas import driver, space, tune_adapter
+    from nas.errors import StudyConfigError
+
+    def categorical_seeds(study, existing=None):  # noqa: ANN001, ANN202 - how studies were first run before
+        d = space.grid_distributions(study, existing)
+        d["seed"] = CategoricalDistribution(study.max_seeds)
+        return d
+
+    plan = _plan(tmp_path, PLAIN, "old_db")
+    store = Store(plan.study.storage.url)
+    with monkeypatch.context() as m:
+        m.setattr(tune_adapter, "grid_distributions", categorical_seeds)
+        m.setattr(driver, "grid_distributions", categorical_seeds)
+        run_study(plan, store, FakeRunner(), policy=None)
+    runner = FakeRunner()
+    with pytest.raises(StudyConfigError, match=r"fixed its seeds as \[0, 1\].*seeds \[2\] cannot be added"):
+        run_study(_plan(tmp_path, PLAIN.replace("[0, 1]", "[0, 1, 2]"), "old_db"), store, runner, policy=None)
+    with pytest.raises(StudyConfigError, match=r"factor 'route' has levels .*\['cross4'\]") as err:
+        run_study(_plan(tmp_path, PLAIN.replace("[uni, bi]", "[uni, bi, cross4]"), "old_db"), store, runner,
+                  policy=None)
+    assert err.value.key == "factors.route" and runner.rounds == [] and len(store.trials("old_db")) == 4
+    fewer = FakeRunner()  # a subset of the stored seeds and levels still runs (nothing left to do here)
+    out = run_study(_plan(tmp_path, PLAIN.replace("[uni, bi]", "[uni]").replace("[0, 1]", "[1]"), "old_db"), store,
+                    fewer, policy=None)
+    assert fewer.rounds == [] and out.skipped_done == 1
+
+
 def test_without_a_policy_an_adaptive_study_stops_after_its_min_seeds(tmp_path):
     plan = _plan(tmp_path, ADAPTIVE, "no_policy")
     runner = FakeRunner()
