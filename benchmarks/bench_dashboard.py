@@ -1,15 +1,22 @@
 """Dashboard speed on a large study: the studies list and the ablation view for a synthetic grid study of 2,000
-trials (10 levels × 200 seeds), target under 2 s each.
+trials (10 levels × 200 seeds), target under 2 s each; or, with `--db URL --study NAME`, on a database built
+beforehand (e.g. the 100,000 trials of `bench_large_study.py --trials 100000 --no-optuna --db PATH`).
 
     python benchmarks/bench_dashboard.py [--trials 2000] [--repeats 5] [--no-browser]
+    python benchmarks/bench_dashboard.py --db sqlite:////tmp/big.db --study large_study [--repeats 3]
 
 Server side, each stage is what one Dash callback does, timed cold (first call in the process) and warm (median of
 `--repeats` further calls): read the database (read-only), compute the data (`nas.summary` statistics), build the
-Plotly figure and the table, and serialize the response as Dash does (`plotly.io.json`). In the browser (Debian's
-/usr/bin/chromium through Playwright, when present), the time from navigation to the drawn page (the studies table;
-the ablation figure with all its points), first load and the median of three reloads with the scripts cached.
-The database is written once through `nas.store.Store` into a temporary directory, one transaction per call as the
-driver writes (nothing is trained; values are random but seeded; writing takes longer than everything timed).
+Plotly figure and the table, and serialize the response as Dash does (`plotly.io.json`): the studies list, the study
+page as it opens (a study over `figures.AUTO_POINTS` seeds opens its ablation view on each level's density), the
+ablation view with every seed as a point (WebGL above `figures.WEBGL_POINTS`) and the Trials tab (the latest
+`app.MAX_TRIAL_ROWS` attempts). In the browser (Debian's /usr/bin/chromium through Playwright, when present), the
+time from navigation (or click) to the drawn view, first load and the median of three more with the scripts cached:
+the studies table; the ablation view as it opens (every point drawn, or the density heatmap); the box "every seed as
+a point" ticked until every point is in the WebGL trace; the Trials tab until its table is drawn.
+Without `--db`, the database is written once through `nas.store.Store` into a temporary directory, one transaction
+per call as the driver writes (nothing is trained; values are random but seeded; writing takes longer than
+everything timed).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ STUDY = "bench_cls_token"
 SMALL = "bench_small"
 TARGET_S = 2.0
 CHROMIUM = "/usr/bin/chromium"
+STAGE_TIMEOUT_S = 120  # a browser stage not drawn by then is recorded as "inf" (not drawn in time)
 
 
 def build_db(root: Path, n_trials: int, n_levels: int = 10, name: str = STUDY) -> str:
@@ -77,12 +85,13 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     return cold, statistics.median(warm), out
 
 
-def server_side(url: str, repeats: int) -> list[tuple[str, float, float]]:
+def server_side(url: str, study: str, repeats: int) -> list[tuple[str, float, float]]:
     from plotly.io.json import to_json_plotly as to_json  # what Dash serializes a response with
 
+    from dashboard import figures as F
     from dashboard import queries as Q
     from dashboard import views as V
-    from dashboard.app import DashboardApp
+    from dashboard.app import MAX_TRIAL_ROWS, DashboardApp
 
     dash_app = DashboardApp(url)
     store = dash_app.store
@@ -92,40 +101,81 @@ def server_side(url: str, repeats: int) -> list[tuple[str, float, float]]:
         return to_json(dash_app.studies_table().to_plotly_json())
 
     def load() -> Any:
-        return Q.load_study(store, STUDY)
+        return Q.load_study(store, study)
 
     data = load()
+    n = len(data.trials)
+    opens = "every point" if n <= F.AUTO_POINTS else "density"
 
-    def ablation() -> Any:
-        view = V.ablation_view(data)
+    def ablation(points: bool | None = None) -> Any:
+        view = V.ablation_view(data, points=points)
         return view, to_json([view.figure.to_plotly_json(), view.table])
 
     def ablation_total() -> Any:
         view = V.ablation_view(load())
         return to_json([view.figure.to_plotly_json(), view.table])
 
-    for name, fn in (("studies list (query + table + JSON)", studies),
-                     (f"ablation: read {len(data.trials):,} trials", load),
-                     ("ablation: statistics + figure + table + JSON", ablation),
-                     ("ablation view, total", ablation_total)):
+    def page() -> Any:  # the study page as the router builds it, its first view drawn (no cached data)
+        dash_app._load.cache_clear()
+        return to_json(dash_app.study_page(study).to_plotly_json())
+
+    def trials_tab() -> Any:
+        return to_json(dash_app.trials_table(data))
+
+    stages = [("studies list (query + table + JSON)", studies), (f"ablation: read {n:,} trials", load),
+              (f"ablation as it opens ({opens}): statistics + figure + table + JSON", ablation),
+              ("ablation view as it opens, total", ablation_total),
+              ("study page as it opens (read + ablation view + layout + JSON)", page)]
+    if n > F.AUTO_POINTS:
+        stages.append((f"ablation, every point ({n:,}, WebGL): statistics + figure + table + JSON",
+                       lambda: ablation(True)))
+    stages.append((f"Trials tab (latest {min(n, MAX_TRIAL_ROWS):,} of {n:,} rows) + JSON", trials_tab))
+    for name, fn in stages:
         cold, warm, out = timed(fn, repeats)
         rows.append((name, cold, warm))
-    view = ablation()[0]
-    assert len(view.data.points) == len(data.trials), "every trial must be a point"
+        print(f"  {name}: {cold:.3f} s, then {warm:.3f} s", flush=True)
+    kinds = {t.type for t in ablation()[0].figure.data}
+    if n <= F.AUTO_POINTS:
+        assert len(ablation()[0].data.points) == n, "every trial must be a point"
+    else:
+        assert "heatmap" in kinds and "scattergl" not in kinds, kinds
+        assert any(t.type == "scattergl" and len(t.x) == n for t in ablation(True)[0].figure.data), "no WebGL points"
     return rows
 
 
-def browser_side(url: str, n_trials: int) -> list[tuple[str, float, float]]:
+PLOT = "document.querySelector('#ablation-graph .js-plotly-plot')"
+PAINTED = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"  # the next frame is drawn
+
+
+def svg_points(n: int) -> str:
+    return (f"() => {{ const g = {PLOT}; return g && g.data && "
+            f"g.querySelectorAll('.scatterlayer .trace .points path').length >= {n}; }}")
+
+
+def heatmap() -> str:
+    return f"() => {{ const g = {PLOT}; return g && g.data && !!g.querySelector('.heatmaplayer image'); }}"
+
+
+def webgl_points(n: int) -> str:
+    return (f"() => {{ const g = {PLOT}; return g && g._fullData && g._fullData.some(t => t.type === 'scattergl' && "
+            f"t.x && t.x.length >= {n}) && !!g.querySelector('canvas.gl-canvas-context'); }}")
+
+
+def browser_side(url: str, study: str, n_trials: int, small: bool) -> list[tuple[str, float, float]]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
     from werkzeug.serving import make_server
 
-    from dashboard.app import create_app
+    from dashboard import figures as F
+    from dashboard.app import MAX_TRIAL_ROWS, create_app, study_href
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    srv = make_server("127.0.0.1", 0, create_app(url, refresh_ms=60_000).server, threaded=True)
+    srv = make_server("127.0.0.1", 0, create_app(url, refresh_ms=600_000).server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_port}"
     rows = []
+    large = n_trials > F.AUTO_POINTS
+    opens = heatmap() if large else svg_points(n_trials)
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
@@ -133,23 +183,57 @@ def browser_side(url: str, n_trials: int) -> list[tuple[str, float, float]]:
                                                                   "--disable-component-update", "--no-first-run"])
             ctx = b.new_context(viewport={"width": 1300, "height": 1000})
             page = ctx.new_page()
-            page.set_default_timeout(60_000)
-            wait_abl = ("() => { const g = document.querySelector('#ablation-graph .js-plotly-plot'); return g && "
-                        f"g.data && g.querySelectorAll('.scatterlayer .trace .points path').length >= {n_trials}; }}")
-            for label, path, ready in (("studies list", "/", "#studies-table table"),
-                                       ("ablation view of 10 trials (fixed cost of the page)", f"/study/{SMALL}",
-                                        wait_abl.replace(f">= {n_trials}", ">= 10")),
-                                       (f"ablation view ({n_trials:,} points drawn)", f"/study/{STUDY}", wait_abl)):
+            page.set_default_timeout(180_000)
+
+            def ready(cond: str) -> None:
+                if cond.startswith("()"):
+                    page.wait_for_function(cond, polling=50)
+                else:
+                    page.wait_for_selector(cond)
+                page.evaluate(PAINTED)
+
+            def goto(path: str, cond: str) -> None:
+                page.goto(base + path)
+                ready(cond)
+
+            def click(selector: str, cond: str) -> None:
+                page.click(selector)
+                ready(cond)
+
+            href = study_href(study)
+            stages: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
+                ("studies list", lambda: None, lambda: goto("/", "#studies-table table"))]
+            if small:
+                stages.append(("ablation view of 10 trials (fixed cost of the page)", lambda: None,
+                               lambda: goto(study_href(SMALL), svg_points(10))))
+            stages.append((f"ablation view as it opens ({'density heatmap' if large else 'every point drawn'}, "
+                           f"{n_trials:,} trials)", lambda: None, lambda: goto(href, opens)))
+            if large:
+                stages.append((f"tick 'every seed as a point': {n_trials:,} points in WebGL",
+                               lambda: goto(href, opens), lambda: click("#ablation-points input", webgl_points(n_trials))))
+            stages.append((f"Trials tab opened: table of {min(n_trials, MAX_TRIAL_ROWS):,} rows",
+                           lambda: goto(href, opens),
+                           lambda: click('#study-tabs >> text="Trials"',
+                                         f"() => document.querySelectorAll('#trials-table table tbody tr').length "
+                                         f">= {min(n_trials, MAX_TRIAL_ROWS)}")))
+            for label, before, action in stages:
                 times = []
                 for _ in range(4):  # first: cold browser cache; then scripts cached (median of 3)
                     t = time.perf_counter()
-                    page.goto(base + path)
-                    if ready.startswith("()"):
-                        page.wait_for_function(ready, polling=50)
-                    else:
-                        page.wait_for_selector(ready)
+                    try:
+                        before()
+                        page.set_default_timeout(STAGE_TIMEOUT_S * 1e3)
+                        t = time.perf_counter()
+                        action()
+                    except PlaywrightTimeout:  # recorded as not drawn in time; the page is reloaded by the next stage
+                        times.append(float("inf"))
+                        break
+                    finally:
+                        page.set_default_timeout(180_000)
                     times.append(time.perf_counter() - t)
-                rows.append((f"browser: {label}", times[0], statistics.median(times[1:])))
+                warm = statistics.median(times[1:]) if len(times) > 1 else float("inf")
+                rows.append((f"browser: {label}", times[0], warm))
+                print(f"  {rows[-1][0]}: {times[0]:.2f} s, then {warm:.2f} s", flush=True)
             b.close()
     finally:
         srv.shutdown()
@@ -162,23 +246,34 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-browser", action="store_true", help="server side only")
     ap.add_argument("--keep", type=Path, help="write the database into this folder and reuse it when it is there")
+    ap.add_argument("--db", help="time this database (SQLAlchemy URL) instead of building one; needs --study")
+    ap.add_argument("--study", help="the study of --db to time")
     args = ap.parse_args()
+    if bool(args.db) != bool(args.study):
+        ap.error("--db and --study go together")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         t = time.perf_counter()
-        if args.keep and (root / "bench.db").exists():
+        study, small = args.study or STUDY, not args.db
+        if args.db:
+            url = args.db
+        elif args.keep and (root / "bench.db").exists():
             url = f"sqlite:///{root / 'bench.db'}"
         else:
             root.mkdir(parents=True, exist_ok=True)
             url = build_db(root, args.trials)
             build_db(root, 10, name=SMALL)  # the page's fixed cost, for comparison
             print(f"wrote a study of {args.trials} trials in {time.perf_counter() - t:.1f} s")
-        rows = server_side(url, args.repeats)
+        load = os.getloadavg()[0]
+        rows = server_side(url, study, args.repeats)
         if not args.no_browser and os.path.exists(CHROMIUM):
-            rows += browser_side(url, args.trials)
+            from dashboard import queries as Q
+
+            rows += browser_side(url, study, len(Q.load_study(Q.open_store(url), study).trials), small)
         elif not args.no_browser:
             print(f"(browser timings skipped: no {CHROMIUM})")
-    print(f"\n{os.cpu_count()} CPUs; target: studies list and ablation view each under {TARGET_S:.0f} s\n")
+    print(f"\n{study}; {os.cpu_count()} CPUs, load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+          f"end; target: studies list and ablation view each under {TARGET_S:.0f} s\n")
     print("| stage | first call, s | warm, s | under target |")
     print("|---|---|---|---|")
     for name, cold, warm in rows:

@@ -16,8 +16,8 @@ breaks first, and how long Optuna takes to suggest a point as a search grows.
    benchmark on `nas/` as of `--before` (git), "after" on this tree.
 2. Suggest: Optuna's `ask` for the search space of studies/search_accuracy_vs_throughput.yaml with 100 / 1,000 /
    5,000 / 10,000 finished trials in the database (TPE as our searches configure it, one and two objectives;
-   NSGA-II), and with 1,000 finished and 0 / 100 / 1,000 trials running (Optuna re-reads every unfinished trial on
-   each ask).
+   NSGA-II), and then with 100 / 1,000 trials left running beside the most finished (10,000; with --quick 1,000 and
+   100 running): Optuna re-reads every unfinished trial on each ask.
 
 Not exercised: Ray's core (scheduling 1,000 actors, the GCS, object transfer, networks between nodes), the workers
 (training, checkpoint upload) and the dashboard. See sim_cluster.py.

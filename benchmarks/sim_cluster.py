@@ -14,8 +14,9 @@ What is real: `nas.driver` and `nas.execute.TuneRunner` (round, `tune.Tuner`, `T
 bookkeeping, scheduler, `ConcurrencyLimiter`, experiment-state checkpoints), our `StudySearcher` with Optuna's
 storage, our `StoreCallback` and the `Store` (SQLite or PostgreSQL). What is not: Ray's core (GCS, raylets, actor
 placement, object transfer, worker start-up, network), the worker side of a trial (training, `tune.report` in a
-function trainable's session, checkpoint upload), and the model files the callback copies at the end of a trial (a
-simulated trial saves none).
+function trainable's session, checkpoint upload to shared storage); a finished trial's model file
+(`scale_run.MODEL_BYTES`) is written on the driver's disk and copied to the artifacts by the callback, as it is on a
+cluster whose `storage.ray_results` is shared.
 
 The interface replaced is Ray's internal one (`ray.air.execution._internal.RayActorManager`, Ray 2.60): `install()`
 checks the methods `TuneController` calls and refuses to run on a Ray whose controller needs others.
