@@ -29,10 +29,11 @@ from nas.errors import StoreError
 from . import figures as F
 from . import figures_cost as FC
 from . import queries as Q
+from . import tables as T
 from . import views as V
+from .tables import html_table
 
 REFRESH_MS = 5000
-MAX_TRIAL_ROWS = 1000  # rows of the Trials tab (the latest attempts)
 LOADING_DELAY_MS = 250  # a callback quicker than this shows no spinner
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #fafafa; }
@@ -88,19 +89,6 @@ def pending() -> F.go.Figure:
     return fig
 
 
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], link: Any = None) -> html.Table:
-    """rows of display strings → an HTML table; `link(row)` gives an href for the first column."""
-    head = html.Thead(html.Tr([html.Th(title) for _, title in columns])) if any(t for _, t in columns) else None
-    body = []
-    for r in rows:
-        cells = []
-        for i, (key, _) in enumerate(columns):
-            text = r.get(key, "")
-            cells.append(html.Td(dcc.Link(text, href=link(r)) if i == 0 and link else text))
-        body.append(html.Tr(cells))
-    return html.Table([c for c in (head, html.Tbody(body)) if c is not None], className="grid")
-
-
 class DashboardApp:
     """One database, read-only; `self.app` is the Dash app (its Flask server is `self.app.server`)."""
 
@@ -140,7 +128,7 @@ class DashboardApp:
         cols = [("name", "study"), ("question", "question"), ("kind", "kind"), ("status", "status"),
                 ("done", "done"), ("running", "running"), ("failed", "failed"), ("cells", "trials planned"),
                 ("best", "best val_acc"), ("updated", "last update")]
-        return _table(rows, cols, link=lambda r: study_href(r["name"]))
+        return html_table(rows, cols, link=lambda r: study_href(r["name"]))
 
     def version(self, name: str, n: int | None) -> tuple[str | None, dict[str, Any] | None]:
         """The study's data version (changes when its trials do, and on every tick while it runs) and its row."""
@@ -211,17 +199,14 @@ class DashboardApp:
         paper = (f" Paper: {view.data.paper_source} ({view.data.paper_metric}); compare the ordering and the gaps, "
                  "not the values." if view.data.paper_source else "")
         note = html.P(view.data.note + paper, className="muted")
-        return view.figure, [_table(view.table, view.data.columns), note], view.data.reference
+        return view.figure, [html_table(view.table, view.data.columns), note], view.data.reference
 
     def trials_table(self, data: Q.StudyData) -> Any:
         if not data.trials:
             return html.P("No trials yet: they appear here as the study's driver starts them.", className="muted")
         cols = [c for c in V.TRIAL_COLUMNS if c[0] != "spec"]
-        shown = Q.StudyData(data.name, data.info, data.trials[-MAX_TRIAL_ROWS:])  # a table of 100,000 rows stalls
-        note = [] if len(shown.trials) == len(data.trials) else [html.P(
-            f"The latest {MAX_TRIAL_ROWS:,} of {len(data.trials):,} trial attempts; `nas show` summarises them all.",
-            className="muted")]
-        return note + [_table(V.trial_rows(shown), cols, link=lambda r: study_href(data.name, int(r["number"])))]
+        return T.trials_grid(V.trial_rows(Q.StudyData(data.name, data.info, data.trials[-T.MAX_TRIAL_ROWS:])),
+                                  cols, total=len(data.trials))
 
     def trial_page(self, name: str, number: int) -> html.Div:
         data = Q.load_study(self.store, name)
@@ -242,7 +227,7 @@ class DashboardApp:
         summary = [("state", p.state), ("levels", ", ".join(f"{k}={v}" for k, v in p.levels.items()) or "–"),
                    ("seed", str(p.seed)), ("val_acc", p.val_acc), ("code version", p.code_version),
                    ("node", p.node), ("model file", p.export_path or "–")]
-        pairs = lambda rows: _table([{"k": k, "v": v} for k, v in rows], [("k", ""), ("v", "")])  # noqa: E731
+        pairs = lambda rows: html_table([{"k": k, "v": v} for k, v in rows], [("k", ""), ("v", "")])  # noqa: E731
         out: list[Any] = [pairs(summary)]
         if p.error:
             out += [html.H3("Error"), html.Pre(p.error, className="error", id="trial-error")]
@@ -344,6 +329,13 @@ class DashboardApp:
             except (TypeError, KeyError, IndexError, ValueError):
                 return no_update
             return study_href(name, number)
+
+        @app.callback(Output("url", "pathname", allow_duplicate=True), Input(T.TRIALS_TABLE_ID, "cellClicked"),
+                      State("study-name", "data"), prevent_initial_call=True)
+        def _open_trial_from_table(cell: dict[str, Any] | None, name: str) -> Any:
+            if not cell or cell.get("colId") != "number" or cell.get("rowId") is None:
+                return no_update
+            return study_href(name, int(cell["rowId"]))
 
         @app.callback(Output("trial-body", "children"), Input("trial-refresh", "n_intervals"),
                       State("trial-key", "data"), prevent_initial_call=True)

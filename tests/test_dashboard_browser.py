@@ -243,7 +243,9 @@ def test_tour_of_a_grid_study(page: tuple[Any, Watch], server: str, fx: Fixture,
     # back to the study, and the failed trial from the trials table: its error, no export
     pg.click(f"text=← {GRID}")
     open_tab(pg, "Trials")
-    pg.locator("#trials-table a").get_by_text(str(fx.failed_number), exact=True).click()
+    number_cells = pg.locator('#trials-table .ag-cell[col-id="number"]')
+    number_cells.first.wait_for()
+    number_cells.get_by_text(str(fx.failed_number), exact=True).click()
     pg.wait_for_selector("#trial-error")
     assert "injected failure" in pg.inner_text("#trial-error")
     assert pg.is_disabled("#export-button")
@@ -287,7 +289,8 @@ def test_every_tab_shows_a_loading_indicator_until_its_view_is_drawn(page: tuple
             gate.set()
         pg.wait_for_function(f"() => !document.querySelector('#loading-{name} .dash-spinner')")
         if label == "Trials":
-            assert pg.locator("#trials-table tbody tr").count() == 9
+            pg.wait_for_function("() => document.querySelectorAll("
+                                 "'#trials-table .ag-cell[col-id=\"number\"]').length === 9")  # the grid draws its rows
         else:
             assert traces(pg, output) >= 1
     watch.check()
@@ -332,8 +335,7 @@ def test_search_study_opens_on_its_search_view(page: tuple[Any, Watch], server: 
     assert fig["layout"]["legend"]["title"]["text"] == "mixer, dim:"
     shot(pg, "06b_search_cost_scaling")
     open_tab(pg, "Trials")
-    pg.wait_for_selector("#trials-table tbody tr")
-    assert pg.locator("#trials-table tbody tr").count() == 6
+    pg.wait_for_function("() => document.querySelectorAll('#trials-table .ag-cell[col-id=\"number\"]').length === 6")
     watch.check()
 
 
