@@ -244,7 +244,7 @@ class Study(_Strict):
     @classmethod
     def _seeds(cls, seeds: list[int] | AdaptiveSeeds) -> list[int] | AdaptiveSeeds:
         if isinstance(seeds, list) and (any(not 0 <= s <= SEED_HIGH for s in seeds) or len(set(seeds)) != len(seeds)):
-            raise ValueError(f"seeds must be distinct integers in 0 .. {SEED_HIGH} (got {seeds})")
+            raise ValueError(f"seeds must be distinct non-negative integers, at most {SEED_HIGH} (got {seeds})")
         return seeds
 
     @model_validator(mode="after")

@@ -201,7 +201,9 @@ def test_trials_run_on_both_worker_nodes(cluster, tmp_path):
 
 def test_worker_node_killed_mid_trial_is_retried_elsewhere(cluster, tmp_path):
     """Runs after the spread test (same module cluster); kills one worker node while a trial is on it."""
-    study = _write(tmp_path, "cluster_fault", seeds="[0, 1, 2]", epochs=4, n_train=512)
+    # 8 epochs: the driver writes epochs in batches (once a second), so a trial must outlive a flush by a margin
+    # for the test to see it running with an epoch stored (with 4 short epochs a 2-core CI machine missed it)
+    study = _write(tmp_path, "cluster_fault", seeds="[0, 1, 2]", epochs=8, n_train=512)
     by_id = {cluster.nodes[w].node_id: cluster.nodes[w] for w in ("w1", "w2")}
     url_db = tmp_path / "nas.db"
     proc = subprocess.Popen([*NAS, "run", str(study), *_args(tmp_path, cluster)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -220,7 +222,7 @@ def test_worker_node_killed_mid_trial_is_retried_elsewhere(cluster, tmp_path):
                            if t.node_id in by_id and store.epochs(t.id)]
             except Exception:  # noqa: BLE001 - tables not created yet
                 continue
-            if running:  # a trial has reported its first epoch (of 4) from a worker node: kill that node
+            if running:  # a trial has reported an epoch (of 8) from a worker node: kill that node
                 victim, victim_key = by_id[running[0].node_id], running[0].key
                 victim.kill()
                 break
@@ -239,7 +241,7 @@ def test_worker_node_killed_mid_trial_is_retried_elsewhere(cluster, tmp_path):
     (hit,) = [t for t in complete if t.key == victim_key]
     survivor = next(n for n in by_id.values() if n is not victim)
     assert hit.node_id == survivor.node_id, "the killed node's trial must finish on the surviving node"
-    assert [e["epoch"] for e in _store(tmp_path).epochs(hit.id)] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in _store(tmp_path).epochs(hit.id)] == list(range(1, 9))
     attempts = _attempts(url_db, hit.id)
     assert attempts >= 2, f"the retried trial records {attempts} attempt(s)"
 
