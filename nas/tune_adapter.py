@@ -35,7 +35,9 @@ from .space import existing_distributions, grid_distributions, search_distributi
 from .worker import FINAL, MODEL_FILE
 
 TASK = "nas_task"  # the trial config's entry that carries its resolved cell (a TrialStart as data)
-FLUSH_S = 1.0  # the callback writes the epochs reported in the last second in one transaction
+# the callback writes the epochs reported in the last second in one transaction (NAS_EPOCH_FLUSH_S=0: every report
+# at once, as drills that kill the driver mid-trial need for trials shorter than a second)
+FLUSH_S = float(os.environ.get("NAS_EPOCH_FLUSH_S", "1.0"))
 EPOCH_KEYS = (*EPOCH_METRICS, "node_id", "device")  # what of an epoch's report the store keeps
 
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAS = [sys.executable, "-m", "nas.cli"]
 DRILL_SEED = 20261123
 N_KILLS = 10
-EPOCHS = 2
+EPOCHS = 4  # long enough that the drill's study is still running at its later kill moments
 NAME = "crash_drill"
 
 STUDY = f"""
@@ -198,7 +198,9 @@ def run_drill(tmp: Path, moments: list[Moment] | None = None, log=lambda msg: No
     url = f"sqlite:///{db}"
     cmd = [*NAS, "run", str(study), "--db", url, "--set", f"storage.artifacts={tmp / 'artifacts'}",
            "--set", f"storage.ray_results={tmp / 'ray'}", "--max-concurrent", "2"]
-    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    # every epoch written as it is reported: the drill's trials are shorter than the driver's 1-s batch, and its
+    # mid-trial moments wait for a running trial's epochs in the database
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", "NAS_EPOCH_FLUSH_S": "0"}
     env.pop("RAY_ADDRESS", None)
     result = DrillResult()
     seen_complete: dict[str, tuple[int, float]] = {}

@@ -165,7 +165,7 @@ def test_failing_trial_is_recorded_and_the_study_completes(tmp_path):
 def test_sigkill_of_the_driver_then_resume_loses_and_repeats_nothing(tmp_path):
     from nas.store import Store
 
-    study = _write_study(tmp_path, "killed", levels="[head, middle, tail]", epochs=3)
+    study = _write_study(tmp_path, "killed", levels="[head, middle, tail]", epochs=6)  # a window to see one running
     cmd = [*NAS, "run", str(study), *_args(tmp_path), "--max-concurrent", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
