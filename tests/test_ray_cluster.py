@@ -201,15 +201,16 @@ def test_trials_run_on_both_worker_nodes(cluster, tmp_path):
 
 def test_worker_node_killed_mid_trial_is_retried_elsewhere(cluster, tmp_path):
     """Runs after the spread test (same module cluster); kills one worker node while a trial is on it."""
-    # 8 epochs: the driver writes epochs in batches (once a second), so a trial must outlive a flush by a margin
-    # for the test to see it running with an epoch stored (with 4 short epochs a 2-core CI machine missed it).
-    # retries 4 (STUDY): until Ray marks the killed node dead, a retry can land on it again and fail (seen on CI)
-    study = _write(tmp_path, "cluster_fault", seeds="[0, 1, 2]", epochs=8, n_train=512)
+    # The driver stores every epoch at once here (NAS_EPOCH_FLUSH_S=0; by default it batches them once a second), and
+    # epochs of 1,536 images last long enough that a trial seen at its first epochs is still training when its node
+    # dies: with batched writes and short epochs a CI run killed a node whose trial had just finished, so nothing
+    # was retried. retries 4 (STUDY): until Ray marks the killed node dead, a retry can land on it again and fail.
+    study = _write(tmp_path, "cluster_fault", seeds="[0, 1, 2]", epochs=8, n_train=1536)
     by_id = {cluster.nodes[w].node_id: cluster.nodes[w] for w in ("w1", "w2")}
     url_db = tmp_path / "nas.db"
     proc = subprocess.Popen([*NAS, "run", str(study), *_args(tmp_path, cluster)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**cluster.env, "COLUMNS": "200"},
-                            start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**cluster.env, "COLUMNS": "200", "NAS_EPOCH_FLUSH_S": "0"}, start_new_session=True)
     victim = victim_key = None
     deadline = time.monotonic() + 240
     try:
@@ -220,10 +221,10 @@ def test_worker_node_killed_mid_trial_is_retried_elsewhere(cluster, tmp_path):
             try:
                 store = _store(tmp_path)
                 running = [t for t in store.trials("cluster_fault", states=("running",))
-                           if t.node_id in by_id and store.epochs(t.id)]
+                           if t.node_id in by_id and 1 <= len(store.epochs(t.id)) <= 4]
             except Exception:  # noqa: BLE001 - tables not created yet
                 continue
-            if running:  # a trial has reported an epoch (of 8) from a worker node: kill that node
+            if running:  # a trial is early in its 8 epochs on a worker node: kill that node
                 victim, victim_key = by_id[running[0].node_id], running[0].key
                 victim.kill()
                 break
