@@ -28,7 +28,7 @@ factors:
   readout: [head, middle]
 reference: {{readout: head}}
 seeds: [0, 1]
-data: {{name: digits, n_train: 256, n_test: 64, img_size: 16}}
+data: {{name: digits, n_train: 768, n_test: 64, img_size: 16}}
 train: {{epochs: {EPOCHS}, batch_size: 32, lr: 3.0e-3, warmup_epochs: 0.5}}
 execution: {{cpus_per_trial: 0.5, retries: 0, num_cpus: 2}}
 measure: {{skip: true}}
@@ -121,8 +121,10 @@ def test_reader_polls_while_four_trials_write(tmp_path):
     assert len(trials) == 4 and {t.state for t in trials} == {"complete"}
     assert all([e["epoch"] for e in store.epochs(t.id)] == list(range(1, EPOCHS + 1)) for t in trials)
     assert all(e["val_acc"] is not None for t in trials for e in store.epochs(t.id))
-    # the four trials really wrote at the same time: their [start, finish] intervals all overlap
-    assert reader.max_running == 4
+    # the reader read while several trials were running (it samples: on a 2-core machine its polls can miss the
+    # moment all four run, CI saw 3), and the store proves the four wrote at once: their [start, finish] intervals
+    # all overlap
+    assert reader.max_running >= 2, reader.max_running
     spans = sorted((t.started_at, t.finished_at) for t in trials)
     assert max(s for s, _ in spans) < min(f for _, f in spans), [(str(s), str(f)) for s, f in spans]
     print(f"read while write: {reader.polls} polls, {reader.cli_calls} × (nas list + nas show), "
