@@ -1,8 +1,9 @@
 """Read while write on SQLite: a reader polls the study database every ~50 ms (read-only `Store` queries as the
-dashboard makes them, plus `nas list` and `nas show` through the CLI) while `nas run` writes 4 trials running at
-once (0.5 CPU per trial on 2, and `--max-concurrent 4`: without it Ray Tune keeps one trial pending at a time for a
-custom searcher, and these short trials ran one after another). No error of any kind reaches the reader or the
-driver — in particular no "database is locked" — and at the end every trial is complete with every epoch present."""
+dashboard makes them, plus `nas list` and `nas show` through the CLI) while `nas run` writes 4 trials at once (0.5 CPU
+per trial on 2, and `--max-concurrent 4`: without it Ray Tune keeps one trial pending at a time for a custom searcher,
+and these short trials ran one after another; at least three are asserted to overlap, see below). No error of any
+kind reaches the reader or the driver — in particular no "database is locked" — and at the end every trial is
+complete with every epoch present."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ factors:
   readout: [head, middle]
 reference: {{readout: head}}
 seeds: [0, 1]
-data: {{name: digits, n_train: 768, n_test: 64, img_size: 16}}
+data: {{name: digits, n_train: 1536, n_test: 64, img_size: 16}}
 train: {{epochs: {EPOCHS}, batch_size: 32, lr: 3.0e-3, warmup_epochs: 0.5}}
 execution: {{cpus_per_trial: 0.5, retries: 0, num_cpus: 2}}
 measure: {{skip: true}}
@@ -121,11 +122,30 @@ def test_reader_polls_while_four_trials_write(tmp_path):
     assert len(trials) == 4 and {t.state for t in trials} == {"complete"}
     assert all([e["epoch"] for e in store.epochs(t.id)] == list(range(1, EPOCHS + 1)) for t in trials)
     assert all(e["val_acc"] is not None for t in trials for e in store.epochs(t.id))
-    # the reader read while several trials were running (it samples: on a 2-core machine its polls can miss the
-    # moment all four run, CI saw 3), and the store proves the four wrote at once: their [start, finish] intervals
-    # all overlap
+    # Several trials wrote at once, by the store's own [start, finish] times, and the reader read while several ran.
+    # Ray starts the four trials' actors one after another (~1 s apart on a loaded 2-core machine), so "all four at
+    # once" is a race the trials' length only makes likely (a CI run saw the fourth start 6 ms after the first ended):
+    # at least three is asserted; the reader samples every 50 ms and can miss the busiest moment.
+    spans = [(t.started_at, t.finished_at) for t in trials]
+    at_once = _most_at_once(spans)
+    assert at_once >= 3, [(str(s), str(f)) for s, f in sorted(spans)]
     assert reader.max_running >= 2, reader.max_running
-    spans = sorted((t.started_at, t.finished_at) for t in trials)
-    assert max(s for s, _ in spans) < min(f for _, f in spans), [(str(s), str(f)) for s, f in spans]
     print(f"read while write: {reader.polls} polls, {reader.cli_calls} × (nas list + nas show), "
-          f"max {reader.max_running} running seen, {seconds:.0f} s")
+          f"{at_once} trials at once by the store, max {reader.max_running} running seen by the reader, "
+          f"{seconds:.0f} s")
+
+
+def _most_at_once(spans: list[tuple]) -> int:
+    """The most [start, finish] intervals that hold one moment in common (a sweep over the sorted endpoints)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans], key=lambda e: (e[0], e[1]))
+    best = now = 0
+    for _, step in events:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def test_most_at_once_counts_a_common_moment():
+    assert _most_at_once([(0, 4), (1, 5), (2, 6), (3, 7)]) == 4
+    assert _most_at_once([(0, 2), (1, 3), (2, 4)]) == 2  # one ends as the next starts: not at once
+    assert _most_at_once([(0, 1), (2, 3)]) == 1
