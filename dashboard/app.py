@@ -226,7 +226,7 @@ class DashboardApp:
     def trial_body(p: V.TrialPage) -> list[Any]:
         summary = [("state", p.state), ("levels", ", ".join(f"{k}={v}" for k, v in p.levels.items()) or "–"),
                    ("seed", str(p.seed)), ("val_acc", p.val_acc), ("code version", p.code_version),
-                   ("node", p.node), ("model file", p.export_path or "–")]
+                   ("node", p.node), ("device", p.device), ("model file", p.export_path or "–")]
         pairs = lambda rows: html_table([{"k": k, "v": v} for k, v in rows], [("k", ""), ("v", "")])  # noqa: E731
         out: list[Any] = [pairs(summary)]
         if p.error:

@@ -57,6 +57,18 @@ def seconds(v: Any) -> str:
     return f"{sig(f, 3)} s" if f < 600 else f"{sig(f, 4)} s ({f / 60:.1f} min)"
 
 
+def device(label: str | None) -> str:
+    """Where a trial trained, short enough for a table column: `GPU 1 (NVIDIA H200)` for the host's GPU 1 (the
+    store's `cuda:0 = GPU 1 (NVIDIA H200, GPU-1a2b3c4d)`: each Ray worker sees its card as cuda:0), `cpu`."""
+    if not label:
+        return MISSING
+    if " = " not in label:
+        return label
+    where = label.split(" = ", 1)[1]
+    name, _, rest = where.partition(", GPU-")
+    return name + ")" if rest else where
+
+
 def image_size(v: Any) -> str:
     f = _number(v)
     return MISSING if f is None else f"{int(f)} × {int(f)} px"

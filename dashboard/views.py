@@ -82,6 +82,7 @@ class TrialPage:
     hardware: list[tuple[str, str]]
     code_version: str
     node: str
+    device: str
     error: str
     export_path: str | None
     curves: go.Figure
@@ -135,8 +136,8 @@ def cost_rows(t: TrialView) -> list[tuple[str, str]]:
 
 TRIAL_COLUMNS = [("number", "trial"), ("levels", "levels"), ("seed", "seed"), ("state", "state"),
                  ("val_acc", "val_acc"), ("params", "parameters"), ("flops", "FLOPs per image"),
-                 ("throughput", "throughput"), ("memory", "peak memory"), ("wall", "wall time"), ("spec", "spec id"),
-                 ("error", "error")]
+                 ("throughput", "throughput"), ("memory", "peak memory"), ("wall", "wall time"), ("device", "device"),
+                 ("spec", "spec id"), ("error", "error")]
 
 
 def trial_rows(data: StudyData, error_chars: int = 120) -> list[dict[str, str]]:
@@ -145,7 +146,7 @@ def trial_rows(data: StudyData, error_chars: int = 120) -> list[dict[str, str]]:
              "seed": str(t.seed), "state": str(t.state), "val_acc": U.percent(t.val_acc),
              "params": U.count(t.num_params), "flops": U.gflops(t.cost.get("flops")),
              "throughput": U.throughput(t.cost.get("throughput")), "memory": U.memory(t.cost.get("peak_memory_bytes")),
-             "wall": U.seconds(t.wall_seconds),
+             "wall": U.seconds(t.wall_seconds), "device": U.device(t.device),
              "spec": t.spec_id, "error": (t.error or "").splitlines()[0][:error_chars] if t.error else ""}
             for t in data.trials]
 
@@ -175,7 +176,7 @@ def trial_page(store: Any, data: StudyData, number: int) -> TrialPage:
     return TrialPage(t.number, str(t.state), t.levels, t.seed, U.percent(t.val_acc), spec, cost_rows(t),
                      sorted(t.kernel_paths.items()),
                      [(k, _fmt(v)) for k, v in (run.hardware if run else {}).items()],
-                     (run.code_version if run else "") or "–", t.node_id or "–", t.error or "",
+                     (run.code_version if run else "") or "–", t.node_id or "–", t.device or "–", t.error or "",
                      str(path) if path else None, curves)
 
 

@@ -196,6 +196,7 @@ class TrialView:
     budget: dict[str, Any]
     started_at: datetime | None
     finished_at: datetime | None
+    device: str | None = None  # where it trained: `cpu`, or `cuda:0 = GPU 1 (NVIDIA H200, GPU-...)` (host's GPU 1)
 
     @property
     def is_done(self) -> bool:

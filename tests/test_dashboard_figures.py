@@ -360,6 +360,24 @@ def test_units_by_hand() -> None:
     assert U.seconds(2.5) == "2.5 s" and U.seconds(3600) == "3,600 s (60.0 min)" and U.seconds(None) == "–"
     assert U.image_size(64) == "64 × 64 px" and U.image_size("128") == "128 × 128 px"
     assert U.percent(0.78) == "78.00%" and U.percent(None) == "–"
+    # the store's device label names the host's card (each Ray worker sees its own as cuda:0); the table keeps that
+    assert U.device("cuda:0 = GPU 3 (NVIDIA H200, GPU-1a2b3c4d)") == "GPU 3 (NVIDIA H200)"
+    assert U.device("cuda:0 = GPU 0 (NVIDIA H200)") == "GPU 0 (NVIDIA H200)"
+    assert U.device("cpu") == "cpu" and U.device(None) == "–"
+
+
+def test_trials_table_says_which_gpu_each_trial_ran_on() -> None:
+    from dataclasses import replace
+
+    from dashboard import views as V
+    from dashboard.queries import StudyData
+
+    trials = [replace(trial(0, "head", 0, 0.7), device="cuda:0 = GPU 0 (NVIDIA H200, GPU-aaaa)"),
+              replace(trial(1, "middle", 0, 0.8), device="cuda:0 = GPU 1 (NVIDIA H200, GPU-bbbb)"),
+              trial(2, "tail", 0, 0.6)]
+    rows = V.trial_rows(StudyData("s", None, trials))  # type: ignore[arg-type]
+    assert [r["device"] for r in rows] == ["GPU 0 (NVIDIA H200)", "GPU 1 (NVIDIA H200)", "–"]
+    assert ("device", "device") in V.TRIAL_COLUMNS
 
 
 def test_trial_page_costs_have_units() -> None:

@@ -100,7 +100,8 @@ def test_trial_lifecycle_epochs_artifacts(url, tmp_path):
     assert ta.state is TrialState.COMPLETE and ta.state == "complete" and ta.val_acc == 0.55
     assert ta.num_params == 3_000_000_000  # > 2**31
     assert ta.cost == cost and ta.kernel_paths == {"scan": "reference"} and ta.values["throughput"] == 1234.5
-    assert ta.node_id == "node-a" and ta.levels == {"readout": "head"} and ta.seed == 0
+    assert ta.node_id == "node-a" and ta.device == "cpu" and tb.device is None
+    assert ta.levels == {"readout": "head"} and ta.seed == 0
     assert ta.budget == {"params": 200000, "achieved": 199000, "knob": "width"}
     assert ta.row()["readout"] == "head" and ta.row()["throughput"] == 1234.5
     assert ta.finished_at >= ta.started_at and ta.wall_seconds == 3.0
