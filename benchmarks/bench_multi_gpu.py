@@ -32,7 +32,6 @@ import re
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -40,6 +39,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dashboard import units as U  # noqa: E402
+from nas.records import TrialState  # noqa: E402
+from nas.store import Store  # noqa: E402
+
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 FINISHED = re.compile(r"(\d+) trial\(s\) finished, (\d+) failed, in (\d+) s")
 REHEARSAL_SETS = ["train.device=cpu", "data.n_train=512", "data.n_test=128", "data.img_size=32", "train.epochs=3",
@@ -108,17 +113,8 @@ def _trial_workers() -> list[int]:
     return sorted(pids)
 
 
-def _rows(db: Path, study: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        con.row_factory = sqlite3.Row
-        return con.execute("select key, state, device, attempts from nas_trials where study_name = ?",
-                           (study,)).fetchall()
-
-
-def _epochs_stored(db: Path, study: str) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        return con.execute("select count(*) from nas_epochs e join nas_trials t on e.trial_id = t.id "
-                           "where t.study_name = ?", (study,)).fetchone()[0]
+def _store(db: Path) -> Store:
+    return Store(f"sqlite:///{db}", read_only=True)
 
 
 class Head:
@@ -170,9 +166,10 @@ def _run_phase(ph: Phase, args: argparse.Namespace, out: Path, env: dict[str, st
                 time.sleep(0.5)
                 if kill and ph.killed_pid is None and db.exists():
                     try:
-                        stored = _epochs_stored(db, name)
-                    except sqlite3.Error:
-                        continue  # tables not created yet
+                        store = _store(db)
+                        stored = sum(len(store.epochs(t.id)) for t in store.trials(name))
+                    except Exception:  # noqa: BLE001 - tables not created yet
+                        continue
                     workers = _trial_workers()
                     if stored and workers:
                         ph.killed_pid = workers[0]
@@ -193,14 +190,13 @@ def _run_phase(ph: Phase, args: argparse.Namespace, out: Path, env: dict[str, st
     if m := FINISHED.search(text):
         ph.trials, ph.failed, ph.driver_s = int(m.group(1)), int(m.group(2)), float(m.group(3))
     if db.exists():
-        rows = _rows(db, name)
-        for r in rows:
-            gpu = re.search(r"= GPU (\S+)", r["device"] or "")
-            label = f"GPU {gpu.group(1)}" if gpu else (r["device"] or "?")
+        trials = _store(db).trials(name)
+        for t in trials:
+            label = U.device(t.device)  # `GPU 1 (NVIDIA H200)`: the host's card, from the store's label
             ph.per_gpu[label] = ph.per_gpu.get(label, 0) + 1
-        ph.retried = [r["key"] for r in rows if (r["attempts"] or 0) >= 2]
-        keys = [r["key"] for r in rows]
-        ph.cells_once = len(keys) == len(set(keys)) and all(r["state"] == "complete" for r in rows)
+        ph.retried = [t.key for t in trials if t.attempts >= 2]
+        keys = [t.key for t in trials]
+        ph.cells_once = len(keys) == len(set(keys)) and all(t.state == TrialState.COMPLETE for t in trials)
     print(f"[{ph.name}] rc {ph.rc}, {ph.trials} finished, {ph.failed} failed, driver {ph.driver_s} s, "
           f"wall {ph.wall_s:.0f} s, per GPU {ph.per_gpu}", flush=True)
     return ph

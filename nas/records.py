@@ -197,6 +197,7 @@ class TrialView:
     started_at: datetime | None
     finished_at: datetime | None
     device: str | None = None  # where it trained: `cpu`, or `cuda:0 = GPU 1 (NVIDIA H200, GPU-...)` (host's GPU 1)
+    attempts: int = 1  # runs of this cell so far: Tune's retries of a failed worker count here, not as new rows
 
     @property
     def is_done(self) -> bool:

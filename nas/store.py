@@ -369,7 +369,8 @@ def _view(t: Any) -> TrialView:  # a TrialRow or a row of its columns
                      spec_json=t.spec_json, error=t.error, cost=dict(t.cost or {}), num_params=t.num_params,
                      kernel_paths=dict(t.kernel_paths or {}), node_id=t.node_id, wall_seconds=t.wall_seconds,
                      train_seconds=t.train_seconds, budget=dict(t.budget or {}), started_at=t.started_at,
-                     finished_at=t.finished_at, device=t.device)
+                     finished_at=t.finished_at, device=t.device,
+                     attempts=t.attempts or 1)
 
 
 __all__ = ["STALE_ERROR", "ArtifactRecord", "EpochReport", "RunRecord", "Store", "StudyRecord", "StudySummary",

@@ -161,6 +161,7 @@ def test_restart_of_a_trial_counts_attempts_and_stale_trials_are_failed(url):
     assert store.fail_stale_trials("s1") == []  # idempotent
     ta = store.trial("s1", 1)
     assert ta.state == "stale" and ta.error == STALE_ERROR and ta.finished_at is not None
+    assert ta.attempts == 2 and store.trial("s1", 2).attempts == 1  # the readers' view counts the restart
     assert store.trial("other", 3).state == "running" and o  # another study's running trial is left alone
     assert store.completed_keys("s1") == {"s1/tail/0"}
     store.trial_finished(_trial(store, run, 4, level="mid"), TrialState.STOPPED, TrialOutcome(val_acc=0.4))

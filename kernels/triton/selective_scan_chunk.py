@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .scan_common import _combine, _load_step_inputs, _merge_store, _softplus  # noqa: F401
+from .scan_common import _combine, _load_step_inputs, _merge_store
 
 
 @triton.jit
