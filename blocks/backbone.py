@@ -13,7 +13,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .block import Block, make_norm
-from .layout import MixContext, PathIndex, TokenLayout
+from .layout import MixContext, PathIndex, TokenLayout, index_tensor
 from .mixers import MIXERS, TokenMixer
 from .readout import READOUTS, pool_features
 from .routes import block_paths, path_index
@@ -166,7 +166,7 @@ class Backbone(nn.Module):
         if self.cls_token is None:
             return x
         B = x.shape[0]
-        order = torch.as_tensor(self._cls_order, device=x.device)
+        order = index_tensor(self._cls_order, x.device)
         return torch.cat([x, self.cls_token.expand(B, -1, -1)], dim=1).index_select(1, order)
 
     # ---- timm surface ---------------------------------------------------------------------------------------------

@@ -17,6 +17,23 @@ from torch import Tensor
 
 Segment = tuple[int, int]  # (height, width) of one token grid
 
+_INDEX_CACHE: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+
+
+def index_tensor(values: tuple[int, ...], device: torch.device) -> Tensor:
+    """`values` as a long tensor on `device`, built once per (values, device). Why: building it in every forward is a
+    blocking host-to-device copy, which stalls the CPU until the GPU has drained its queue (every step) and cannot
+    be captured in a CUDA graph. The cached tensor is read-only by convention (index_select's index)."""
+    if torch.compiler.is_compiling():
+        return torch.as_tensor(values, device=device)
+    key = (values, torch.device(device))
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        if len(_INDEX_CACHE) > 1024:  # layouts are few; a bound keeps a long sweep from growing it forever
+            _INDEX_CACHE.clear()
+        index = _INDEX_CACHE[key] = torch.as_tensor(values, dtype=torch.long, device=device)
+    return index
+
 
 @dataclass(frozen=True)
 class TokenLayout:
@@ -129,7 +146,7 @@ def grid_apply(x: Tensor, layout: TokenLayout, fn: Callable[[Tensor], Tensor]) -
     B, L, C = x.shape
     if L != layout.length:
         raise ValueError(f"sequence length {L} does not match the layout's {layout.length}")
-    grid_pos = torch.as_tensor(layout.grid_positions, device=x.device)
+    grid_pos = index_tensor(layout.grid_positions, x.device)
     grid = x.index_select(1, grid_pos) if layout.n_cls else x
     outs = []
     for (h, w), start in zip(layout.segments, layout.segment_offsets()):

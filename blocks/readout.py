@@ -12,7 +12,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from .layout import TokenLayout
+from .layout import TokenLayout, index_tensor
 from .registry import Registry
 
 Pool = Literal["cls", "mean", "max", "bilateral_avg", "bilateral_concat", "none"]
@@ -50,7 +50,7 @@ for _r in [
 def pool_features(x: Tensor, readout: Readout, layout: TokenLayout) -> Tensor:
     """(B, L, C) normalised tokens → (B, F) pooled features, or (B, L, C) for `max` and `none` (scored per token)."""
     if readout.pool == "cls":
-        pos = torch.as_tensor(layout.cls_positions, device=x.device)
+        pos = index_tensor(layout.cls_positions, x.device)
         return x.index_select(1, pos).mean(1)
     if readout.pool == "mean":
         return _grid_tokens(x, layout).mean(1)
@@ -64,4 +64,4 @@ def pool_features(x: Tensor, readout: Readout, layout: TokenLayout) -> Tensor:
 def _grid_tokens(x: Tensor, layout: TokenLayout) -> Tensor:
     if not layout.n_cls:
         return x
-    return x.index_select(1, torch.as_tensor(layout.grid_positions, device=x.device))
+    return x.index_select(1, index_tensor(layout.grid_positions, x.device))
