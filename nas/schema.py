@@ -59,6 +59,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kernel_backend: str = "auto"
     amp: bool | None = None
+    cuda_graph: bool = True  # replay each full batch's step from a CUDA graph on CUDA (nas/train_step.py)
 
     @field_validator("kernel_backend")
     @classmethod

@@ -24,9 +24,11 @@ from kernels.dispatch import record_kernel_paths
 from .data import Dataset
 from .errors import NasError, TrialDiverged
 from .measure import measure_cost
+from .train_step import TrainStep, make_optimizer
 
 ReportFn = Callable[[int, dict[str, float]], None]
 DIVERGENCE_CHECK_STEPS = 50  # steps between two host reads of the losses (see _train_epoch)
+TRAIN_STEP_KEY = "train_step"  # kernel_paths entry: how the train step ran ("cuda_graph" or "eager")
 
 
 @dataclass
@@ -94,12 +96,13 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, amp: bool)
     return float(loss_sum) / len(y), float(correct) / len(y)
 
 
-def _train_epoch(model, opt, sched, data: Dataset, batch_size: int, amp: bool, gen: torch.Generator,
-                 epoch: int, check_every: int = DIVERGENCE_CHECK_STEPS) -> float:
-    """One pass over the training set; returns the mean loss. The per-step losses stay on the device (a host read
-    each step stalls the GPU until the step's kernels finish): they are checked for NaN/inf every `check_every` steps
-    and at the end of the epoch, one host synchronisation each, and the first bad step raises `TrialDiverged`."""
-    model.train()
+def _train_epoch(step_fn: TrainStep, schedule: Callable[[int], float], first_step: int, data: Dataset,
+                 batch_size: int, gen: torch.Generator, epoch: int, check_every: int = DIVERGENCE_CHECK_STEPS) -> float:
+    """One pass over the training set; returns the mean loss. `schedule(k)` is the learning rate of global step k
+    (this epoch's first is `first_step`). The per-step losses stay on the device (a host read each step stalls the
+    GPU until the step's kernels finish): they are checked for NaN/inf every `check_every` steps and at the end of
+    the epoch, one host synchronisation each, and the first bad step raises `TrialDiverged`."""
+    step_fn.model.train()
     n = len(data.y_train)
     order = torch.randperm(n, generator=gen).to(data.device)
     starts = range(0, n, batch_size)
@@ -107,15 +110,8 @@ def _train_epoch(model, opt, sched, data: Dataset, batch_size: int, amp: bool, g
     sizes = torch.tensor([min(batch_size, n - i) for i in starts], dtype=torch.float64)
     checked = 0
     for step, i in enumerate(starts):
-        idx = order[i:i + batch_size]
-        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(data.x_train[idx])
-        loss = F.cross_entropy(logits.float(), data.y_train[idx])
-        losses[step] = loss.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        step_fn.set_lr(schedule(first_step + step))
+        losses[step] = step_fn(order[i:i + batch_size])
         if step + 1 - checked >= check_every or step == len(starts) - 1:
             _raise_if_diverged(losses[checked:step + 1], epoch, checked)
             checked = step + 1
@@ -134,7 +130,7 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
               warmup_epochs: float, seed: int, device: torch.device | str = "cpu", amp: bool | None = None,
               report: ReportFn | None = None, kernel_backend: str = "auto",
               measure: dict[str, Any] | None = None, keep_model: bool = False,
-              compile_model: bool = False) -> TrialResult:
+              compile_model: bool = False, cuda_graph: bool = True) -> TrialResult:
     """Train `spec` on `data` and return its curves, final accuracy, cost and kernel paths.
 
     `report(epoch, {train_loss, val_loss, val_acc, lr, seconds})` is called after every epoch (1-based), e.g. to
@@ -142,6 +138,9 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
     (e.g. {"repeats": 5, "resolutions": [32, 64]}); `measure={"skip": True}` leaves cost empty. `keep_model=True`
     returns the trained model in `result.model` (to save it as the trial's model file). `compile_model=True` trains
     through `torch.compile(model)` (off by default: benchmarks/RESULTS.md, session 4, says where it pays).
+    `cuda_graph=True` (the default; CUDA only, not with `compile_model`) replays each full batch's step from a CUDA
+    graph (nas/train_step.py); `kernel_paths["train_step"]` says whether it ran ("cuda_graph") or fell back
+    ("eager"; `extra["graph_fallback"]` says why).
     """
     t_wall = time.perf_counter()
     dev = torch.device(device)
@@ -161,17 +160,21 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
     model = build_backbone(spec, kernel_backend=kernel_backend, device=dev)
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_at(s, lr=1.0, total_steps=total, warmup_steps=warmup))
+    graphed = cuda_graph and dev.type == "cuda" and not compile_model
+    opt = make_optimizer(param_groups(model, weight_decay), lr, dev, graphed)
+    train_model = torch.compile(model) if compile_model else model  # shares the parameters and their optimizer
+    step_fn = TrainStep(train_model, opt, data.x_train, data.y_train, batch_size, amp, graph=graphed)
+
+    def schedule(k: int) -> float:
+        return lr * lr_at(k, lr=1.0, total_steps=total, warmup_steps=warmup)
+
     metrics: list[dict[str, float]] = []
     train_seconds = 0.0
-    train_model = torch.compile(model) if compile_model else model  # shares the parameters and their optimizer
     with record_kernel_paths() as used:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
-            lr_now = opt.param_groups[0]["lr"]
-            train_loss = _train_epoch(train_model, opt, sched, data, batch_size, amp, gen, epoch)
+            lr_now = schedule((epoch - 1) * steps_per_epoch)
+            train_loss = _train_epoch(step_fn, schedule, (epoch - 1) * steps_per_epoch, data, batch_size, gen, epoch)
             val_loss, val_acc = evaluate(model, data.x_test, data.y_test, batch_size, amp)
             if not math.isfinite(val_loss):
                 raise TrialDiverged(epoch, val_loss)
@@ -184,10 +187,12 @@ def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr
             metrics.append(row)
             if report is not None:
                 report(epoch, {k: v for k, v in row.items() if k != "epoch"})
+    paths = {**used, TRAIN_STEP_KEY: step_fn.mode}
+    extra = {"graph_fallback": step_fn.fallback} if step_fn.fallback else {}
     opts = dict(measure or {})
     cost = {} if opts.pop("skip", False) else measure_cost(model, spec.img_size, batch_size, dev, **opts)
     return TrialResult(spec_id=spec.id, seed=seed, metrics=metrics, val_acc=metrics[-1]["val_acc"],
-                       params=sum(p.numel() for p in model.parameters()), cost=cost, kernel_paths=dict(used),
+                       params=sum(p.numel() for p in model.parameters()), cost=cost, kernel_paths=paths, extra=extra,
                        wall_seconds=time.perf_counter() - t_wall, train_seconds=train_seconds, device=str(dev),
                        model=model if keep_model else None)
 

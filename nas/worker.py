@@ -111,7 +111,7 @@ def run_task(study: Study, task: TrialStart, report: Report, *, node_id: str = "
     result = run_trial(spec, data, epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr,
                        weight_decay=tr.weight_decay, warmup_epochs=tr.warmup_epochs, seed=task.seed, device=dev,
                        amp=tr.amp, report=epoch_done, kernel_backend=tr.kernel_backend, measure=measure,
-                       keep_model=True)
+                       keep_model=True, cuda_graph=tr.cuda_graph)
     last, cost = result.metrics[-1], result.cost
     final = {**held, FINAL: True, "num_params": result.params, "cost": jsonable(cost),
              "kernel_paths": result.kernel_paths, "wall_seconds": result.wall_seconds,

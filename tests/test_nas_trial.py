@@ -51,7 +51,8 @@ def test_report_called_every_epoch_with_the_metrics(tiny):
                     **dict(FAST, epochs=3, measure={"repeats": 1, "warmup": 0}))
     assert [e for e, _ in calls] == [1, 2, 3]
     assert all(set(m) == {"train_loss", "val_loss", "val_acc", "lr", "seconds"} for _, m in calls)
-    assert res.kernel_paths == {"causal_conv1d_paths": "reference", "selective_scan_paths": "reference"}  # the CPU path, recorded
+    assert res.kernel_paths == {"causal_conv1d_paths": "reference", "selective_scan_paths": "reference",
+                                "train_step": "eager"}  # the CPU path, recorded
     assert len(res.metrics) == 3 and res.val_acc == res.metrics[-1]["val_acc"]
     assert res.cost["params"] == res.params and res.cost["flops_terms"]["selective_scan"] > 0
     lrs = [m["lr"] for _, m in calls]  # epoch-start lr: mid-warm-up, then decaying along the cosine
