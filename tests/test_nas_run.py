@@ -27,7 +27,7 @@ factors:
   readout: {levels}
 reference: {{readout: head}}
 seeds: [0, 1]
-data: {{name: digits, n_train: 128, n_test: 64, img_size: 16}}
+data: {{name: digits, n_train: {n_train}, n_test: 64, img_size: 16}}
 train: {{epochs: {epochs}, batch_size: 32, lr: 3.0e-3, warmup_epochs: 0.5}}
 execution: {{cpus_per_trial: 1, retries: 0, num_cpus: 2}}
 measure: {{repeats: 1}}
@@ -35,10 +35,10 @@ paper: {{source: Vim Table 5, values: {{head: 75.2, middle: 76.1}}}}
 """
 
 
-def _write_study(tmp: Path, name: str, levels: str = "[head, middle]", epochs: int = 2) -> Path:
+def _write_study(tmp: Path, name: str, levels: str = "[head, middle]", epochs: int = 2, n_train: int = 128) -> Path:
     path = tmp / "studies" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(STUDY.format(name=name, levels=levels, epochs=epochs))
+    path.write_text(STUDY.format(name=name, levels=levels, epochs=epochs, n_train=n_train))
     return path
 
 
@@ -165,22 +165,27 @@ def test_failing_trial_is_recorded_and_the_study_completes(tmp_path):
 def test_sigkill_of_the_driver_then_resume_loses_and_repeats_nothing(tmp_path):
     from nas.store import Store
 
-    study = _write_study(tmp_path, "killed", levels="[head, middle, tail]", epochs=6)  # a window to see one running
+    # 6 epochs of 1,536 images (about a second each on a CI core): a window to see one trial early in its run
+    study = _write_study(tmp_path, "killed", levels="[head, middle, tail]", epochs=6, n_train=1536)
     cmd = [*NAS, "run", str(study), *_args(tmp_path), "--max-concurrent", "1"]
+    # every epoch is stored as it is reported, so the kill can wait for a trial early in its 6 epochs: killed at the
+    # moment the third trial finished, the driver would leave nothing stale to re-queue (a loaded run saw that)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "NAS_EPOCH_FLUSH_S": "0"})
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.1)
             if not (tmp_path / "nas.db").exists():
                 continue
             try:
-                trials = Store(url, read_only=True).trials("killed")
+                store = Store(url, read_only=True)
+                trials = store.trials("killed")
+                early = [t for t in trials if t.state == "running" and 1 <= len(store.epochs(t.id)) <= 3]
             except Exception:  # noqa: BLE001 - tables not created yet
                 continue
-            if sum(t.state == "complete" for t in trials) >= 2 and any(t.state == "running" for t in trials):
+            if sum(t.state == "complete" for t in trials) >= 2 and early:
                 break
         else:
             pytest.fail("the study never reached two finished trials and one running")
