@@ -9,7 +9,10 @@ A train step is forward to the logits under bf16 autocast (fp32 weights), cross-
 backward, AdamW (lr 1e-4, torch's default foreach implementation): the same inputs, labels and optimizer for every
 row of a preset. Time = median of CUDA-event timings of single steps after warm-up (compiles and autotuning stay out),
 images/s = batch / time; peak = torch.cuda.max_memory_allocated over one more step (weights, optimizer state,
-activations, gradients). Rows (ours = `blocks.build_backbone(preset)` with backend "auto"):
+activations, gradients). Our rows time the step as a trial runs it (nas/train_step.py: replayed from a CUDA graph,
+AdamW fused and capturable); `--eager PRESET ...` adds our eager step with torch's default AdamW (the step before the
+graph) for comparison; the baselines run eagerly, as their codebases train. Rows (ours = `blocks.build_backbone(preset)`
+with backend "auto"):
 
     (a) vim_tiny with every SSM mixer computed as Vim's code runs it: mamba-ssm's fused `mamba_inner_fn`
         (causal-conv1d's conv, x_proj, dt_proj, the scan and out_proj in one autograd op) on the input and on its
@@ -58,30 +61,34 @@ def build_ours(preset: str, res: int, device: str, backend: str = "auto"):
     return build_backbone(spec, kernel_backend=backend).to(device)
 
 
-def measure(model, batch: int, res: int, device: str, reps: int, compile_model: bool = False) -> dict:
-    """Median train-step ms, images/s, peak MiB and the kernel paths recorded during a step."""
+def measure(model, batch: int, res: int, device: str, reps: int, compile_model: bool = False,
+            graph: bool = False) -> dict:
+    """Median train-step ms, images/s, peak MiB and the kernel paths recorded during a step. `graph=True` times the
+    trial's step replayed from a CUDA graph (nas/train_step.py: fused capturable AdamW, learning rate on the device);
+    otherwise the eager step with torch's default AdamW, as the seed codebases train."""
     from kernels.dispatch import record_kernel_paths
+    from nas.train_step import TrainStep, make_optimizer
 
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 3, res, res, device=device, generator=g)
     y = torch.randint(0, 1000, (batch,), device=device, generator=g) % _classes(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    graph = graph and device == "cuda" and not compile_model
+    opt = make_optimizer(list(model.parameters()), 1e-4, torch.device(device), graphed=graph)
     run = torch.compile(model) if compile_model else model
     model.train()
+    idx = torch.arange(batch, device=device)
+    train_step = TrainStep(run, opt, x, y, batch, amp=device == "cuda", graph=graph)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            logits = run(x)
-        loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        opt.step()
-        return loss
+        return train_step(idx)
 
     with record_kernel_paths() as used:
         t0 = time.perf_counter()
         loss = step()
         first = time.perf_counter() - t0
+        if graph:  # the graph's eager warm-up steps, then its capture, stay out of the timing
+            for _ in range(train_step.warmup + 1):
+                loss = step()
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss {float(loss)}")
     if device == "cuda":
@@ -98,7 +105,9 @@ def measure(model, batch: int, res: int, device: str, reps: int, compile_model: 
         for _ in range(reps):
             step()
         ms, peak = (time.perf_counter() - t0) * 1e3 / reps, float("nan")
-    return {"ms": ms, "img_s": batch / ms * 1e3, "peak_mib": peak, "kernels": dict(used), "first_step_s": first}
+    kernels = dict(used)
+    kernels["train_step"] = train_step.mode + (f" ({train_step.fallback})" if train_step.fallback else "")
+    return {"ms": ms, "img_s": batch / ms * 1e3, "peak_mib": peak, "kernels": kernels, "first_step_s": first}
 
 
 def profile_step(preset: str, device: str, top: int = 14) -> str:
@@ -150,9 +159,10 @@ def run_row(kind: str, preset: str, reps: int, device: str, child: bool, timeout
     carry "@res" (deit_tiny@192: our deit at ViL's resolution)."""
     batch, res = CURRENT[preset]
     try:
-        if kind == "ours" or (kind == "ours+compile" and not child):
+        if kind in ("ours", "ours+eager") or (kind == "ours+compile" and not child):
             model = build_ours(preset.split("@")[0], res, device)
-            out = measure(model, batch, res, device, reps, compile_model=kind == "ours+compile")
+            out = measure(model, batch, res, device, reps, compile_model=kind == "ours+compile",
+                          graph=kind == "ours")
             del model
         elif child:
             cmd = [sys.executable, __file__, "--row-child", f"{kind}:{preset}", "--reps", str(reps)]
@@ -176,12 +186,14 @@ def run_row(kind: str, preset: str, reps: int, device: str, child: bool, timeout
     return out
 
 
-def plan(presets: list[str], with_baselines: bool, compiled: list[str]) -> list[tuple[str, str]]:
+def plan(presets: list[str], with_baselines: bool, compiled: list[str],
+         eager: list[str] = ()) -> list[tuple[str, str]]:
     """Row order: ours, the baselines that need no build, torch.compile rows, then the baselines built on the machine
     (mamba-ssm, causal-conv1d: their build can run in the background meanwhile, see --wait-for-baselines)."""
     rows = [("ours", p) for p in presets]
     if "vil_tiny" in presets and "deit_tiny" in presets:
         rows.append(("ours", "deit_tiny@192"))
+    rows += [("ours+eager", p) for p in eager]
     wanted = [(name, b) for name, b in BASELINES.items() if with_baselines and b.preset in presets]
     built = {"mamba_ssm", "causal_conv1d"}
     rows += [(name, b.preset) for name, b in wanted if not built & set(b.needs)]
@@ -200,6 +212,8 @@ def main() -> None:
                     "baseline whose packages do not import yet (a build running in the background)")
     ap.add_argument("--compile", nargs="*", default=[], help="presets also timed through torch.compile(model) "
                     "(each in a child process, bounded by the time limit)")
+    ap.add_argument("--eager", nargs="*", default=[], help="presets also timed with the eager step (no CUDA graph; "
+                    "torch's default AdamW), as before the graph")
     ap.add_argument("--smoke", action="store_true", help="CPU check of the script: tiny shapes, reference kernels")
     ap.add_argument("--profile", nargs="*", default=[], help="presets whose train step is profiled (kernel table)")
     ap.add_argument("--out", default=None)
@@ -217,7 +231,7 @@ def main() -> None:
     start = time.perf_counter()
     print(versions_line(device), flush=True)
     results: dict[tuple[str, str], dict] = {}
-    for kind, preset in plan(args.presets, not args.no_baselines, args.compile):
+    for kind, preset in plan(args.presets, not args.no_baselines, args.compile, args.eager):
         left = args.time_limit - (time.perf_counter() - start)
         why_not = None if kind.startswith("ours") else baseline_available(kind)
         while why_not is not None and time.perf_counter() - start < min(args.wait_for_baselines, args.time_limit - 60):
@@ -229,7 +243,7 @@ def main() -> None:
         if why_not is not None:
             results[(kind, preset)] = {"error": why_not}
         else:
-            child = kind == "ours+compile" or (kind != "ours" and BASELINES[kind].child)
+            child = kind == "ours+compile" or (not kind.startswith("ours") and BASELINES[kind].child)
             results[(kind, preset)] = run_row(kind, preset, reps, device, child, timeout=max(30.0, left - 15))
         print(kind, preset, json.dumps(results[(kind, preset)]), flush=True)
     profiles = []
@@ -246,7 +260,9 @@ def main() -> None:
 
 def _label(kind: str, preset: str) -> str:
     if kind == "ours":
-        return f"{preset} (ours, auto kernels)"
+        return f"{preset} (ours, the trial's step)"
+    if kind == "ours+eager":
+        return f"{preset} (ours, eager step)"
     if kind == "ours+compile":
         return f"{preset} (ours, torch.compile)"
     return f"{preset}: {BASELINES[kind].label}"

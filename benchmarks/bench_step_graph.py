@@ -1,0 +1,216 @@
+"""The trial's train step replayed from a CUDA graph against the same step run eagerly, in one script run.
+
+    python benchmarks/bench_step_graph.py [--time-limit 300] [--rows study vim_tiny ...] [--trial] [--out graph.md]
+    python benchmarks/bench_step_graph.py --smoke      # CPU check of the script (eager rows only; times mean nothing)
+
+Rows: "study" is the shape of issue 14's study measurement (benchmarks/bench_study_gpu.sh: Vim blocks of width 192,
+depth 12, d_state 16, 8×8 patches of 64² images, middle class token, batch 256: 65 tokens); the presets at
+benchmarks/bench_train.py's batches and resolutions. Each row trains the same model from the same initialisation
+three ways, through `nas.train_step.TrainStep` as a trial does (a learning rate set before every step):
+
+    eager        AdamW foreach with a float learning rate: the trial's step before CUDA graphs (the baseline);
+    eager fused  AdamW fused and capturable, learning rate on the device: what the graph replays, run eagerly;
+    graph        the same, captured once and replayed.
+
+ms/step = CUDA-event time of `--steps` consecutive steps / steps, after warm-up (so the CPU's launch rate counts,
+as in training; median of 3 such runs). "GPU busy" = the kernels' summed time per eager step (torch.profiler): when
+it is well below the eager ms/step, the launching CPU is the bottleneck and a graph pays.
+`--trial` also runs the study row's whole trial (`run_trial`, 3 epochs of 8,192 images, cost measured) with and
+without the graph and prints where its seconds go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_baselines import versions_line  # noqa: E402
+
+PRESET_ROWS = {"vim_tiny": (128, 224), "vmamba_tiny": (64, 224), "vil_tiny": (128, 192),
+               "mambaout_femto": (128, 224), "deit_tiny": (128, 224)}
+STUDY = {"route": "bi", "dims": [192], "depths": [12], "mixer.params.d_state": 16, "tokenizer.params.patch_size": 8,
+         "readout": "middle"}
+
+
+def study_spec(img_size: int = 64, num_classes: int = 10):
+    """The spec of the study row: the cls_token study's search space with bench_study_gpu.sh's fixed choices."""
+    from nas.config import load_study
+
+    sf = load_study("cls_token_position", sets=[
+        "fixed={route: bi, dims: [192], depths: [12], mixer.params.d_state: 16, tokenizer.params.patch_size: 8}",
+        "factors={readout: [middle]}", "reference={readout: middle}", f"data={{name: shapes, n_train: 8192, n_test: 5000, img_size: {img_size}}}",
+        "train={epochs: 3, batch_size: 256, lr: 1.0e-3, weight_decay: 0.05, warmup_epochs: 0.5, device: cuda}"])
+    from nas.plan import plan_study
+
+    return sf, plan_study(sf).arms[0].spec
+
+
+def build(row: str, device: str, smoke: bool):
+    """(model factory, batch, resolution, classes) of a row."""
+    from blocks import build_backbone, get_preset
+
+    if row == "study":
+        _, spec = study_spec()
+        batch, res = (4, 64) if smoke else (256, 64)
+    else:
+        batch, res = (2, 32) if smoke else PRESET_ROWS[row]
+        spec = get_preset(row)
+        if spec.img_size != res:
+            spec = spec.with_overrides({"img_size": res})
+    return (lambda: build_backbone(spec, device=device)), batch, res, spec.num_classes
+
+
+def time_steps(step, idx_list, steps: int, runs: int = 3) -> float:
+    """ms per step over `steps` consecutive steps (median of `runs`), CUDA events; CPU clock on the CPU."""
+    def once() -> float:
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for k in range(steps):
+                step.set_lr(1e-4)
+                step(idx_list[k % len(idx_list)])
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / steps
+        t0 = time.perf_counter()
+        for k in range(steps):
+            step.set_lr(1e-4)
+            step(idx_list[k % len(idx_list)])
+        return (time.perf_counter() - t0) * 1e3 / steps
+    return statistics.median(once() for _ in range(runs))
+
+
+def gpu_busy_ms(step, idx_list, steps: int = 3) -> float:
+    """Summed CUDA kernel time per step (torch.profiler) of `step`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for k in range(steps):
+            step.set_lr(1e-4)
+            step(idx_list[k % len(idx_list)])
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return total_us / 1e3 / steps
+
+
+def measure_row(row: str, device: str, steps: int, smoke: bool) -> dict:
+    from nas.train_step import TrainStep, make_optimizer
+    from nas.trial import param_groups
+
+    factory, batch, res, classes = build(row, device, smoke)
+    n = batch * 4
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, 3, res, res, device=device, generator=g)
+    y = torch.randint(0, classes, (n,), device=device, generator=g)
+    idx_list = [torch.arange(k * batch, (k + 1) * batch, device=device) for k in range(4)]
+    amp = device == "cuda"
+    out: dict = {"batch": batch, "res": res}
+    modes = [("eager", False, False)] + ([("eager fused", True, False), ("graph", True, True)] if amp else [])
+    for name, fused, graph in modes:
+        torch.manual_seed(0)
+        model = factory()
+        opt = make_optimizer(param_groups(model, 0.05), 1e-4, torch.device(device), graphed=fused)
+        step = TrainStep(model, opt, x, y, batch, amp=amp, graph=graph)
+        model.train()
+        for k in range(5):  # warm-up: compiles, the graph's eager steps and its capture
+            step.set_lr(1e-4)
+            step(idx_list[k % 4])
+        out[name] = time_steps(step, idx_list, steps)
+        if graph:
+            out["graph_mode"] = step.mode + (f" ({step.fallback})" if step.fallback else "")
+        if name == "eager" and amp:
+            out["busy"] = gpu_busy_ms(step, idx_list)
+        if amp:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step.set_lr(1e-4)
+            step(idx_list[0])
+            torch.cuda.synchronize()
+            out[f"{name} peak"] = torch.cuda.max_memory_allocated() / 2**20
+        del model, opt, step
+        if amp:
+            torch.cuda.empty_cache()
+    return out
+
+
+def trial_phases(graph: bool) -> dict:
+    """One trial of the study row (3 epochs × 8,192 images, cost measured as the study does), seconds by phase."""
+    from nas.data import make_dataset
+    from nas.trial import run_trial
+
+    sf, spec = study_spec()
+    st = sf.study
+    t0 = time.perf_counter()
+    data = make_dataset("shapes", seed=0, n_train=st.data.n_train, n_test=st.data.n_test, img_size=64,
+                        device="cuda", clutter=0.3)
+    torch.cuda.synchronize()
+    t_data = time.perf_counter() - t0
+    res = run_trial(spec, data, epochs=st.train.epochs, batch_size=st.train.batch_size, lr=st.train.lr,
+                    weight_decay=st.train.weight_decay, warmup_epochs=st.train.warmup_epochs, seed=0, device="cuda",
+                    measure={"repeats": st.measure.repeats, "resolutions": list(st.measure.resolutions) or None},
+                    cuda_graph=graph)
+    epochs = [m["seconds"] for m in res.metrics]
+    return {"data": t_data, "epochs": epochs, "train": res.train_seconds, "wall": res.wall_seconds,
+            "other": res.wall_seconds - res.train_seconds, "step": res.kernel_paths.get("train_step"),
+            "val_acc": res.val_acc}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", nargs="*", default=["study", *PRESET_ROWS])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--time-limit", type=float, default=300.0)
+    ap.add_argument("--trial", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    steps = 2 if args.smoke else args.steps
+    start = time.perf_counter()
+    lines = [versions_line(device), "",
+             "| row | batch | input | eager ms/step | GPU busy ms/step | eager fused ms | graph ms | graph / eager "
+             "(speed-up) | peak MiB eager / graph | graph ran |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in args.rows:
+        if time.perf_counter() - start > args.time_limit:
+            lines.append(f"| {row} | skipped: time limit |")
+            continue
+        try:
+            r = measure_row(row, device, steps, args.smoke)
+        except Exception as exc:  # a row that fails says why; the table goes on
+            lines.append(f"| {row} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
+            print(lines[-1], flush=True)
+            continue
+        f = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
+        speed = f"{r['eager'] / r['graph']:.2f}×" if "graph" in r else "-"
+        peak = f"{r.get('eager peak', float('nan')):.0f} / {r.get('graph peak', float('nan')):.0f}"
+        lines.append(f"| {row} | {r['batch']} | {r['res']}² | {f('eager')} | {f('busy')} | {f('eager fused')} | "
+                     f"{f('graph')} | {speed} | {peak} | {r.get('graph_mode', '-')} |")
+        print(lines[-1], flush=True)
+    if args.trial and device == "cuda":
+        lines += ["", "| trial (study row) | data s | epoch s | train+eval s | build+measure s | wall s | val_acc |",
+                  "|---|---|---|---|---|---|---|"]
+        for graph in (False, True):
+            try:
+                p = trial_phases(graph)
+                lines.append(f"| {p['step']} | {p['data']:.2f} | {', '.join(f'{e:.2f}' for e in p['epochs'])} | "
+                             f"{p['train']:.2f} | {p['other']:.2f} | {p['wall']:.2f} | {p['val_acc']:.3f} |")
+            except Exception as exc:  # noqa: BLE001
+                lines.append(f"| graph={graph} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + f"\n\nrun: {time.perf_counter() - start:.0f} s, {steps} steps per timing\n"
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
