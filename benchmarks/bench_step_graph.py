@@ -179,7 +179,14 @@ def main() -> None:
     lines = [versions_line(device), "",
              "| row | batch | input | eager ms/step | GPU busy ms/step | eager fused ms | graph ms | graph / eager "
              "(speed-up) | peak MiB eager / graph | graph ran |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def flush() -> None:
+        """Write what is measured so far, so a run cut short by a time-out still leaves its rows."""
+        if args.out:
+            pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+
     for row in args.rows:
+        flush()
         if time.perf_counter() - start > args.time_limit:
             lines.append(f"| {row} | skipped: time limit |")
             continue
@@ -199,6 +206,10 @@ def main() -> None:
         lines += ["", "| trial (study row) | data s | epoch s | train+eval s | build+measure s | wall s | val_acc |",
                   "|---|---|---|---|---|---|---|"]
         for graph in (False, True):
+            flush()
+            if time.perf_counter() - start > args.time_limit:
+                lines.append(f"| graph={graph} | skipped: time limit |")
+                continue
             try:
                 p = trial_phases(graph)
                 lines.append(f"| {p['step']} | {p['data']:.2f} | {', '.join(f'{e:.2f}' for e in p['epochs'])} | "

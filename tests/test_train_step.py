@@ -121,23 +121,34 @@ class _HostSync(nn.Module):
 
     def forward(self, x):
         h = self.lin(x.flatten(1))
-        if float(h.abs().max()) > 1e9:  # a host read
+        if float(h.detach().abs().max()) > 1e9:  # a host read
             h = h * 0
         return h
+
+
+def _host_sync_losses(graph: bool) -> tuple[list[float], TrainStep, list]:
+    """Four epochs of eight batches of the host-reading model, as a graphed (falling back) or an eager step."""
+    torch.manual_seed(0)
+    data = make_dataset("shapes", seed=0, n_train=256, n_test=16, img_size=32, device="cuda")
+    model = _HostSync().cuda()
+    opt = make_optimizer(param_groups(model, 0.05), 1e-3, torch.device("cuda"), graphed=graph)
+    step = TrainStep(model, opt, data.x_train, data.y_train, 32, amp=True, graph=graph)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = [float(step(torch.arange(k * 32, k * 32 + 32, device="cuda"))) for _ in range(4) for k in range(8)]
+    return losses, step, caught
 
 
 @pytest.mark.gpu
 @gpu
 def test_a_model_that_cannot_be_captured_trains_eagerly_and_says_why_gpu():
-    data = make_dataset("shapes", seed=0, n_train=256, n_test=16, img_size=32, device="cuda")
-    model = _HostSync().cuda()
-    opt = make_optimizer(param_groups(model, 0.05), 1e-2, torch.device("cuda"), graphed=True)
-    step = TrainStep(model, opt, data.x_train, data.y_train, 32, amp=True, graph=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        losses = [float(step(torch.arange(k * 32, k * 32 + 32, device="cuda"))) for k in range(8)]
+    losses, step, caught = _host_sync_losses(graph=True)
     assert step.mode == "eager" and step.fallback and any("CUDA graph" in str(w.message) for w in caught)
-    assert all(map(lambda v: v == v and abs(v) < 1e3, losses)) and losses[-1] < losses[0]
+    reference, plain, _ = _host_sync_losses(graph=False)
+    assert plain.mode == "eager" and plain.fallback is None
+    # the aborted capture leaves nothing behind: the run goes on as a plain eager run (fused vs foreach AdamW)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(reference), rtol=2e-2, atol=2e-2)
+    assert sum(losses[-8:]) < 0.8 * sum(losses[:8])  # and it learns
 
 
 @pytest.mark.gpu
