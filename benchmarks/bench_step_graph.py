@@ -89,8 +89,8 @@ def time_steps(step, idx_list, steps: int, runs: int = 3) -> float:
     return statistics.median(once() for _ in range(runs))
 
 
-def gpu_busy_ms(step, idx_list, steps: int = 3) -> float:
-    """Summed CUDA kernel time per step (torch.profiler) of `step`."""
+def gpu_busy_ms(step, idx_list, steps: int = 3, top: int = 0) -> tuple[float, list[str]]:
+    """Summed CUDA kernel time per step (torch.profiler) of `step`, and the `top` kernels as table lines."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -98,11 +98,15 @@ def gpu_busy_ms(step, idx_list, steps: int = 3) -> float:
             step.set_lr(1e-4)
             step(idx_list[k % len(idx_list)])
         torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages())
-    return total_us / 1e3 / steps
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total_us = sum(e.self_device_time_total for e in events)
+    events.sort(key=lambda e: -e.self_device_time_total)
+    lines = [f"| {e.key[:90].replace('|', '/')} | {e.self_device_time_total / 1e3 / steps:.2f} | "
+             f"{100 * e.self_device_time_total / total_us:.1f} | {e.count // steps} |" for e in events[:top]]
+    return total_us / 1e3 / steps, lines
 
 
-def measure_row(row: str, device: str, steps: int, smoke: bool) -> dict:
+def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0) -> dict:
     from nas.train_step import TrainStep, make_optimizer
     from nas.trial import param_groups
 
@@ -128,7 +132,7 @@ def measure_row(row: str, device: str, steps: int, smoke: bool) -> dict:
         if graph:
             out["graph_mode"] = step.mode + (f" ({step.fallback})" if step.fallback else "")
         if name == "eager" and amp:
-            out["busy"] = gpu_busy_ms(step, idx_list)
+            out["busy"], out["kernels"] = gpu_busy_ms(step, idx_list, top=top)
         if amp:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -171,6 +175,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=300.0)
     ap.add_argument("--trial", action="store_true")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--kernels", type=int, default=0, help="print each row's N most costly kernels (eager step)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
@@ -179,6 +184,8 @@ def main() -> None:
     lines = [versions_line(device), "",
              "| row | batch | input | eager ms/step | GPU busy ms/step | eager fused ms | graph ms | graph / eager "
              "(speed-up) | peak MiB eager / graph | graph ran |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    kernel_tables: list[str] = []
 
     def flush() -> None:
         """Write what is measured so far, so a run cut short by a time-out still leaves its rows."""
@@ -191,7 +198,7 @@ def main() -> None:
             lines.append(f"| {row} | skipped: time limit |")
             continue
         try:
-            r = measure_row(row, device, steps, args.smoke)
+            r = measure_row(row, device, steps, args.smoke, args.kernels)
         except Exception as exc:  # a row that fails says why; the table goes on
             lines.append(f"| {row} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
             print(lines[-1], flush=True)
@@ -202,6 +209,9 @@ def main() -> None:
         lines.append(f"| {row} | {r['batch']} | {r['res']}² | {f('eager')} | {f('busy')} | {f('eager fused')} | "
                      f"{f('graph')} | {speed} | {peak} | {r.get('graph_mode', '-')} |")
         print(lines[-1], flush=True)
+        if r.get("kernels"):
+            kernel_tables += ["", f"{row}: top kernels of the eager step (torch.profiler, per step)", "",
+                              "| kernel | ms | % of GPU busy | calls |", "|---|---|---|---|", *r["kernels"]]
     if args.trial and device == "cuda":
         lines += ["", "| trial (study row) | data s | epoch s | train+eval s | build+measure s | wall s | val_acc |",
                   "|---|---|---|---|---|---|---|"]
@@ -217,6 +227,7 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001
                 lines.append(f"| graph={graph} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
             print(lines[-1], flush=True)
+    lines += kernel_tables
     text = "\n".join(lines) + f"\n\nrun: {time.perf_counter() - start:.0f} s, {steps} steps per timing\n"
     print(text)
     if args.out:

@@ -100,17 +100,33 @@ class TrainStep:
         return loss.detach()
 
     def _capture(self, idx: Tensor) -> None:
+        """Capture one full step. A capture that fails mid-way (e.g. a host read in the model) is undone: torch's
+        `graph` context does not restore the current stream when ending the aborted capture raises, and the CUDA
+        generator stays marked as capturing, so every later random op on the device would fail ("Offset increment
+        outside graph capture"); both are put back here before the error goes on to `_give_up`."""
         self._static_idx = idx.clone()
         self.opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients in the graph's pool
+        stream = torch.cuda.current_stream(idx.device)
+        generator = torch.cuda.default_generators[idx.device.index if idx.device.index is not None
+                                                  else torch.cuda.current_device()]
+        rng_before = generator.clone_state()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss = self._loss(self._static_idx, cache=False)  # autocast's weight cache cannot outlive a capture
-            loss.backward()
-            self.opt.step()
-            self._static_loss = loss.detach()
+        try:
+            with torch.cuda.graph(graph):
+                loss = self._loss(self._static_idx, cache=False)  # autocast's weight cache cannot outlive a capture
+                loss.backward()
+                self.opt.step()
+                self._static_loss = loss.detach()
+        except Exception:
+            torch.cuda.set_stream(stream)
+            generator.graphsafe_set_state(rng_before)
+            self._static_loss = None
+            raise
         self._graph = graph
 
-    def _give_up(self, exc: Exception) -> None:
+    def _give_up(self, exc: BaseException) -> None:
+        while exc.__context__ is not None:  # the first error (e.g. the host read), not ending the broken capture's
+            exc = exc.__context__
         self.mode, self._graph = "eager", None
         self.fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         self.opt.zero_grad(set_to_none=True)

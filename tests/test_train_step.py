@@ -144,6 +144,11 @@ def _host_sync_losses(graph: bool) -> tuple[list[float], TrainStep, list]:
 def test_a_model_that_cannot_be_captured_trains_eagerly_and_says_why_gpu():
     losses, step, caught = _host_sync_losses(graph=True)
     assert step.mode == "eager" and step.fallback and any("CUDA graph" in str(w.message) for w in caught)
+    assert "captur" in step.fallback.lower()  # the host read's error ("...when stream is capturing"), not a later one
+    # the aborted capture left the device's random numbers and streams usable (a model built on the GPU draws them)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.isfinite(torch.rand(8, device="cuda")).all() and build_backbone(
+        get_preset("test_vim"), device="cuda") is not None
     reference, plain, _ = _host_sync_losses(graph=False)
     assert plain.mode == "eager" and plain.fallback is None
     # the aborted capture leaves nothing behind: the run goes on as a plain eager run (fused vs foreach AdamW)
