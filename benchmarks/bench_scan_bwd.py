@@ -1,6 +1,13 @@
 """Scan backward variants on the SSM mixer's own memory layout: the chunk backward against the lane backward.
 
-Run on the GPU machine:  python benchmarks/bench_scan_bwd.py [--reps 20] [--only vim_ti_224] [--out bwd.md]
+Run on the GPU machine:  python benchmarks/bench_scan_bwd.py [--reps 20] [--only vim_ti_224 study_64] [--sweep]
+[--out bwd.md]
+
+`--sweep` times the lane backward's channel blocks instead of the session-4 candidates: 32 channels a warp (one lane a
+channel, all 16 states in its registers: 254 registers, 8 warps an SM) against 16 and 8 (a channel's states over 2 or
+4 lanes: 194 / 121 registers, so more warps hide the per-step load and shuffle latency, at more instructions per
+channel), with their register tiles and checkpoint stretches. `study_64` is issue 14's study row (batch 256, 64 tokens
+and the class token, Vim blocks of width 192).
 
 Inputs as `blocks.mixers.ssm` hands them to the scan (bf16): u, Δ, z channel-last ((…, L, E) memory), B and C column
 blocks of one x_proj output (P, batch, L, 2N + R) with B first ("mixer") or Mamba's [δ; B; C] order ("mamba order",
@@ -41,6 +48,19 @@ CANDIDATES = [  # (label, config, B/C layout)
 ]
 
 
+# (label, config, B/C layout): the lane backward's channel blocks, tiles and stretches (offline sm_90 SASS per
+# 2-step tile: bd 32 254 registers and 160 shuffles a step, bd 16 194 / 67, bd 8 121 / 30)
+_LANE = ("lane", 32, 16, 1)
+SWEEP = [("default (lane bwd, 32 channels a warp, stretch 16, tile 2)", _LANE + (0, 0, "input", "grid", 8, 0, "grid",
+                                                                               "lane", 2, 32), "mixer")]
+for _bd, _ck, _tile, _red in ((32, 8, 2, 32), (16, 16, 2, 16), (16, 16, 2, 8), (16, 8, 2, 16), (16, 16, 4, 8),
+                              (8, 16, 2, 8), (8, 16, 4, 8), (8, 8, 4, 8), (8, 8, 8, 8), (8, 32, 4, 8), (16, 32, 2, 16)):
+    SWEEP.append((f"lane bwd, {_bd} channels a warp, stretch {_ck}, tile {_tile}, Σ_d over {_red} lanes",
+                  ("lane", 32, _ck, 1, _bd, 1, "input", "grid", 8, 0, "grid", "lane", _tile, _red), "mixer"))
+WORKLOADS = {**WORKLOADS, "study_64": dict(bsz=256, dim=384, length=65, n_state=16, route="bi", gate=True,
+                                           merge="mean")}
+
+
 def mixer_inputs(w: dict, order: str, grad: bool = False, dev: str = "cuda"):
     """(views as the mixer passes them, the leaf tensors they are views of)."""
     g = torch.Generator(device=dev).manual_seed(0)
@@ -63,10 +83,10 @@ def mixer_inputs(w: dict, order: str, grad: bool = False, dev: str = "cuda"):
     return views, [u, delta, xdbl, A, D, bias, z]
 
 
-def bench(name: str, w: dict, reps: int, notes: list[str]) -> list[list]:
+def bench(name: str, w: dict, reps: int, notes: list[str], candidates: list = CANDIDATES) -> list[list]:
     paths = route_paths("bi", w["length"]).cuda()
     rows, base_g = [], None
-    for label, cfg, order in CANDIDATES:
+    for label, cfg, order in candidates:
         x, _ = mixer_inputs(w, order)
         xg, leaves = mixer_inputs(w, order, grad=True)
 
@@ -107,11 +127,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", nargs="*", default=["vim_ti_224"])
+    ap.add_argument("--sweep", action="store_true", help="the lane backward's channel blocks, tiles and stretches")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     notes, rows = [], []
     for name in args.only:
-        rows += bench(name, WORKLOADS[name], args.reps, notes)
+        rows += bench(name, WORKLOADS[name], args.reps, notes, SWEEP if args.sweep else CANDIDATES)
     emit_report(f"device: {device_line()}; {MAMBA_NOTE}", ["workload", "variant (mixer layout, bf16)", "fwd ms",
                 "fwd+bwd ms", "fwd+bwd / fwd", "max grad rel. diff vs the layout's first row"], rows, notes, args.out)
 

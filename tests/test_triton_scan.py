@@ -284,11 +284,12 @@ def test_default_tiles_smoke_gpu(kind):
 @pytest.mark.gpu_smoke
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("red", [32, 8])
-def test_lane_backward_smoke_gpu(dtype, red):
+@pytest.mark.parametrize("stretch, red", [(8, 32), (16, 32), (16, 8)])
+def test_lane_backward_smoke_gpu(dtype, stretch, red):
     """The lane backward (forced; "auto" takes it only when the batch fills the GPU) at Vim-Ti's bi shape in the
-    mixer's layout, with the whole-warp and the 8-lane Σ_d."""
-    cfg = GPU_VARIANTS["lane"][:-1] + (red,)
+    mixer's layout: the default (checkpoints every 8 steps, Σ_d over the whole warp), the earlier 16-step stretch and
+    the 8-lane Σ_d."""
+    cfg = GPU_VARIANTS["lane"][:2] + (stretch,) + GPU_VARIANTS["lane"][3:-1] + (red,)
     inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
     check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
 

@@ -41,13 +41,20 @@ import triton
 
 from .scan_config import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, ScanConfig, _channel_last,  # noqa: F401
                           _chunk_default, _common_args, _empty_like_layout, backward_tiles, bc_vector_width,
-                          default_config)
+                          default_config, lane_bwd_fills)
 from .selective_scan_chunk import _scan_bwd_kernel, _scan_fwd_kernel
 from .selective_scan_lane import launch_lane_fwd
 from .selective_scan_lane_bwd import launch_lane_bwd
 from .selective_scan_seq import _scan_bwd_seq_kernel, _scan_fwd_seq_kernel
 
 LOG2E = 1.4426950408889634
+
+
+def _default_for(u: torch.Tensor, n_state: int) -> ScanConfig:
+    """`default_config` for u's (batch, paths, dim, L); forward and backward must agree on the checkpoint stretch,
+    which depends on whether the lane backward's programs fill the GPU (the same test `backward_tiles` makes)."""
+    bsz, n_paths, dim, _ = u.shape
+    return default_config(n_state, dim, n_paths, lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), u.device))
 
 
 def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -59,7 +66,7 @@ def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
-    cfg = ScanConfig(*config) if config else default_config(n_state, dim, n_paths)
+    cfg = ScanConfig(*config) if config else _default_for(u, n_state)
     if cfg.variant not in ("seq", "chunk", "lane"):
         raise ValueError(f"variant must be 'seq', 'chunk' or 'lane', got {cfg.variant!r}")
     if cfg.variant == "lane":
@@ -106,7 +113,7 @@ def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: 
     bsz, n_paths, dim, length = u.shape
     n_state = A.shape[-1]
     np2 = triton.next_power_of_2(n_state)
-    cfg = ScanConfig(*config) if config else default_config(n_state, dim, n_paths)
+    cfg = ScanConfig(*config) if config else _default_for(u, n_state)
     nchunk = triton.cdiv(length, cfg.steps)
     if hs.shape[2] != nchunk:
         raise RuntimeError("checkpoint states were saved with another stretch length; pass the forward's config")
