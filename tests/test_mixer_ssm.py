@@ -270,3 +270,31 @@ def test_triton_route_backend_matches_reference():
     if "cannot import name" in out.stderr and "blocks.mixers" in out.stderr:
         pytest.skip("blocks.mixers does not import yet (sibling mixers mid-edit)")
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("d_state, dt_rank", [(16, 12), (1, 6), (4, 3), (8, 8)])
+@pytest.mark.parametrize("shared", [False, True], ids=["per_path_u", "shared_u"])
+def test_padded_projection_is_mambas_float64(d_state, dt_rank, shared):
+    """`_project` pads x_proj / dt_proj to 16-byte rows (both layouts: B and C first when 2N is a multiple of 8, δ
+    first otherwise); Δ, B, C and every gradient equal Mamba's unpadded x_proj → split → dt_proj in float64, and the
+    product's rows and dt_proj's operand do start on 16 bytes (of bf16)."""
+    torch.manual_seed(0)
+    m = _build(16, 2, dtype=torch.float64, d_state=d_state, dt_rank=dt_rank)
+    u0 = torch.randn(3, 1 if shared else 2, 5, m.d_inner, dtype=torch.float64, requires_grad=True)
+    u = u0.expand(-1, 2, -1, -1) if shared else u0
+    delta, Bm, Cm = m._project(u)
+    assert Bm.stride(-2) % 8 == 0 and delta.shape == (2, 3, 5, m.d_inner)
+    loss = (delta.sin().sum() + (Bm * Cm.cos()).sum() + Bm.square().sum())
+    grads = torch.autograd.grad(loss, [u0, m.x_proj_weight, m.dt_proj_weight])
+    # Mamba's own order: x_dbl = u W_xᵀ = [δ ; B ; C], Δ = δ W_dtᵀ (per path; weights shared over paths here)
+    N, R = d_state, dt_rank
+    x_dbl = torch.einsum("bple,pje->pblj", u, m.x_proj_weight.expand(2, -1, -1))
+    dw = m.dt_proj_weight.expand(2, -1, -1)
+    ref_delta = torch.einsum("pblr,per->pble", x_dbl[..., :R], dw)
+    ref_b, ref_c = x_dbl[..., R:R + N], x_dbl[..., R + N:]
+    for got, want in ((delta, ref_delta), (Bm, ref_b), (Cm, ref_c)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    ref_loss = (ref_delta.sin().sum() + (ref_b * ref_c.cos()).sum() + ref_b.square().sum())
+    ref_grads = torch.autograd.grad(ref_loss, [u0, m.x_proj_weight, m.dt_proj_weight])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

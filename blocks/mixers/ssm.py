@@ -168,29 +168,33 @@ class SSMMixer(TokenMixer):
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x_proj and dt_proj of every path as batched matmuls over paths: Δ (P, B, L, E) and B, C (P, B, L, N) views.
 
-        x_proj's rows are taken in the order [B ; C ; δ ; 0] (the parameter keeps Mamba's [δ ; B ; C]), so that B and
-        C start each output row: the scan then reads a step's N values of B or C as whole 8- or 16-byte vectors. δ is
-        followed by zero rows up to R' = R rounded up to 8, and dt_proj's weight by R' − R zero columns: every row of
-        the product and dt_proj's operand then start on 16 bytes, which cuBLAS needs for its fast kernels (with Vim's
-        2N + R = 44 it fell back to 16×16-tile wmma kernels, 12 % of a study step on an H100). The zeros add nothing
-        to Δ and take no gradient away from the parameters (the padding's own gradient is dropped). With u's memory
-        (P, B, L, E) (the path conv's) or one u shared by every path (one matmul for all paths), no copy of u is
-        made."""
+        x_proj's rows are reordered (the parameter keeps Mamba's [δ ; B ; C]) and padded with zero rows so that every
+        row of the product and dt_proj's operand start on 16 bytes, which cuBLAS needs for its fast kernels (Vim's
+        unpadded 2N + R = 44 columns sent it to 16×16-tile wmma kernels, 12 % of a study step on an H100): with 2N a
+        multiple of 8, [B ; C ; δ ; 0] (B and C first, so the scan reads a step's N values of B or C as whole
+        16-byte vectors), else [δ ; 0 ; B ; C ; 0]. δ's zero rows (up to R' = R rounded up to 8) meet R' − R zero
+        columns of dt_proj's weight. The zeros add nothing to Δ and take no gradient from the parameters (the
+        padding's own gradient is dropped). With u's memory (P, B, L, E) (the path conv's) or one u shared by every
+        path (one matmul for all paths), no copy of u is made."""
         Bsz, P, L, E = u.shape
         N, R = self.d_state, self.dt_rank
-        pad = -R % 8
+        pad_r = -R % 8
         w = self.x_proj_weight
-        parts = [w[:, R:], w[:, :R]] + ([w.new_zeros(w.shape[0], pad, E)] if pad else [])
-        w = torch.cat(parts, 1).expand(P, -1, -1)  # (P, 2N + R + pad, E)
+        zeros = lambda n: [w.new_zeros(w.shape[0], n, E)] if n else []  # noqa: E731
+        if (2 * N) % 8 == 0:
+            parts, b0, d0 = [w[:, R:], w[:, :R], *zeros(pad_r)], 0, 2 * N
+        else:
+            parts, b0, d0 = [w[:, :R], *zeros(pad_r), w[:, R:], *zeros(-(R + pad_r + 2 * N) % 8)], R + pad_r, 0
+        w = torch.cat(parts, 1).expand(P, -1, -1)  # (P, J, E), J a multiple of 8
         J = w.shape[1]
         if u.stride(1) == 0:  # one u for all paths: one (B·L, E) × (E, P·J) product
             x_dbl = (u[:, 0].reshape(Bsz * L, E) @ w.reshape(P * J, E).t()).view(Bsz, L, P, J).permute(2, 0, 1, 3)
         else:
             x_dbl = torch.bmm(u.transpose(0, 1).reshape(P, Bsz * L, E), w.transpose(1, 2)).view(P, Bsz, L, J)
-        dt_w = F.pad(self.dt_proj_weight, (0, pad)) if pad else self.dt_proj_weight
-        delta = torch.bmm(x_dbl[..., 2 * N:].reshape(P, Bsz * L, R + pad),
+        dt_w = F.pad(self.dt_proj_weight, (0, pad_r)) if pad_r else self.dt_proj_weight
+        delta = torch.bmm(x_dbl[..., d0:d0 + R + pad_r].reshape(P, Bsz * L, R + pad_r),
                           dt_w.expand(P, -1, -1).transpose(1, 2)).view(P, Bsz, L, E)
-        return delta, x_dbl[..., :N], x_dbl[..., N:2 * N]
+        return delta, x_dbl[..., b0:b0 + N], x_dbl[..., b0 + N:b0 + 2 * N]
 
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         if len(ctx.paths) != self.n_paths:
