@@ -51,7 +51,7 @@ CANDIDATES = [  # (label, config, B/C layout)
 # (label, config, B/C layout): the lane backward's channel blocks, tiles and stretches (offline sm_90 SASS per
 # 2-step tile: bd 32 254 registers and 160 shuffles a step, bd 16 194 / 67, bd 8 121 / 30)
 _LANE = ("lane", 32, 16, 1)
-SWEEP = [("default (lane bwd, 32 channels a warp, stretch 16, tile 2)", _LANE + (0, 0, "input", "grid", 8, 0, "grid",
+SWEEP = [("session 7 default (lane bwd, 32 channels a warp, stretch 16, tile 2)", _LANE + (0, 0, "input", "grid", 8, 0, "grid",
                                                                                "lane", 2, 32), "mixer")]
 for _bd, _ck, _tile, _red in ((32, 8, 2, 32), (16, 16, 2, 16), (16, 16, 2, 8), (16, 8, 2, 16), (16, 16, 4, 8),
                               (8, 16, 2, 8), (8, 16, 4, 8), (8, 8, 4, 8), (8, 8, 8, 8), (8, 32, 4, 8), (16, 32, 2, 16)):

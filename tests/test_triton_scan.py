@@ -212,6 +212,17 @@ def test_bad_backward_variant_is_refused():
         out.sum().backward()
 
 
+def test_default_checkpoint_stretch_follows_the_backward(monkeypatch):
+    """On the GPU (interpreter off) Vim's bi route checkpoints every 8 steps where the lane backward runs and every 16
+    where the chunk backward does (its tiles were tuned at 16); the forward and the backward ask the same question."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from kernels.triton.scan_config import default_config
+
+    lane, chunk = default_config(16, 384, 2, lane_bwd=True), default_config(16, 384, 2, lane_bwd=False)
+    assert (lane.variant, lane.steps, lane.bwd) == ("lane", 8, "auto") and chunk.steps == 16
+    assert default_config(1, 96, 4).variant == "chunk"  # VMamba's cross4 (N = 1) keeps the chunked kernels
+
+
 def test_bad_lane_path_mode_is_refused():
     leaves = make_inputs(1, 2, 4, 2, 8)
     with pytest.raises(ValueError, match="fwd_paths"):
