@@ -1,7 +1,7 @@
 """Scan backward variants on the SSM mixer's own memory layout: the chunk backward against the lane backward.
 
 Run on the GPU machine:  python benchmarks/bench_scan_bwd.py [--reps 20] [--only vim_ti_224 study_64] [--sweep]
-[--out bwd.md]
+[--match TEXT ...] [--out bwd.md]
 
 `--sweep` times the lane backward's channel blocks instead of the session-4 candidates: 32 channels a warp (one lane a
 channel, all 16 states in its registers: 254 registers, 8 warps an SM) against 16 and 8 (a channel's states over 2 or
@@ -57,6 +57,12 @@ for _bd, _ck, _tile, _red in ((32, 8, 2, 32), (16, 16, 2, 16), (16, 16, 2, 8), (
                               (8, 16, 2, 8), (8, 16, 4, 8), (8, 8, 4, 8), (8, 8, 8, 8), (8, 32, 4, 8), (16, 32, 2, 16)):
     SWEEP.append((f"lane bwd, {_bd} channels a warp, stretch {_ck}, tile {_tile}, Σ_d over {_red} lanes",
                   ("lane", 32, _ck, 1, _bd, 1, "input", "grid", 8, 0, "grid", "lane", _tile, _red), "mixer"))
+for _red in (32, 8):  # one step in registers at a time: under Triton 3.6 tile 2 spills (255 registers, 168 B stack)
+    SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile 1, Σ_d over {_red} lanes",
+                  ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", 1, _red), "mixer"))
+for _red in (32, 8):  # dB/dC through a slot per group of channels, summed afterwards, instead of fp32 atomics
+    SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile 2, Σ_d over {_red} lanes, dB/dC slots (no atomics)",
+                  ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", 2, _red, "partial"), "mixer"))
 WORKLOADS = {**WORKLOADS, "study_64": dict(bsz=256, dim=384, length=65, n_state=16, route="bi", gate=True,
                                            merge="mean")}
 
@@ -128,11 +134,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", nargs="*", default=["vim_ti_224"])
     ap.add_argument("--sweep", action="store_true", help="the lane backward's channel blocks, tiles and stretches")
+    ap.add_argument("--match", nargs="*", default=None, help="only the variants whose label contains one of these "
+                    "(the first variant always runs: it is the comparison's base)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     notes, rows = [], []
+    cands = SWEEP if args.sweep else CANDIDATES
+    if args.match:
+        cands = cands[:1] + [c for c in cands[1:] if any(m in c[0] for m in args.match)]
     for name in args.only:
-        rows += bench(name, WORKLOADS[name], args.reps, notes, SWEEP if args.sweep else CANDIDATES)
+        rows += bench(name, WORKLOADS[name], args.reps, notes, cands)
     emit_report(f"device: {device_line()}; {MAMBA_NOTE}", ["workload", "variant (mixer layout, bf16)", "fwd ms",
                 "fwd+bwd ms", "fwd+bwd / fwd", "max grad rel. diff vs the layout's first row"], rows, notes, args.out)
 

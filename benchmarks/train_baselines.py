@@ -21,7 +21,8 @@ class Baseline:
     label: str
     preset: str
     letter: str  # the (a)-(d)
-    needs: tuple[str, ...]  # importable modules
+    needs: tuple[str, ...]  # importable modules, with the compiled extensions: a build in the background installs
+    # the Python package before its CUDA extension (session 9: causal_conv1d imported, causal_conv1d_cuda not yet)
     build: Callable  # (preset, batch, res, device, build_ours) -> (model, note)
     primary: bool = True  # the row a target is judged on
     child: bool = False  # run in a child process
@@ -129,7 +130,7 @@ def _timm(name: str):
 
 BASELINES = {
     "vim_inner": Baseline("Vim's block as its code runs it (mamba_inner_fn on x and flip(x))", "vim_tiny", "a",
-                          ("mamba_ssm", "causal_conv1d"), _vim_inner),
+                          ("mamba_ssm", "selective_scan_cuda", "causal_conv1d", "causal_conv1d_cuda"), _vim_inner),
     "vil_tfla_limit": Baseline("ViL with mlstm_kernels limit_chunk (TFLA)", "vil_tiny", "b", ("mlstm_kernels",),
                                _tfla("limit_chunk"), child=True),
     "vil_tfla_xl": Baseline("ViL with mlstm_kernels xl_chunk (TFLA)", "vil_tiny", "b", ("mlstm_kernels",),
@@ -137,7 +138,7 @@ BASELINES = {
     "timm_deit": Baseline("timm deit_tiny_patch16_224", "deit_tiny", "d", ("timm",), _timm("deit_tiny_patch16_224")),
     "timm_mambaout": Baseline("timm mambaout_femto", "mambaout_femto", "d", ("timm",), _timm("mambaout_femto")),
     "vmamba_mamba_ssm": Baseline("VMamba's pipeline (cross-scan + mamba-ssm + cross-merge)", "vmamba_tiny", "c",
-                                 ("mamba_ssm",), _vmamba_mamba_ssm),
+                                 ("mamba_ssm", "selective_scan_cuda"), _vmamba_mamba_ssm),
 }
 
 

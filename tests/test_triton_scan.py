@@ -155,7 +155,11 @@ def mixer_layout(inputs, pad=0):
 LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the whole stretch, whole-warp Σ_d
     "ck_eq_tile": ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 4),
     "red32": ("lane", 8, 8, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 2, 32),
+    "tile1": ("lane", 8, 8, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 1, 8),
     "chunk_fwd": ("chunk", 4, 8, 1, 8, 1, "input", "grid", 8, 0, "auto", "lane", 4),
+    # dB/dC without atomics: a slot per program (Σ_d over its 8 lanes) or per group of 4 lanes (2 slots a program)
+    "partial": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "partial"),
+    "partial_groups": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4, "partial"),
 }
 
 
@@ -209,6 +213,15 @@ def test_bad_backward_variant_is_refused():
     out = selective_scan_paths_triton(*leaves, config=("chunk", 4, 8, 1, 0, 0, "input", "grid", 4, 0, "auto",
                                                        "rows"))
     with pytest.raises(ValueError, match="bwd must be"):
+        out.sum().backward()
+
+
+def test_bad_lane_bc_mode_is_refused():
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
+    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                      config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4,
+                                              "shared"))
+    with pytest.raises(ValueError, match="bwd_bc"):
         out.sum().backward()
 
 
@@ -295,12 +308,13 @@ def test_default_tiles_smoke_gpu(kind):
 @pytest.mark.gpu_smoke
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("stretch, red", [(8, 32), (16, 32), (16, 8)])
-def test_lane_backward_smoke_gpu(dtype, stretch, red):
+@pytest.mark.parametrize("stretch, tile, red, bc", [(8, 2, 32, "atomic"), (16, 2, 32, "atomic"), (16, 2, 8, "atomic"),
+                                                 (8, 1, 32, "atomic"), (8, 2, 32, "partial"), (8, 2, 8, "partial")])
+def test_lane_backward_smoke_gpu(dtype, stretch, tile, red, bc):
     """The lane backward (forced; "auto" takes it only when the batch fills the GPU) at Vim-Ti's bi shape in the
-    mixer's layout: the default (checkpoints every 8 steps, Σ_d over the whole warp), the earlier 16-step stretch and
-    the 8-lane Σ_d."""
-    cfg = GPU_VARIANTS["lane"][:2] + (stretch,) + GPU_VARIANTS["lane"][3:-1] + (red,)
+    mixer's layout: checkpoints every 8 steps with Σ_d over the whole warp and 2 or 1 steps in registers, the
+    earlier 16-step stretch, the 8-lane Σ_d, and dB/dC through per-group slots instead of atomics."""
+    cfg = GPU_VARIANTS["lane"][:2] + (stretch,) + GPU_VARIANTS["lane"][3:-2] + (tile, red, bc)
     inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
     check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
 

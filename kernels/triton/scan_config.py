@@ -26,7 +26,8 @@ class ScanConfig(NamedTuple):
     "grid" (one program per path, outputs merged by fp32 atomics), "auto" = "loop" where allowed.
     `bwd`: "chunk" (the associative-scan backward above, or the seq variant's own) or "lane" (one lane owns a
     channel, selective_scan_lane_bwd.py; one program per path) with `bwd_tile` steps recomputed in registers
-    (`steps` must be a multiple of it) and dB/dC partials summed over `bwd_red` lanes before the atomics."""
+    (`steps` must be a multiple of it) and dB/dC partials summed over `bwd_red` lanes before the atomics, or, with
+    `bwd_bc` = "partial", stored per group of `bwd_red` channels and summed afterwards (no atomics; deterministic)."""
 
     variant: str
     bd: int
@@ -42,6 +43,7 @@ class ScanConfig(NamedTuple):
     bwd: str = "chunk"
     bwd_tile: int = 8
     bwd_red: int = 8
+    bwd_bc: str = "atomic"
 
 
 # Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),

@@ -83,10 +83,11 @@ def _scan_bwd_lane_kernel(
     L, DIM, NCHUNK, scale, NPATHS,
     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
     sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
-    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, sg_b, sg_p, sg_d, sg_l, sbc_b, sbc_p, sbc_n, sbc_l, one,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, sg_b, sg_p, sg_d, sg_l, sbc_b, sbc_p, sbc_n, sbc_l, one, sbc_k,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr, VEC_BC: tl.constexpr, RED: tl.constexpr,
+    BC_PARTIAL: tl.constexpr,
 ):
     # Gradient layouts as in `_scan_bwd_kernel`: DU, DDT through sg_*, DB/DC fp32 through sbc_*, DA (P, dim, NP),
     # DD/DDTB (P, dim) fp32, DZ with Z's strides (fp32 when ATOMIC_Z). HS: (batch, P, NCHUNK, dim, NP) fp32 states at
@@ -177,9 +178,14 @@ def _scan_bwd_lane_kernel(
                 zg = tl.zeros((NP, BD // RED), dtype=tl.int32)
                 mg = mn[:, None] & (zg == 0)
                 db = tl.sum(tl.reshape(g * dtu[None, :], (NP, BD // RED, RED)), axis=2)
-                tl.atomic_add(DB + bcptr[:, None] + zg, db, mask=mg, sem="relaxed")
                 dc = tl.sum(tl.reshape(ht * dy[None, :], (NP, BD // RED, RED)), axis=2)
-                tl.atomic_add(DC + bcptr[:, None] + zg, dc, mask=mg, sem="relaxed")
+                if BC_PARTIAL:  # one slot per group of RED channels: plain stores, summed by the launcher
+                    gofs = (pid_d * (BD // RED) + tl.arange(0, BD // RED)) * sbc_k
+                    tl.store(DB + bcptr[:, None] + gofs[None, :], db, mask=mg)
+                    tl.store(DC + bcptr[:, None] + gofs[None, :], dc, mask=mg)
+                else:
+                    tl.atomic_add(DB + bcptr[:, None] + zg, db, mask=mg, sem="relaxed")
+                    tl.atomic_add(DC + bcptr[:, None] + zg, dc, mask=mg, sem="relaxed")
         if CK > T:
             tl.debug_barrier()
     tl.atomic_add(DA + (p * DIM + offs_d[None, :]) * NP + offs_n[:, None], da_acc, mask=mnd, sem="relaxed")
@@ -193,11 +199,13 @@ def _scan_bwd_lane_kernel(
 
 def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, ...], length: int, dim: int,
                     nchunk: int, scale: float, n_paths: int, strides: tuple[int, ...], flags: dict[str, Any], ck: int,
-                    tile: int, bd: int, warps: int, vec_bc: int, red: int = 8) -> None:
+                    tile: int, bd: int, warps: int, vec_bc: int, red: int = 8, bc_partial: bool = False) -> None:
     """Launch `_scan_bwd_lane_kernel`: one program per (batch, `bd` channels, path). `inputs`/`outs` in the chunk
     backward's order, `strides` = the inputs', dout's, the u/Δ gradients' and the dB/dC buffers' strides; `flags`
     = the N/NP/HAS_*/ATOMIC_Z constexprs; `ck` = the forward's checkpoint stretch, `tile` = steps kept in registers;
-    `red` = lanes whose dB/dC partials are summed before the atomics (a power of two ≤ 32)."""
+    `red` = lanes whose dB/dC partials are summed before the atomics (a power of two ≤ 32); `bc_partial`: instead of
+    atomics, each group of `red` channels stores its dB/dC partial in its own slot of an fp32 buffer, and the slots
+    are summed here (no atomics, and the same dB/dC bits on every run)."""
     import torch
 
     tile = min(tile, ck)
@@ -208,8 +216,20 @@ def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, 
     np2 = flags["NP"]
     scratch = (torch.empty((grid[0] * grid[1] * grid[2], ck // tile, np2, bd), device=u.device, dtype=torch.float32)
                if ck > tile else outs[2])
+    red = min(red, bd)
+    outs, sbc_k = list(outs), 0
+    if bc_partial:  # (slots, *dB's shape) with dB's strides per slot
+        db, dc = outs[3], outs[4]
+        slots = grid[1] * (bd // red)
+        outs[3], outs[4] = (torch.empty_strided((slots, *t.shape), (t.numel(), *t.stride()), device=t.device,
+                                                dtype=t.dtype) for t in (db, dc))
+        sbc_k = db.numel()
     _scan_bwd_lane_kernel[grid](*inputs, scratch, *outs, length, dim, nchunk, float(scale), n_paths, *strides, 1,
-                                BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=min(red, bd), num_warps=warps, **flags)
+                                sbc_k, BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=red, BC_PARTIAL=bc_partial,
+                                num_warps=warps, **flags)
+    if bc_partial:
+        torch.sum(outs[3], 0, out=db)
+        torch.sum(outs[4], 0, out=dc)
 
 
 __all__ = ["launch_lane_bwd"]
