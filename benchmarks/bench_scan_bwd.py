@@ -135,13 +135,15 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["vim_ti_224"])
     ap.add_argument("--sweep", action="store_true", help="the lane backward's channel blocks, tiles and stretches")
     ap.add_argument("--match", nargs="*", default=None, help="only the variants whose label contains one of these "
-                    "(the first variant always runs: it is the comparison's base)")
+                    "('text$': ends with text; the first variant always runs: it is the comparison's base)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     notes, rows = [], []
     cands = SWEEP if args.sweep else CANDIDATES
     if args.match:
-        cands = cands[:1] + [c for c in cands[1:] if any(m in c[0] for m in args.match)]
+        def wanted(label: str) -> bool:  # "text$" = the label ends with text
+            return any(label.endswith(m[:-1]) if m.endswith("$") else m in label for m in args.match)
+        cands = cands[:1] + [c for c in cands[1:] if wanted(c[0])]
     for name in args.only:
         rows += bench(name, WORKLOADS[name], args.reps, notes, cands)
     emit_report(f"device: {device_line()}; {MAMBA_NOTE}", ["workload", "variant (mixer layout, bf16)", "fwd ms",
