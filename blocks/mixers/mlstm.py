@@ -50,7 +50,14 @@ class MLSTMParams(MixerParams):
 
 
 class BlockDiagonal(nn.Module):
-    """xLSTM's LinearHeadwiseExpand: channels in groups of `block`, each group mapped by its own block×block matrix."""
+    """xLSTM's LinearHeadwiseExpand: channels in groups of `block`, each group mapped by its own block×block matrix.
+
+    On CUDA the map runs as one dense (dim × dim) matmul with the blocks on the diagonal and exact zeros elsewhere
+    (same values: the zeros add nothing). The grouped product is a batched matmul of dim / block tiny (block × block)
+    matrices, which cuBLAS runs at a few percent of the tensor cores (session 7's vil_tiny profile: 17 ms of a 124 ms
+    step in 72 such calls); the dense one is an ordinary GEMM, dim / block times the FLOPs, which tensor cores absorb.
+    On the CPU the grouped product is kept: there the extra FLOPs cost real time at larger widths (2-core VM, fwd+bwd
+    of 8 × 196 tokens: dense 2.7 vs 12.7 ms at dim 96, but 36 vs 15 ms at dim 768)."""
 
     def __init__(self, dim: int, block: int, bias: bool, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
@@ -59,11 +66,21 @@ class BlockDiagonal(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.n_blocks, block, block, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype)) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x = x.reshape(*shape[:-1], self.n_blocks, self.block)
-        # out[..., g, o] = Σ_i x[..., g, i] · W[g, o, i]
-        y = torch.einsum("...gi,goi->...go", x, self.weight).reshape(shape)
+    def dense_weight(self) -> Tensor:
+        """The (dim, dim) matrix with the blocks on its diagonal, differentiable in `weight`."""
+        eye = torch.eye(self.n_blocks, device=self.weight.device, dtype=self.weight.dtype)
+        dim = self.n_blocks * self.block
+        return torch.einsum("goi,gh->gohi", self.weight, eye).reshape(dim, dim)
+
+    def forward(self, x: Tensor, dense: bool | None = None) -> Tensor:
+        """`dense`: None = on CUDA only; True / False force one product (the tests compare them)."""
+        if dense if dense is not None else x.is_cuda:
+            y = F.linear(x, self.dense_weight())
+        else:
+            shape = x.shape
+            # out[..., g, o] = Σ_i x[..., g, i] · W[g, o, i]
+            y = torch.einsum("...gi,goi->...go", x.reshape(*shape[:-1], self.n_blocks, self.block),
+                             self.weight).reshape(shape)
         return y + self.bias if self.bias is not None else y
 
 
