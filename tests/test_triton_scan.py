@@ -225,6 +225,31 @@ def test_bad_lane_bc_mode_is_refused():
         out.sum().backward()
 
 
+def test_partial_bc_needs_the_lane_backward():
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
+    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                      config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", "chunk", 2, 4,
+                                              "partial"))
+    with pytest.raises(ValueError, match="lane backward"):
+        out.sum().backward()
+
+
+def test_partial_bc_is_bitwise_repeatable():
+    """dB and dC through the slots: two backward passes give the same bits (the lane backward, chosen by 'partial'
+    from 'auto'). Under the interpreter atomics are repeatable too, so here this checks that the path runs; on the
+    GPU it is the property the atomics lack."""
+    cfg = ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "auto", 2, 4, "partial")
+    inputs = mixer_layout(make_inputs(2, 2, 16, 8, 13))
+    grads = []
+    for _ in range(2):
+        leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
+        out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 13), merge="mean",
+                                          config=cfg)
+        out.backward(torch.ones_like(out))
+        grads.append((leaves[3].grad, leaves[4].grad))
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
+
+
 def test_default_checkpoint_stretch_follows_the_backward(monkeypatch):
     """On the GPU (interpreter off) Vim's bi route checkpoints every 8 steps where the lane backward runs and every 16
     where the chunk backward does (its tiles were tuned at 16); the forward and the backward ask the same question."""

@@ -102,6 +102,11 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
     programs fill the GPU, else the chunk one), its channels per program and warps."""
     if cfg.bwd not in ("chunk", "lane", "auto"):
         raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
+    if cfg.bwd_bc == "partial":  # only the lane backward has dB/dC slots; asking for them chooses it
+        if cfg.bwd == "chunk":
+            raise ValueError("bwd_bc='partial' needs the lane backward (bwd='lane' or 'auto'); the chunk backward "
+                             "adds dB/dC with atomics")
+        cfg = cfg._replace(bwd="lane")
     if cfg.bwd == "auto":
         cfg = cfg._replace(bwd="lane" if lane_bwd_fills(lane_warps, device) else "chunk")
     if cfg.bwd == "lane":  # one lane a channel: 32 channels a warp
