@@ -113,19 +113,31 @@ def _canonical_grid_positions(layout: TokenLayout) -> list[int]:
 
 @dataclass(frozen=True)
 class PathIndex:
-    """One path as index tensors: `index[t]` is the canonical position visited at step t; `inverse` undoes it."""
+    """One path as index tensors: `index[t]` is the canonical position visited at step t; `inverse` undoes it.
+
+    `kind` says what the permutation is ("identity", "reverse" or "permutation"; set by `blocks.routes.path_index`
+    from the positions on the host). gather/scatter use it: the identity is no copy and the reversal is a flip,
+    whose backward is a flip too, where index_select's backward zero-fills and adds with atomics."""
 
     name: str
     index: Tensor
     inverse: Tensor = field(repr=False)
+    kind: str = "permutation"
 
-    def gather(self, x: Tensor) -> Tensor:
-        """(B, L, C) canonical → (B, L, C) in path order."""
-        return x.index_select(1, self.index)
+    def gather(self, x: Tensor, dim: int = 1) -> Tensor:
+        """canonical → path order along `dim` (1: (B, L, C))."""
+        return self._apply(x, dim, self.index)
 
-    def scatter(self, y: Tensor) -> Tensor:
-        """(B, L, C) in path order → (B, L, C) canonical."""
-        return y.index_select(1, self.inverse)
+    def scatter(self, y: Tensor, dim: int = 1) -> Tensor:
+        """path order → canonical along `dim`."""
+        return self._apply(y, dim, self.inverse)
+
+    def _apply(self, x: Tensor, dim: int, index: Tensor) -> Tensor:
+        if self.kind == "identity":
+            return x
+        if self.kind == "reverse":
+            return x.flip(dim)
+        return x.index_select(dim, index.to(x.device))
 
 
 @dataclass(frozen=True)

@@ -118,10 +118,14 @@ def _path_positions(path: str, layout: TokenLayout) -> tuple[int, ...]:
 
 def path_index(path: str, layout: TokenLayout, device: torch.device | str | None = None) -> PathIndex:
     """The permutation of the canonical sequence that `path` visits, with its inverse."""
-    index = torch.tensor(_path_positions(path, layout), dtype=torch.long, device=device)
+    positions = _path_positions(path, layout)
+    index = torch.tensor(positions, dtype=torch.long, device=device)
     inverse = torch.empty_like(index)
     inverse[index] = torch.arange(index.numel(), device=index.device)
-    return PathIndex(path, index, inverse)
+    n = len(positions)
+    kind = ("identity" if positions == tuple(range(n)) else
+            "reverse" if positions == tuple(range(n - 1, -1, -1)) else "permutation")
+    return PathIndex(path, index, inverse, kind)
 
 
 def block_paths(route: RouteSpec, block_idx: int) -> tuple[str, ...]:

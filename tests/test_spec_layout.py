@@ -59,6 +59,24 @@ def test_paths_are_permutations_and_invert(h, w, slots, path):
     assert sorted(p.index.tolist()) == list(range(layout.length))
     x = torch.randn(1, layout.length, 3)
     assert torch.equal(p.scatter(p.gather(x)), x)
+    # the identity / flip shortcuts are the index permutation itself, along any dim
+    assert torch.equal(p.gather(x), x.index_select(1, p.index))
+    xt = x.transpose(1, 2).contiguous()
+    assert torch.equal(p.scatter(xt, 2), xt.index_select(2, p.inverse))
+    positions = p.index.tolist()
+    want = ("identity" if positions == sorted(positions) else
+            "reverse" if positions == sorted(positions, reverse=True) else "permutation")
+    assert p.kind == want
+
+
+def test_path_kinds_of_a_plain_grid():
+    layout = TokenLayout(((3, 4),), (6,))
+    kinds = {n: path_index(n, layout).kind for n in ("raster", "raster_rev", "snake")}
+    assert kinds == {"raster": "identity", "raster_rev": "reverse", "snake": "permutation"}
+    rev = path_index("raster_rev", layout)
+    x = torch.randn(2, layout.length, 3, requires_grad=True)
+    (rev.gather(x) * torch.arange(layout.length).view(1, -1, 1)).sum().backward()
+    assert torch.equal(x.grad[0, :, 0], torch.arange(layout.length - 1, -1, -1, dtype=torch.float32))
 
 
 def test_class_tokens_keep_their_slot_on_every_order():

@@ -63,10 +63,9 @@ class Attention(TokenMixer):
                 raise ValueError("causal attention needs at least one path in the MixContext")
             out = None
             for path in ctx.paths:
-                idx = path.index.to(x.device)
-                o = F.scaled_dot_product_attention(q.index_select(2, idx), k.index_select(2, idx),
-                                                   v.index_select(2, idx), is_causal=True)
-                o = o.index_select(2, path.inverse.to(x.device))
+                o = F.scaled_dot_product_attention(path.gather(q, 2), path.gather(k, 2), path.gather(v, 2),
+                                                   is_causal=True)
+                o = path.scatter(o, 2)
                 out = o if out is None else out + o
             if len(ctx.paths) > 1:
                 out = out / len(ctx.paths)

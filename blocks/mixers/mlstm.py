@@ -199,10 +199,9 @@ class MLSTM(TokenMixer):
         out = None
         for j, path in enumerate(ctx.paths):
             cell = self.cells[j if len(self.cells) > 1 else 0]
-            idx, inv = path.index.to(x.device), path.inverse.to(x.device)
-            xm_p = xm.index_select(1, idx)
-            c_p = c_canon.index_select(1, idx) if c_canon is not None else F.silu(self._causal_conv(xm_p))
-            h = self._run_cell(cell, xm_p, c_p).index_select(1, inv)
+            xm_p = path.gather(xm)
+            c_p = path.gather(c_canon) if c_canon is not None else F.silu(self._causal_conv(xm_p))
+            h = path.scatter(self._run_cell(cell, xm_p, c_p))
             out = h if out is None else out + h
         if len(ctx.paths) > 1:
             out = out / len(ctx.paths)
