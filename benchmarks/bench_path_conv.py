@@ -5,9 +5,9 @@ causal-conv1d's CUDA kernel on gathered copies (how Vim's own code runs it), in 
     python benchmarks/bench_path_conv.py [--only study vim_tiny] [--reps 30] [--out conv.md]   # on the GPU machine
 
 Rows per shape: forward ms, backward ms (one fixed upstream gradient, `autograd.grad` of x, weight and bias) and the
-backward's ratio against the named baseline, and the default backward at other pass-1 tiles. Our backward comes in two variants (kernels/triton/path_conv.py):
-"steps" (two passes, each dpre computed once, the default) and "tokens" (one pass that recomputes each dpre K times,
-the default before session 9). Shapes are one layer's conv in the mixer: x (B, L, E) a half of in_proj's output
+backward's ratio against the named baseline; last, the default backward at other pass-1 tiles. Our backward comes in
+two variants (kernels/triton/path_conv.py): "steps" (two passes, each dpre computed once, the default) and "tokens"
+(one pass that recomputes each dpre K times, the default before session 9). Shapes are one layer's conv in the mixer: x (B, L, E) a half of in_proj's output
 (row stride 2E), bf16, two paths (the bi route), K = 4.
 """
 

@@ -216,21 +216,14 @@ def test_bad_backward_variant_is_refused():
         out.sum().backward()
 
 
-def test_bad_lane_bc_mode_is_refused():
+@pytest.mark.parametrize("bwd, bc, match", [("lane", "shared", "bwd_bc must be"), ("chunk", "shared", "bwd_bc must be"),
+                                           ("chunk", "partial", "needs the lane backward")])
+def test_bad_lane_bc_mode_is_refused(bwd, bc, match):
+    """An unknown dB/dC mode is refused whichever backward runs; the slots need the lane backward."""
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
     out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
-                                      config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4,
-                                              "shared"))
-    with pytest.raises(ValueError, match="bwd_bc"):
-        out.sum().backward()
-
-
-def test_partial_bc_needs_the_lane_backward():
-    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
-    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
-                                      config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", "chunk", 2, 4,
-                                              "partial"))
-    with pytest.raises(ValueError, match="lane backward"):
+                                      config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", bwd, 2, 4, bc))
+    with pytest.raises(ValueError, match=match):
         out.sum().backward()
 
 

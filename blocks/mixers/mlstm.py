@@ -74,7 +74,9 @@ class BlockDiagonal(nn.Module):
 
     def forward(self, x: Tensor, dense: bool | None = None) -> Tensor:
         """`dense`: None = on CUDA only; True / False force one product (the tests compare them)."""
-        if dense if dense is not None else x.is_cuda:
+        if dense is None:
+            dense = x.is_cuda
+        if dense:
             y = F.linear(x, self.dense_weight())
         else:
             shape = x.shape

@@ -238,11 +238,12 @@ def conv_paths_bwd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     b_arg = bias if has_bias else w
     if backward == "steps":
         dpre = torch.empty((n_conv, bsz, length, e), device=x.device, dtype=torch.float32)
-        _conv_bwd_steps_kernel[(triton.cdiv(e, be), bsz * n_conv)](x, w, b_arg, paths, du, dpre, dw, db, length, e, n_conv, bsz, x.stride(0),
-                                     x.stride(1), paths.stride(0), paths.stride(1), *du.stride(), K=k, BT=STEPS_BT, BE=be,
-                                     HAS_BIAS=has_bias)
-        _conv_dx_kernel[(triton.cdiv(length, bt), triton.cdiv(e, be), bsz)](w, inverse, dpre, dx, length, e, n_conv, bsz, paths.stride(0),
-                                          paths.stride(1), dx.stride(0), dx.stride(1), K=k, BT=bt, BE=be)
+        _conv_bwd_steps_kernel[(triton.cdiv(e, be), bsz * n_conv)](
+            x, w, b_arg, paths, du, dpre, dw, db, length, e, n_conv, bsz, x.stride(0), x.stride(1), paths.stride(0),
+            paths.stride(1), *du.stride(), K=k, BT=STEPS_BT, BE=be, HAS_BIAS=has_bias)
+        _conv_dx_kernel[(triton.cdiv(length, bt), triton.cdiv(e, be), bsz)](
+            w, inverse, dpre, dx, length, e, n_conv, bsz, paths.stride(0), paths.stride(1), dx.stride(0),
+            dx.stride(1), K=k, BT=bt, BE=be)
     else:
         grid = (triton.cdiv(length, bt), triton.cdiv(e, be), bsz)
         _conv_bwd_kernel[grid](x, w, b_arg, paths, inverse, du, dx, dw, db, length, e, n_conv, x.stride(0),

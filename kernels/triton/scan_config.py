@@ -27,7 +27,8 @@ class ScanConfig(NamedTuple):
     `bwd`: "chunk" (the associative-scan backward above, or the seq variant's own) or "lane" (one lane owns a
     channel, selective_scan_lane_bwd.py; one program per path) with `bwd_tile` steps recomputed in registers
     (`steps` must be a multiple of it) and dB/dC partials summed over `bwd_red` lanes before the atomics, or, with
-    `bwd_bc` = "partial", stored per group of `bwd_red` channels and summed afterwards (no atomics; deterministic)."""
+    `bwd_bc` = "partial", stored per group of `bwd_red` channels and summed afterwards (no atomics: dB and dC, not dA,
+    dD or dz, get the same bits on every run; "partial" selects the lane backward even where "auto" would not)."""
 
     variant: str
     bd: int
@@ -102,6 +103,8 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
     programs fill the GPU, else the chunk one), its channels per program and warps."""
     if cfg.bwd not in ("chunk", "lane", "auto"):
         raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
+    if cfg.bwd_bc not in ("atomic", "partial"):
+        raise ValueError(f"bwd_bc must be 'atomic' or 'partial', got {cfg.bwd_bc!r}")
     if cfg.bwd_bc == "partial":  # only the lane backward has dB/dC slots; asking for them chooses it
         if cfg.bwd == "chunk":
             raise ValueError("bwd_bc='partial' needs the lane backward (bwd='lane' or 'auto'); the chunk backward "

@@ -154,7 +154,7 @@ def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: 
         flags = {k: v for k, v in opts.items() if k not in ("T", "BD", "num_warps")}
         launch_lane_bwd(inputs, outs, length, dim, nchunk, scale, n_paths, (*strides, *du.stride(), *db.stride()),
                         flags, cfg.steps, cfg.bwd_tile, bd, warps, bc_vector_width(B, C), cfg.bwd_red,
-                        _bc_partial(cfg.bwd_bc))
+                        cfg.bwd_bc == "partial")
     elif seq:
         scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, bd, np2), device=dev, dtype=f32)
         _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, length, dim, nchunk, float(scale), *strides,
@@ -166,12 +166,6 @@ def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: 
     return (du, ddt, da[..., :n_state].to(A.dtype), db[:, :, :n_state].to(B.dtype), dc[:, :, :n_state].to(C.dtype),
             dd.to(D.dtype) if D is not None else None, dz.to(z.dtype) if dz is not None else None,
             ddtb.to(delta_bias.dtype) if delta_bias is not None else None)
-
-
-def _bc_partial(mode: str) -> bool:
-    if mode not in ("atomic", "partial"):
-        raise ValueError(f"bwd_bc must be 'atomic' or 'partial', got {mode!r}")
-    return mode == "partial"
 
 
 class SelectiveScanPaths(torch.autograd.Function):
