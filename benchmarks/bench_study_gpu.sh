@@ -5,6 +5,12 @@
 # run, local Ray. The model specs are the same in both trees (same spec ids). Prints a table with the ratio.
 #
 #   bash benchmarks/bench_study_gpu.sh            # on a GPU machine with Ray, Optuna, pydantic (or .devbundle/)
+#   WARM=1 bash benchmarks/bench_study_gpu.sh     # then each tree again, its Triton kernels already compiled
+#
+# Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
+# compiles every kernel). With WARM=1 each tree runs a second time after both cold runs, so its kernels load from the
+# cache, as they do for a user's second study on the same machine; both ratios are printed. After each run the
+# study's timeline (benchmarks/study_timeline.py) says where its seconds went.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,19 +33,28 @@ run() {  # $1 label, $2 tree, then the study and its arguments; prints "label dr
       --db "sqlite:///$WORK/$label.db" > "$WORK/$label.log" 2>&1)
   local s; s=$(grep -ao "finished, [0-9]* failed, in [0-9]* s" "$WORK/$label.log" | grep -o "in [0-9]*" | grep -o "[0-9]*")
   echo "$label ${s:-nan} $(( $(date +%s) - t ))"
+  python3 "$ROOT/benchmarks/study_timeline.py" "$WORK/$label.db" > "$WORK/$label.timeline.md" 2>&1
 }
-NEW=$(run this "$ROOT" cls_token_position "${SETS[@]}")
-OLD=$(run "$REV" "$WORK" studies/cls_token_position.yaml --profile gpu --set 'seeds=[0,1]' --set data.n_train=8192 \
-      --set train.epochs=3)
+run_new() { run "$1" "$ROOT" cls_token_position "${SETS[@]}"; }
+run_old() { run "$1" "$WORK" studies/cls_token_position.yaml --profile gpu --set 'seeds=[0,1]' --set data.n_train=8192 \
+      --set train.epochs=3; }
+table() {  # $1 what the rows are, $2 old "label driver wall", $3 new
+  local no wo nn wn
+  read -r _ no wo <<< "$2"; read -r _ nn wn <<< "$3"
+  python3 - "$no" "$wo" "$nn" "$wn" "$REV" "$1" <<'PY'
+import sys
+no, wo, nn, wn, rev, what = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), *sys.argv[5:]
+print(f"| {rev} (the issue's), {what} | 10 | {no:.0f} | {wo:.0f} | {36000 / no:.0f} | (baseline) |")
+print(f"| this tree, {what} | 10 | {nn:.0f} | {wn:.0f} | {36000 / nn:.0f} | {no / nn:.2f}x (wall {wo / wn:.2f}x) |")
+PY
+}
+NEW=$(run_new this); OLD=$(run_old "$REV")
+if [ -n "${WARM:-}" ]; then NEW_W=$(run_new this-warm); OLD_W=$(run_old "$REV-warm"); fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 echo "| tree | trials | driver's count, s | wall with Ray start-up and pre-flight, s | trials per hour | this / $REV |"
 echo "|---|---|---|---|---|---|"
-read -r _ no wo <<< "$OLD"; read -r _ nn wn <<< "$NEW"
-python3 - "$no" "$wo" "$nn" "$wn" "$REV" <<'PY'
-import sys
-no, wo, nn, wn, rev = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-print(f"| {rev} (the issue's) | 10 | {no:.0f} | {wo:.0f} | {36000 / no:.0f} | (baseline) |")
-print(f"| this tree | 10 | {nn:.0f} | {wn:.0f} | {36000 / nn:.0f} | {no / nn:.2f}x (wall {wo / wn:.2f}x) |")
-PY
-[ -n "${OUT:-}" ] && cp "$WORK"/*.log "$OUT/" 2>/dev/null
+table "Triton cache as found" "$OLD" "$NEW"
+[ -n "${WARM:-}" ] && table "kernels cached" "$OLD_W" "$NEW_W"
+for f in "$WORK"/*.timeline.md; do echo; echo "timeline of $(basename "$f" .timeline.md):"; cat "$f"; done
+[ -n "${OUT:-}" ] && cp "$WORK"/*.log "$WORK"/*.db "$WORK"/*.timeline.md "$OUT/" 2>/dev/null
 exit 0
