@@ -52,7 +52,7 @@ def run(
         from nas.plan import plan_study  # no Ray: a dry run never imports it
 
         with console.status("checking the study…") as status:
-            plan = plan_study(sf, progress=lambda msg: status.update(msg))
+            plan = plan_study(sf, progress=lambda msg: status.update(msg), timed=dry_run)
     except NasError as e:
         _fail(str(e))
     st = plan.study

@@ -20,15 +20,17 @@ from .errors import StudyConfigError
 from .schema import Study
 from .space import SEED_PARAM, Arm, Cell, SearchSpace, grid_arms, load_search_space, search_cell, trial_spec
 
-PREFLIGHT_BATCH = 8
+PREFLIGHT_BATCH = 8  # the timed pre-flight's batch (`nas run --dry-run`'s cost estimates)
+CHECK_BATCH = 2  # the untimed check's: enough for batch statistics, a quarter of the work
 
 
 @dataclass(frozen=True)
 class Preflight:
-    """A spec's CPU pre-flight: its parameter count and the time of one forward and one training step (batch of 8)."""
+    """A spec's CPU pre-flight: its parameter count and, when timed, the time of one forward and one training step
+    (batch of 8); None when only checked (`nas run` needs the check, not a CPU estimate)."""
     params: int
-    forward_ms: float
-    step_ms: float
+    forward_ms: float | None
+    step_ms: float | None
 
 
 @dataclass
@@ -84,16 +86,20 @@ class Plan:
         """Rough CPU time of one trial of this spec from its pre-flight (batch of 8, scaled linearly to the batch
         size): training steps plus one evaluation pass per epoch. A guide for planning, not a promise."""
         pre, st = self.preflight[spec_id], self.study
+        if pre.step_ms is None or pre.forward_ms is None:
+            raise NasError(f"spec {spec_id} was checked without timing: plan with plan_study(..., timed=True)")
         scale = st.train.batch_size / PREFLIGHT_BATCH
         steps = math.ceil(st.data.n_train / st.train.batch_size)
         evals = math.ceil(st.data.n_test / st.train.batch_size)
         return st.train.epochs * (steps * pre.step_ms + evals * pre.forward_ms) * scale / 1e3
 
 
-def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None) -> Plan:
+def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None, *, timed: bool = True) -> Plan:
     """Check everything that can be checked on the CPU before a trial is scheduled: the search space, the objectives,
-    the cluster address, the data, every distinct spec (built, two forwards, one training step). StudyConfigError
-    names the file and the key."""
+    the cluster address, the data, every distinct spec (built, a forward, a training step). StudyConfigError
+    names the file and the key. `timed` also times each spec as a worker would run it (for `estimate_seconds`);
+    `nas run` leaves it off: the check alone is several times cheaper (a GPU study's driver waited ~40 s on 5 timed
+    CPU pre-flights of a 12-block model before its first trial)."""
     study = sf.study
     space = load_search_space(study.search_space, file=sf.path)
     if "throughput" in [o.metric for o in study.objectives] and study.measure.skip:
@@ -108,22 +114,23 @@ def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None) -> 
         base, budget = trial_spec(study, space, {}, img_size=study.data.img_size, num_classes=num_classes,
                                   file=sf.path)
         arms = [Arm({"(base)": "fixed choices"}, base, budget)]
-    return Plan(sf, space, num_classes, arms, _preflight_all(study, arms, sf.path, progress))
+    return Plan(sf, space, num_classes, arms, _preflight_all(study, arms, sf.path, progress, timed))
 
 
 def _preflight_all(study: Study, arms: list[Arm], file: str,
-                   progress: Callable[[str], None] | None) -> dict[str, Preflight]:
+                   progress: Callable[[str], None] | None, timed: bool) -> dict[str, Preflight]:
     import torch
 
     out: dict[str, Preflight] = {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))  # time it as a worker would run it
+    if timed:
+        torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))  # time it as a worker would run it
     try:
         for arm in arms:
             if progress:
                 progress(f"pre-flight {arm.levels}")
             try:
-                out[arm.spec.id] = preflight_spec(arm.spec)
+                out[arm.spec.id] = preflight_spec(arm.spec, timed=timed)
             except Exception as e:  # noqa: BLE001 - any failure here is the spec's
                 raise StudyConfigError(f"pre-flight failed for {arm.levels}: {type(e).__name__}: {e}", file=file,
                                        key="factors" if study.kind == "grid" else "fixed") from None
@@ -132,28 +139,33 @@ def _preflight_all(study: Study, arms: list[Arm], file: str,
     return out
 
 
-def preflight_spec(spec: ArchSpec) -> Preflight:
-    """Build on the CPU and run two forward passes of a small batch and two training steps: catches what validation
-    on the meta device cannot (numerics, shape errors deep in a mixer) before any trial is scheduled."""
+def preflight_spec(spec: ArchSpec, *, timed: bool = True) -> Preflight:
+    """Build on the CPU, run a forward pass of a small batch and a training step: catches what validation on the meta
+    device cannot (numerics, shape errors deep in a mixer) before any trial is scheduled. Timed, each runs twice
+    (batch of 8) and the second is timed; untimed, each runs once on a batch of 2."""
     import torch
 
     from blocks import build_backbone
 
     torch.manual_seed(0)
     model = build_backbone(spec, kernel_backend="reference").eval()
-    x = torch.randn(PREFLIGHT_BATCH, spec.in_chans, spec.img_size, spec.img_size)
+    batch = PREFLIGHT_BATCH if timed else CHECK_BATCH
+    x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
+    ms = step_ms = None
     with torch.no_grad():
         out = model(x)
-        t = time.perf_counter()
-        model(x)  # timed second: the first call pays one-off costs
-    ms = (time.perf_counter() - t) * 1e3
-    if out.shape != (PREFLIGHT_BATCH, spec.num_classes) or not torch.isfinite(out).all():
+        if timed:
+            t = time.perf_counter()
+            model(x)  # timed second: the first call pays one-off costs
+            ms = (time.perf_counter() - t) * 1e3
+    if out.shape != (batch, spec.num_classes) or not torch.isfinite(out).all():
         raise NasError(f"spec {spec.id}: forward gave shape {tuple(out.shape)} / non-finite values")
     model.train()
-    for _ in range(2):  # one training step's cost (forward + backward), timed on the second
+    for _ in range(2 if timed else 1):  # one training step's cost (forward + backward), timed on the second
         t = time.perf_counter()
         model(x).float().square().mean().backward()
-    step_ms = (time.perf_counter() - t) * 1e3
+    if timed:
+        step_ms = (time.perf_counter() - t) * 1e3
     return Preflight(sum(p.numel() for p in model.parameters()), ms, step_ms)
 
 

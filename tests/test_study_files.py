@@ -41,7 +41,7 @@ def test_search_space_loads(path):
 def test_study_loads_and_plans(path):
     sf = load_study(_rel(path))
     assert sf.study.name == path.stem, "a study's name is its file name (nas run NAME finds it)"
-    plan = plan_study(sf)
+    plan = plan_study(sf, timed=False)  # what `nas run` checks; the timed pre-flight has its own test below
     study = plan.study
     if study.kind == "grid":
         n_levels = 1
@@ -58,6 +58,22 @@ def test_study_loads_and_plans(path):
     else:
         assert study.search is not None and len(plan.preflight) == 1
     assert all(p.params > 0 for p in plan.preflight.values())
+
+
+def test_untimed_check_matches_timed_preflight_and_refuses_an_estimate():
+    """`nas run` checks each spec untimed (batch of 2, one pass each); `--dry-run` times it for the CPU estimate.
+    Both build the same specs; only the timed plan can estimate."""
+    from blocks import NasError
+
+    sets = ["factors={readout: [head, mean]}", "seeds=[0]"]
+    timed = plan_study(load_study("studies/cls_token_position.yaml", sets=sets))
+    untimed = plan_study(load_study("studies/cls_token_position.yaml", sets=sets), timed=False)
+    assert {k: p.params for k, p in timed.preflight.items()} == {k: p.params for k, p in untimed.preflight.items()}
+    for spec_id, pre in timed.preflight.items():
+        assert pre.forward_ms > 0 and pre.step_ms > 0 and timed.estimate_seconds(spec_id) > 0
+        assert untimed.preflight[spec_id].step_ms is None
+        with pytest.raises(NasError, match="without timing"):
+            untimed.estimate_seconds(spec_id)
 
 
 # cls_token_position.yaml carries Vim Table 5's max-pool value (max: 73.4) but does not run readout `max`
