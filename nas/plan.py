@@ -149,24 +149,22 @@ def preflight_spec(spec: ArchSpec, *, timed: bool = True) -> Preflight:
 
     torch.manual_seed(0)
     model = build_backbone(spec, kernel_backend="reference").eval()
-    batch = PREFLIGHT_BATCH if timed else CHECK_BATCH
+    batch, runs = (PREFLIGHT_BATCH, 2) if timed else (CHECK_BATCH, 1)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
-    ms = step_ms = None
     with torch.no_grad():
-        out = model(x)
-        if timed:
+        for _ in range(runs):  # timed on the last: the first call pays one-off costs
             t = time.perf_counter()
-            model(x)  # timed second: the first call pays one-off costs
-            ms = (time.perf_counter() - t) * 1e3
+            out = model(x)
+    ms = (time.perf_counter() - t) * 1e3
     if out.shape != (batch, spec.num_classes) or not torch.isfinite(out).all():
         raise NasError(f"spec {spec.id}: forward gave shape {tuple(out.shape)} / non-finite values")
     model.train()
-    for _ in range(2 if timed else 1):  # one training step's cost (forward + backward), timed on the second
+    for _ in range(runs):  # one training step (forward + backward), timed on the last
         t = time.perf_counter()
         model(x).float().square().mean().backward()
-    if timed:
-        step_ms = (time.perf_counter() - t) * 1e3
-    return Preflight(sum(p.numel() for p in model.parameters()), ms, step_ms)
+    step_ms = (time.perf_counter() - t) * 1e3
+    params = sum(p.numel() for p in model.parameters())
+    return Preflight(params, ms, step_ms) if timed else Preflight(params, None, None)
 
 
 def _probe_data(study: Study, file: str) -> int:

@@ -156,3 +156,21 @@ def test_valid_base_plans(tmp_path):
     code, out, _ = _run([OK, "--dry-run", "--db", f"sqlite:///{db}"])
     assert code == 0, out
     assert "2 trials" in out and not db.exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_run_checks_untimed_and_dry_run_times(dry_run, tmp_path, monkeypatch):
+    """`nas run` needs the pre-flight's check, not its CPU timing (a GPU study waited ~40 s on timed pre-flights);
+    `--dry-run` prints the estimate, so it times. The stub stops the run at the first spec, before Ray."""
+    import nas.plan
+
+    seen: list[bool] = []
+
+    def stub(spec, *, timed=True):
+        seen.append(timed)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(nas.plan, "preflight_spec", stub)
+    code, out, _ = _run([OK, "--db", f"sqlite:///{tmp_path / 'nas.db'}", *(["--dry-run"] if dry_run else [])])
+    assert code == 2 and "pre-flight failed" in out and "stop here" in out
+    assert seen == [dry_run]
