@@ -329,13 +329,10 @@ def _vil_layer(m: MLSTM, x: torch.Tensor, h: int, w: int, reverse: bool, conv_we
     return y.flip(1) if reverse else y
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_mlstm_matches_vil_layer(reverse):
-    """raster = ViL's forward block exactly; raster_rev = ViL's reversed block with the 3×3 kernel rotated by 180°
-    (ViL convolves the flipped grid; we convolve the canonical one)."""
+def _vil_ready_mlstm(D: int = 16, n_paths: int = 1) -> MLSTM:
+    """A float64 ViL layer with every parameter away from its special init (gates, output norm, skip, biases)."""
     torch.manual_seed(0)
-    h, w, D = 3, 4, 16
-    m = build("mlstm", D, dtype=torch.float64)
+    m = build("mlstm", D, n_paths=n_paths, dtype=torch.float64)
     _perturb_biases(m)
     with torch.no_grad():
         for cell in m.cells:
@@ -343,6 +340,15 @@ def test_mlstm_matches_vil_layer(reverse):
             cell.fgate.weight.normal_(0, 0.1)
             cell.norm_weight.normal_(1, 0.1)
         m.skip.normal_(1, 0.1)
+    return m
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mlstm_matches_vil_layer(reverse):
+    """raster = ViL's forward block exactly; raster_rev = ViL's reversed block with the 3×3 kernel rotated by 180°
+    (ViL convolves the flipped grid; we convolve the canonical one)."""
+    h, w, D = 3, 4, 16
+    m = _vil_ready_mlstm(D)
     layout = TokenLayout(segments=((h, w),))
     x = torch.randn(2, h * w, D, dtype=torch.float64)
     vil_kernel = m.conv.weight.detach().clone()
@@ -351,3 +357,83 @@ def test_mlstm_matches_vil_layer(reverse):
             m.conv.weight.copy_(vil_kernel.flip(2, 3))
     ours = m(x, ctx_for(layout, "raster_rev" if reverse else "raster"))
     torch.testing.assert_close(ours, _vil_layer(m, x, h, w, reverse, vil_kernel), rtol=1e-5, atol=1e-5)
+
+
+def _grads(m: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, run) -> dict[str, torch.Tensor]:
+    m.zero_grad()
+    xx = x.clone().requires_grad_(True)
+    run(xx).backward(dy)
+    return {"x": xx.grad, **{n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}}
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_mlstm_gradients_match_vil_layer(dense, monkeypatch):
+    """The input's and every parameter's gradient equal the ViL oracle's (float64, autograd through its loop), with
+    the q/k/v maps grouped (the CPU default) and dense with q and k stacked in one GEMM (the CUDA default). The cell
+    runs with eps = 0 here, as the oracle has none (eps = 1e-6 moves some gradients by ~1e-5)."""
+    import blocks.mixers.mlstm as mlstm_module
+    from kernels.dispatch import mlstm as dispatched_cell
+
+    monkeypatch.setattr(mlstm_module, "mlstm_cell",
+                        lambda q, k, v, i, f, backend=None: dispatched_cell(q, k, v, i, f, eps=0.0, backend=backend))
+    h, w = 3, 4
+    m = _vil_ready_mlstm()
+    m.dense_qkv = dense
+    layout = TokenLayout(segments=((h, w),))
+    x = torch.randn(2, h * w, 16, dtype=torch.float64)
+    dy = torch.randn_like(x)
+    ours = _grads(m, x, dy, lambda t: m(t, ctx_for(layout, "raster")))
+    ref = _grads(m, x, dy, lambda t: _vil_layer(m, t, h, w, False, m.conv.weight))
+    assert set(ours) == set(ref) and len(ref) == len(list(m.parameters())) + 1
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-10)
+
+
+def test_mlstm_dense_and_grouped_projections_agree_on_a_parallel_route():
+    """Four paths with their own cells: the dense projection (q|k stacked, biases in the GEMMs) gives the grouped
+    one's output and gradients to float64 rounding."""
+    m = _vil_ready_mlstm(n_paths=4)
+    ctx = ctx_for(LAYOUT, *PATHS)
+    x = torch.randn(2, LAYOUT.length, 16, dtype=torch.float64)
+    dy = torch.randn_like(x)
+    runs = []
+    for dense in (False, True):
+        m.dense_qkv = dense
+        runs.append((m(x, ctx), _grads(m, x, dy, lambda t: m(t, ctx))))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-12, atol=1e-12)
+    for name, g in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_mlstm_under_autocast_makes_no_float32_activations(dense):
+    """Under bf16 autocast the layer's (B, L, E)-sized tensors stay bf16, except layer_norm's output (autocast runs
+    it in fp32) and the float32 gradients autograd hands back to float32 leaves. The fp32 biases of the q/k/v maps
+    once promoted q, k, v and every tensor after the cell to fp32 (session 12's op count on vil_tiny)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    B, L, E = 2, LAYOUT.length, 32
+
+    class Float32Outputs(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if (isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() == B * L * E
+                        and "layer_norm" not in name):
+                    self.ops.append(name)
+            return out
+
+    torch.manual_seed(0)
+    m = build("mlstm", 16)
+    m.dense_qkv = dense
+    x = torch.randn(B, L, 16)
+    ctx = ctx_for(LAYOUT, "raster_rev")
+    with Float32Outputs() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x, ctx)
+    assert y.dtype == torch.bfloat16
+    assert seen.ops == [], f"float32 (B, L, E) tensors made by {seen.ops}"

@@ -73,17 +73,19 @@ class BlockDiagonal(nn.Module):
         return torch.einsum("goi,gh->gohi", self.weight, eye).reshape(dim, dim)
 
     def forward(self, x: Tensor, dense: bool | None = None) -> Tensor:
-        """`dense`: None = on CUDA only; True / False force one product (the tests compare them)."""
+        """`dense`: None = on CUDA only; True / False force one product (the tests compare them). The dense product
+        takes the bias inside the GEMM, so under autocast the output stays in the autocast dtype (a separate add of the
+        fp32 bias promoted every q/k/v to fp32: session 12's op count found 3 fp32 (B, L, E) tensors a block, their
+        fp32 concatenation and 5 casts back)."""
         if dense is None:
             dense = x.is_cuda
         if dense:
-            y = F.linear(x, self.dense_weight())
-        else:
-            shape = x.shape
-            # out[..., g, o] = Σ_i x[..., g, i] · W[g, o, i]
-            y = torch.einsum("...gi,goi->...go", x.reshape(*shape[:-1], self.n_blocks, self.block),
-                             self.weight).reshape(shape)
-        return y + self.bias if self.bias is not None else y
+            return F.linear(x, self.dense_weight(), self.bias)
+        shape = x.shape
+        # out[..., g, o] = Σ_i x[..., g, i] · W[g, o, i]
+        y = torch.einsum("...gi,goi->...go", x.reshape(*shape[:-1], self.n_blocks, self.block),
+                         self.weight).reshape(shape)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
 
 class _PathCell(nn.Module):
@@ -105,6 +107,7 @@ class _PathCell(nn.Module):
 class MLSTM(TokenMixer):
     Params = MLSTMParams
     test_params = ({}, {"conv": "causal1d"})
+    dense_qkv: bool | None = None  # the q/k/v maps as dense GEMMs: None = on CUDA (see `_project`); tests force it
 
     def __init__(self, dim: int, *, params: MLSTMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
                  kernel_backend: str = "auto", device: torch.device | str | None = None,
@@ -167,29 +170,51 @@ class MLSTM(TokenMixer):
                      groups=self.inner)
         return y.transpose(1, 2)
 
+    def _project(self, cell: _PathCell, xm: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v (B, L, E) and the gate pre-activations (B, L, 2H: input gates, then forget gates).
+
+        Dense (CUDA, or `dense_qkv=True`): q and k come from one GEMM of c with their stacked block-diagonal matrices
+        (c is read once), the biases ride in the GEMMs, and both gates are one GEMM over [q k v] with the two gate
+        matrices stacked: the same sums as ViL's separate maps, fewer reads of (B, L, ·) activations."""
+        E, H = self.inner, self.num_heads
+        dense = self.dense_qkv if self.dense_qkv is not None else c.is_cuda
+        if dense:
+            qk_bias = torch.cat((cell.q.bias, cell.k.bias)) if cell.q.bias is not None else None
+            qk = F.linear(c, torch.cat((cell.q.dense_weight(), cell.k.dense_weight())), qk_bias)
+            v = cell.v(xm, dense=True)
+            q, k, qkv = qk[..., :E], qk[..., E:], torch.cat((qk, v), dim=-1)
+        else:
+            q, k, v = cell.q(c, dense=False), cell.k(c, dense=False), cell.v(xm, dense=False)
+            qkv = torch.cat((q, k, v), dim=-1)
+        gates = F.linear(qkv, torch.cat((cell.igate.weight, cell.fgate.weight)),
+                         torch.cat((cell.igate.bias, cell.fgate.bias)))
+        return q, k, v, gates
+
     def _run_cell(self, cell: _PathCell, xm: Tensor, c: Tensor) -> Tensor:
         """xm, c: (B, L, E) in path order → normalised cell output + skip, (B, L, E) in path order."""
         B, L, E = xm.shape
         H, DH = self.num_heads, self.head_dim
-        q, k, v = cell.q(c), cell.k(c), cell.v(xm)
-        qkv = torch.cat((q, k, v), dim=-1)
-        ig, fg = cell.igate(qkv), cell.fgate(qkv)  # (B, L, H)
+        q, k, v, gates = self._project(cell, xm, c)
 
-        # Under autocast the block-diagonal maps return float32 (their fp32 bias promotes the bf16 product); the cell
-        # takes the autocast dtype, as ViL's kernels do: a float32 cell runs its dots in exact fp32, ~16x slower.
+        # The cell and everything after it run in the autocast dtype, as ViL's kernels do (a float32 cell runs its
+        # dots in exact fp32, ~16x slower); the fp32 parameters of the output norm and the skip are cast to it, so the
+        # (B, L, E) tensors after the cell are not promoted to fp32 (autocast runs layer_norm itself in fp32).
         cell_dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
 
         def heads(t: Tensor) -> Tensor:  # (B, L, E) → contiguous (B, H, L, DH) in the cell dtype, one copy
             return t.new_empty((B, H, L, DH), dtype=cell_dtype).copy_(t.reshape(B, L, H, DH).transpose(1, 2))
 
+        def rows(g: Tensor) -> Tensor:  # (B, L, H) → contiguous (B, H, L)
+            return g.transpose(1, 2).contiguous()
+
         backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
-        h = mlstm_cell(heads(q), heads(k), heads(v), ig.transpose(1, 2).contiguous(),
-                       fg.transpose(1, 2).contiguous(), backend=backend)  # (B, H, L, DH)
-        h = F.layer_norm(h, (DH,), eps=1e-5).transpose(1, 2).reshape(B, L, E)
-        h = h * cell.norm_weight
-        if cell.norm_bias is not None:
-            h = h + cell.norm_bias
-        return h + self.skip * c
+        h = mlstm_cell(heads(q), heads(k), heads(v), rows(gates[..., :H]), rows(gates[..., H:]),
+                       backend=backend)  # (B, H, L, DH)
+        h = F.layer_norm(h, (DH,), eps=1e-5)
+        h = h.new_empty((B, L, H, DH), dtype=cell_dtype).copy_(h.transpose(1, 2)).view(B, L, E)  # one pass
+        w = cell.norm_weight.to(cell_dtype)
+        h = torch.addcmul(cell.norm_bias.to(cell_dtype), h, w) if cell.norm_bias is not None else h * w
+        return torch.addcmul(h, self.skip.to(cell_dtype), c.to(cell_dtype))
 
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         if not ctx.paths:
