@@ -116,6 +116,21 @@ def test_vmamba_t_stage1_mixer_gpu():
 @pytest.mark.gpu
 @pytest.mark.gpu_smoke
 @gpu
+@pytest.mark.parametrize("route,n_paths", [("uni_rev", 1), ("bi", 2)])
+def test_vil_t_mixer_gpu(route, n_paths):
+    """ViL-T's layer width (192 → E = 384, 4 heads) on its 12 × 12 grid, on CUDA's dense q|k / v / gate GEMMs and the
+    Triton cell, against the float64 reference; one reversed path (ViL's odd blocks) and a parallel route."""
+    from blocks.mixers.mlstm import MLSTM
+
+    torch.manual_seed(0)
+    layout = TokenLayout(((12, 12),), ())
+    m = MLSTM(192, params=MLSTM.Params(), n_paths=n_paths)
+    compare(m, _ctx(layout, route), torch.randn(4, layout.length, 192), "auto", torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
 @pytest.mark.parametrize("preset,paths", [("vim_tiny", {"causal_conv1d_paths": "triton", "selective_scan_paths": "triton"}),
                                           ("vil_tiny", {"mlstm": "triton"})])
 def test_train_step_records_fast_kernels_gpu(preset, paths):
