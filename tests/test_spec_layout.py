@@ -111,3 +111,30 @@ def test_stage_layouts_match_the_tokens_each_stage_sees():
         stage.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
     model(torch.randn(1, 3, 36, 36))
     assert seen == [layout.length for layout in model.stage_layouts] == [81, 25, 9]
+
+
+@pytest.mark.parametrize("segments,cls_slots", [(((3, 4),), ()), (((3, 4), (2, 2)), ()), (((3, 4),), (5,))])
+def test_grid_apply_is_the_image_conv_and_hands_it_a_view(segments, cls_slots):
+    """`grid_apply` equals a plain NCHW conv of each segment's image (class tokens pass through), and without class
+    tokens the conv gets a channels-last view of the tokens' memory, not a copy."""
+    from blocks.layout import grid_apply
+
+    torch.manual_seed(0)
+    layout = TokenLayout(segments=segments, cls_slots=cls_slots)
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, dtype=torch.float64)
+    x = torch.randn(2, layout.length, 6, dtype=torch.float64)
+    seen = []
+
+    def fn(img: torch.Tensor) -> torch.Tensor:
+        seen.append(img.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
+        return conv(img)
+
+    got = grid_apply(x, layout, fn)
+    want = x.clone()
+    grid_pos = torch.tensor(layout.grid_positions)
+    grid = x[:, grid_pos]
+    for (h, w), start in zip(layout.segments, layout.segment_offsets()):
+        img = grid[:, start:start + h * w].transpose(1, 2).contiguous().view(2, 6, h, w)
+        want[:, grid_pos[start:start + h * w]] = conv(img).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert seen == [not cls_slots] * len(segments)
