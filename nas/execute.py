@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .rounds import DEFAULT_POLICY, SeedPolicy
 from .schema import Study
 from .store import Store
 from .tune_adapter import TASK, StoreCallback, StudySearcher
+from .warmup import start_warmup, stop_warmup
 from .worker import run_task
 
 
@@ -45,13 +47,15 @@ class TuneRunner:
 
     def __init__(self, plan: Plan, *, max_concurrent: int | None = None) -> None:
         self.plan, self.max_concurrent, self.started = plan, max_concurrent, False
+        self.warmup: subprocess.Popen | None = None
 
     def run_round(self, ctx: RunContext, rnd: Round) -> bool:
         from ray.tune.schedulers import ASHAScheduler
 
         study = self.plan.study
         ex = study.execution
-        if not self.started:
+        if not self.started:  # the kernels compile in the background while Ray starts (nas/warmup.py)
+            self.warmup = start_warmup(study, [a.spec.to_json() for a in self.plan.arms])
             init_ray(study)
             self.started = True
         scheduler = None
@@ -87,6 +91,8 @@ class TuneRunner:
         return True
 
     def close(self) -> None:
+        stop_warmup(self.warmup)
+        self.warmup = None
         if self.started and not self.plan.study.execution.address:
             import ray
 

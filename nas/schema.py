@@ -148,6 +148,8 @@ class ExecutionConfig(_Strict):
     address: str | None = None
     asha: AshaConfig | None = None
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray may use (default: all)")
+    warm_kernels: bool = Field(True, description="a local GPU study compiles its kernels in one background process "
+                                                 "while Ray starts (nas/warmup.py)")
 
 
 class StorageConfig(_Strict):

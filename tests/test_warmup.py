@@ -1,0 +1,83 @@
+"""The background kernel warm-up of a local GPU study (nas/warmup.py): when it runs, what it trains, and that the
+process it starts ends and cleans up. On the CPU (no CUDA here), forced to a CPU device."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nas.config import load_study
+from nas.plan import plan_study
+from nas.warmup import LOG_NAME, main, mini_sizes, start_warmup, stop_warmup, wants_warmup
+
+STUDY = "studies/cls_token_position.yaml"
+
+
+def _study(tmp_path, *sets: str):
+    return load_study(STUDY, sets=[f"storage.ray_results={tmp_path}", *sets])
+
+
+def test_only_local_gpu_studies_are_warmed(tmp_path):
+    gpu = ("train.device=cuda", "execution.gpus_per_trial=0.25")
+    assert wants_warmup(_study(tmp_path, *gpu).study, cuda_available=True) is None
+    assert "no CUDA" in wants_warmup(_study(tmp_path, *gpu).study, cuda_available=False)
+    assert "cluster" in wants_warmup(_study(tmp_path, *gpu, "execution.address=ray://10.0.0.1:10001").study, True)
+    assert "false" in wants_warmup(_study(tmp_path, *gpu, "execution.warm_kernels=false").study, True)
+    assert "not run on a GPU" in wants_warmup(_study(tmp_path, "execution.gpus_per_trial=0").study, True)
+    assert "not run on a GPU" in wants_warmup(_study(tmp_path, "train.device=cpu",
+                                                     "execution.gpus_per_trial=1").study, True)
+    assert start_warmup(_study(tmp_path).study, ["{}"], cuda_available=False) is None
+
+
+@pytest.mark.parametrize("n,batch,full,want", [(8192, 256, 2, 512), (1000, 64, 2, 168), (100, 64, 2, 100),
+                                               (773, 32, 1, 37)])
+def test_mini_sizes_keep_the_last_partial_batch(n, batch, full, want):
+    assert mini_sizes(n, batch, full) == want
+
+
+def test_warmup_process_trains_each_distinct_spec_and_cleans_up(tmp_path):
+    """The real subprocess, on the CPU: each distinct spec gets a one-epoch mini trial, a broken one is reported and
+    skipped, the log says so, and stopping it removes the job file."""
+    sf = _study(tmp_path, "execution.gpus_per_trial=0.5")
+    specs = [a.spec.to_json() for a in plan_study(sf, timed=False).arms][:2]
+    broken = json.dumps({**json.loads(specs[0]), "dims": [-3]})
+    proc = start_warmup(sf.study, [specs[0], specs[0], broken, specs[1]], device="cpu", cuda_available=True)
+    assert proc is not None
+    proc.wait(timeout=300)
+    job = proc.job_file
+    stop_warmup(proc)
+    log = (tmp_path / LOG_NAME).read_text()
+    assert proc.returncode == 0 and not job.exists()
+    lines = log.splitlines()
+    assert lines[0].startswith("spec 1/3: ") and lines[0].endswith(" s")
+    assert lines[1].startswith("spec 2/3 failed: ") and lines[2].startswith("spec 3/3: ")
+    assert lines[-1].startswith("done in ")
+
+
+def test_stop_ends_a_running_warmup(tmp_path, monkeypatch):
+    """A warm-up still running when the study ends is terminated (here: a job that sleeps in place of training)."""
+    import nas.warmup as warmup
+
+    sf = _study(tmp_path, "execution.gpus_per_trial=0.5")
+    shim = tmp_path / "python"
+    shim.write_text("#!/bin/sh\nexec sleep 60\n")
+    shim.chmod(0o755)
+    monkeypatch.setattr(warmup.sys, "executable", str(shim))
+    proc = start_warmup(sf.study, ["{}"], cuda_available=True)
+    assert proc.poll() is None
+    stop_warmup(proc, timeout=5)
+    assert proc.returncode is not None and not proc.job_file.exists()
+
+
+def test_main_reports_the_time_budget(tmp_path, monkeypatch, capsys):
+    """Past WARMUP_SECONDS no further spec starts (the trials are running by then)."""
+    import nas.warmup as warmup
+
+    sf = _study(tmp_path)
+    monkeypatch.setattr(warmup, "WARMUP_SECONDS", -1.0)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"study": sf.study.model_dump(mode="json"), "specs": ["{}", "{}"], "device": "cpu"}))
+    assert main([str(job)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "stopped after -1 s: 2 spec(s) not warmed" and out[-1].startswith("done in ")
