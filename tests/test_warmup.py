@@ -81,3 +81,27 @@ def test_main_reports_the_time_budget(tmp_path, monkeypatch, capsys):
     assert main([str(job)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "stopped after -1 s: 2 spec(s) not warmed" and out[-1].startswith("done in ")
+
+
+def test_tune_runner_starts_the_warmup_before_ray_and_stops_it_on_close(tmp_path, monkeypatch):
+    """The runner starts the warm-up with the arms' specs before Ray starts, and `close` (which the driver calls
+    however the study ends) stops it."""
+    import nas.execute as execute
+    from nas.driver import Round
+
+    calls = []
+    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: calls.append(("start", specs)) or "proc")
+    monkeypatch.setattr(execute, "stop_warmup", lambda proc: calls.append(("stop", proc)))
+
+    def no_ray(study):
+        calls.append(("ray", None))
+        raise KeyboardInterrupt  # stop the round here: nothing below needs to run
+
+    monkeypatch.setattr(execute, "init_ray", no_ray)
+    plan = plan_study(_study(tmp_path), timed=False)
+    runner = execute.TuneRunner(plan)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_round(None, Round(1, 1))
+    runner.started = False  # Ray never started: close must not shut it down
+    runner.close()
+    assert calls == [("start", [a.spec.to_json() for a in plan.arms]), ("ray", None), ("stop", "proc")]
