@@ -174,20 +174,22 @@ class MLSTM(TokenMixer):
         """q, k, v (B, L, E) and the gate pre-activations (B, L, 2H: input gates, then forget gates).
 
         Dense (CUDA, or `dense_qkv=True`): q and k come from one GEMM of c with their stacked block-diagonal matrices
-        (c is read once), the biases ride in the GEMMs, and both gates are one GEMM over [q k v] with the two gate
-        matrices stacked: the same sums as ViL's separate maps, fewer reads of (B, L, ·) activations."""
+        (c is read once), the biases ride in the GEMMs, and both gates are two GEMMs, over [q k] and over v, with the
+        gate matrices stacked and split by columns: the same sums as ViL's separate maps over cat(q, k, v), without
+        writing that (B, L, 3E) concatenation or its gradient."""
         E, H = self.inner, self.num_heads
         dense = self.dense_qkv if self.dense_qkv is not None else c.is_cuda
+        gate_w = torch.cat((cell.igate.weight, cell.fgate.weight))  # (2H, 3E): columns for q, k, v
+        gate_b = torch.cat((cell.igate.bias, cell.fgate.bias))
         if dense:
             qk_bias = torch.cat((cell.q.bias, cell.k.bias)) if cell.q.bias is not None else None
             qk = F.linear(c, torch.cat((cell.q.dense_weight(), cell.k.dense_weight())), qk_bias)
             v = cell.v(xm, dense=True)
-            q, k, qkv = qk[..., :E], qk[..., E:], torch.cat((qk, v), dim=-1)
+            q, k = qk.split(E, dim=-1)  # split's backward is one cat (slices' would zero-fill two 2E-wide grads)
+            gates = F.linear(qk, gate_w[:, :2 * E], gate_b) + F.linear(v, gate_w[:, 2 * E:])
         else:
             q, k, v = cell.q(c, dense=False), cell.k(c, dense=False), cell.v(xm, dense=False)
-            qkv = torch.cat((q, k, v), dim=-1)
-        gates = F.linear(qkv, torch.cat((cell.igate.weight, cell.fgate.weight)),
-                         torch.cat((cell.igate.bias, cell.fgate.bias)))
+            gates = F.linear(torch.cat((q, k, v), dim=-1), gate_w, gate_b)
         return q, k, v, gates
 
     def _run_cell(self, cell: _PathCell, xm: Tensor, c: Tensor) -> Tensor:
@@ -208,7 +210,8 @@ class MLSTM(TokenMixer):
             return g.transpose(1, 2).contiguous()
 
         backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
-        h = mlstm_cell(heads(q), heads(k), heads(v), rows(gates[..., :H]), rows(gates[..., H:]),
+        ig, fg = gates.split(H, dim=-1)
+        h = mlstm_cell(heads(q), heads(k), heads(v), rows(ig), rows(fg),
                        backend=backend)  # (B, H, L, DH)
         h = F.layer_norm(h, (DH,), eps=1e-5)
         h = h.new_empty((B, L, H, DH), dtype=cell_dtype).copy_(h.transpose(1, 2)).view(B, L, E)  # one pass
