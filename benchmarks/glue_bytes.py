@@ -3,10 +3,11 @@ CPU under bf16 autocast: a proxy, measurable without a GPU, for the memory traff
 
     python benchmarks/glue_bytes.py vil_tiny --batch 2 16
 
-The mLSTM cell is replaced by a stub (its own kernel's traffic is not glue), and the q/k/v maps take the CUDA path
-(dense GEMMs). View ops and allocations are not counted; each other op counts the bytes of the tensors it returns.
-Presets with SSM mixers are refused: the CPU reference scan would be counted as glue. The per-image column is the
-difference between the largest and the smallest batch, divided by the images between them.
+The kernels are replaced by stubs that only allocate their outputs and gradients in the fast kernels' layouts (their
+own traffic is not glue): the mLSTM cell, the selective scan and the path conv; the q/k/v maps of an mLSTM take the
+CUDA path (dense GEMMs). View ops and allocations are not counted; each other op counts the bytes of the tensors it
+returns. The per-image line is the difference between the largest and the smallest batch, divided by the images
+between them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,48 @@ class _StubCell(torch.autograd.Function):
         return torch.zeros_like(g), torch.zeros_like(g), g, None, None
 
 
+class _StubScan(torch.autograd.Function):
+    """selective_scan_paths' contract: (batch, dim, L) out; gradients allocated like their inputs."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias):  # noqa: ANN001, ANN205
+        ctx.like = (u, delta, A, B, C, D, z, delta_bias)
+        return u.new_empty((u.shape[0], u.shape[2], u.shape[3]))
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return tuple(None if t is None else torch.empty_like(t) for t in ctx.like)
+
+
+class _StubConv(torch.autograd.Function):
+    """causal_conv1d_paths' contract: (B, Pc, L, E) out with the Triton kernel's (Pc, B, L, E) memory."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, n_paths):  # noqa: ANN001, ANN205
+        ctx.like = (x, weight, bias)
+        return x.new_empty((n_paths, *x.shape)).transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return (*(None if t is None else torch.empty_like(t) for t in ctx.like), None)
+
+
+def _stub_kernels() -> None:
+    import blocks.mixers.mlstm as mlstm
+    import blocks.mixers.ssm as ssm
+
+    mlstm.mlstm_cell = lambda q, k, v, i, f, backend=None: _StubCell.apply(q, k, v, i, f)
+    ssm.selective_scan_paths = (lambda u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                paths=None, merge="sum", backend=None: _StubScan.apply(u, delta, A, B, C, D, z,
+                                                                                      delta_bias))
+    ssm.causal_conv1d_paths = lambda x, w, b, paths, backend=None: _StubConv.apply(x, w, b, paths.shape[0])
+    if hasattr(mlstm.MLSTM, "dense_qkv"):
+        mlstm.MLSTM.dense_qkv = True
+    else:  # trees before session 12 chose the dense product by the device only
+        grouped = mlstm.BlockDiagonal.forward
+        mlstm.BlockDiagonal.forward = lambda self, x, dense=None: grouped(self, x, True)
+
+
 class BytesWritten(TorchDispatchMode):
     """Counts the bytes of every non-view op's outputs, by op name."""
 
@@ -57,18 +100,10 @@ class BytesWritten(TorchDispatchMode):
 
 
 def measure(preset: str, batch: int) -> BytesWritten:
-    import blocks.mixers.mlstm as mlstm
     from blocks import build_backbone, get_preset
 
     spec = get_preset(preset)
-    if spec.mixer.name == "ssm":
-        raise SystemExit(f"{preset}: SSM mixers run the CPU reference scan here, which is not glue; not measured")
-    mlstm.mlstm_cell = lambda q, k, v, i, f, backend=None: _StubCell.apply(q, k, v, i, f)
-    if hasattr(mlstm.MLSTM, "dense_qkv"):
-        mlstm.MLSTM.dense_qkv = True
-    else:  # trees before session 12 chose the dense product by the device only
-        grouped = mlstm.BlockDiagonal.forward
-        mlstm.BlockDiagonal.forward = lambda self, x, dense=None: grouped(self, x, True)
+    _stub_kernels()
     torch.manual_seed(0)
     model = build_backbone(spec)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
@@ -95,7 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     results = {b: measure(args.preset, b) for b in sorted(args.batch)}
-    print(f"{args.preset}, torch {torch.__version__}, CPU bf16 autocast, mLSTM cell stubbed")
+    print(f"{args.preset}, torch {torch.__version__}, CPU bf16 autocast, kernels stubbed")
     print("| batch | glue MiB written | glue ops | GEMM/conv MiB |\n|---|---|---|---|")
     glue = {}
     for b, m in results.items():

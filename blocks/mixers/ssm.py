@@ -182,9 +182,9 @@ class SSMMixer(TokenMixer):
         w = self.x_proj_weight
         zeros = lambda n: [w.new_zeros(w.shape[0], n, E)] if n else []  # noqa: E731
         if (2 * N) % 8 == 0:
-            parts, b0, d0 = [w[:, R:], w[:, :R], *zeros(pad_r)], 0, 2 * N
+            parts, order = [w[:, R:], w[:, :R], *zeros(pad_r)], "bcd"
         else:
-            parts, b0, d0 = [w[:, :R], *zeros(pad_r), w[:, R:], *zeros(-(R + pad_r + 2 * N) % 8)], R + pad_r, 0
+            parts, order = [w[:, :R], *zeros(pad_r), w[:, R:], *zeros(-(R + pad_r + 2 * N) % 8)], "dbcz"
         w = torch.cat(parts, 1).expand(P, -1, -1)  # (P, J, E), J a multiple of 8
         J = w.shape[1]
         if u.stride(1) == 0:  # one u for all paths: one (B·L, E) × (E, P·J) product
@@ -192,9 +192,12 @@ class SSMMixer(TokenMixer):
         else:
             x_dbl = torch.bmm(u.transpose(0, 1).reshape(P, Bsz * L, E), w.transpose(1, 2)).view(P, Bsz, L, J)
         dt_w = F.pad(self.dt_proj_weight, (0, pad_r)) if pad_r else self.dt_proj_weight
-        delta = torch.bmm(x_dbl[..., d0:d0 + R + pad_r].reshape(P, Bsz * L, R + pad_r),
+        # split, not slices: its backward writes x_dbl's gradient once (each slice's would zero-fill a whole copy)
+        sizes = {"b": N, "c": N, "d": R + pad_r, "z": J - 2 * N - R - pad_r}
+        cols = dict(zip(order, x_dbl.split([sizes[k] for k in order], dim=-1)))
+        delta = torch.bmm(cols["d"].reshape(P, Bsz * L, R + pad_r),
                           dt_w.expand(P, -1, -1).transpose(1, 2)).view(P, Bsz, L, E)
-        return delta, x_dbl[..., b0:b0 + N], x_dbl[..., b0 + N:b0 + 2 * N]
+        return delta, cols["b"], cols["c"]
 
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         if len(ctx.paths) != self.n_paths:
@@ -205,7 +208,7 @@ class SSMMixer(TokenMixer):
         P = self.n_paths
         xz = self.in_proj(x)
         E = self.d_inner
-        x_in, z = (xz[..., :E], xz[..., E:]) if self.params.gate else (xz, None)
+        x_in, z = xz.split(E, dim=-1) if self.params.gate else (xz, None)  # split: one cat in the backward
         # Everything stays channel-last in memory ((…, L, E), what token-wise Linear layers produce); the scan gets
         # (…, E, L) views of it, which the fused kernel reads through strides (much faster for column routes).
         u = self._conv_paths(x_in, ctx)  # (B, P, L, E)
