@@ -10,7 +10,7 @@ as a trial: `nas.trial.run_trial`), and the workers then load the kernels from t
 
 Local GPU studies only (a cluster's workers have their own caches); `execution.warm_kernels: false` turns it off. The
 process never touches the study's database, and its failure changes nothing but the time the first wave takes (its
-log: `<storage.ray_results>/kernel_warmup.log`).
+log: `<storage.ray_results>/kernel_warmup-<study>.log`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from .schema import Study
 
 WARMUP_SECONDS = 120.0  # the warm-up stops starting new specs after this (the trials are running by then)
-LOG_NAME = "kernel_warmup.log"
+LOG_NAME = "kernel_warmup-{study}.log"  # one per study: several local drivers may share a folder
 
 
 def wants_warmup(study: Study, cuda_available: bool) -> str | None:
@@ -107,7 +107,7 @@ def start_warmup(study: Study, spec_jsons: list[str], device: str | None = None,
     job: dict[str, Any] = {"study": study.model_dump(mode="json"), "specs": specs, "device": device}
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="warmup-", dir=folder, delete=False) as f:
         json.dump(job, f)
-    log = open(folder / LOG_NAME, "w")  # noqa: SIM115 (the child writes it; closed with the process)
+    log = open(folder / LOG_NAME.format(study=study.name), "w")  # noqa: SIM115 (the child writes it; closed with the process)
     proc = subprocess.Popen([sys.executable, "-m", "nas.warmup", f.name], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     proc.job_file, proc.log_file = Path(f.name), log  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ def test_warmup_process_trains_each_distinct_spec_and_cleans_up(tmp_path):
     proc.wait(timeout=300)
     job = proc.job_file
     stop_warmup(proc)
-    log = (tmp_path / LOG_NAME).read_text()
+    log = (tmp_path / LOG_NAME.format(study=sf.study.name)).read_text()
     assert proc.returncode == 0 and not job.exists()
     lines = log.splitlines()
     assert lines[0].startswith("spec 1/3: ") and lines[0].endswith(" s")
