@@ -6,7 +6,7 @@ worker of a study's first wave compiled the same kernels at once: session 10's G
 10.5-15 s on its first epochs against 4.9 s later, and the same study with the kernels cached took 61 s instead of
 71 s. Ray and Tune take 13-21 s to start the first trial, so `nas run` spends that time running a one-epoch mini trial
 of each arm's spec at the study's batch size, data shapes and settings in one background process (the same code path
-as a trial: `nas.trial.run_trial`), and the workers then load the kernels from the cache.
+as a trial: `nas.worker.run_task`), and the workers then load the kernels from the cache.
 
 Local GPU studies only (a cluster's workers have their own caches); `execution.warm_kernels: false` turns it off. The
 process never touches the study's database, and its failure changes nothing but the time the first wave takes (its
@@ -48,27 +48,24 @@ def mini_sizes(n: int, batch_size: int, full_batches: int) -> int:
     return min(n, full_batches * batch_size + n % batch_size)
 
 
-def warm_spec(study: Study, spec_json: str, device: str | None = None) -> float:
-    """Run a one-epoch trial of `spec_json` with the study's settings on a small data set (two full training batches,
-    one full test batch, and the real run's last partial batches); returns its seconds."""
-    import torch
+def mini_study(study: Study, device: str | None = None) -> Study:
+    """The study cut to a warm-up: one epoch on two full training batches and one full test batch, each with the real
+    run's last partial batch (its own shapes); `device` overrides the trials' device (the tests run it on the CPU)."""
+    d, tr = study.data, study.train
+    data = d.model_copy(update={"n_train": mini_sizes(d.n_train, tr.batch_size, 2),
+                                "n_test": mini_sizes(d.n_test, tr.batch_size, 1)})
+    train = tr.model_copy(update={"epochs": 1, **({"device": device} if device else {})})
+    return study.model_copy(update={"data": data, "train": train})
 
-    from blocks import ArchSpec
 
-    from .data import make_dataset
-    from .trial import run_trial
-    from .worker import choose_device
+def warm_spec(study: Study, spec_json: str) -> float:
+    """Run `spec_json` as a worker runs a trial of `study` (`nas.worker.run_task`, reports dropped); its seconds."""
+    from .records import TrialStart
+    from .worker import run_task
 
     t0 = time.perf_counter()
-    d, tr, m = study.data, study.train, study.measure
-    dev = torch.device(device) if device else choose_device(tr, study.execution)
-    data = make_dataset(d.name, seed=0, n_train=mini_sizes(d.n_train, tr.batch_size, 2),
-                        n_test=mini_sizes(d.n_test, tr.batch_size, 1), img_size=d.img_size, device=dev, **d.knobs)
-    measure = {"skip": True} if m.skip else {"repeats": 1, "resolutions": list(m.resolutions) or None}
-    run_trial(ArchSpec.from_json(spec_json), data, epochs=1, batch_size=tr.batch_size, lr=tr.lr,
-              weight_decay=tr.weight_decay, warmup_epochs=0, seed=0, device=dev,
-              amp=tr.amp if dev.type == "cuda" else False, kernel_backend=tr.kernel_backend, measure=measure,
-              cuda_graph=tr.cuda_graph)
+    run_task(study, TrialStart(number=0, optuna_trial_id=0, key="kernel warm-up", levels={}, params={}, spec_id="",
+                               spec_json=spec_json, seed=0), lambda metrics, folder: None)
     return time.perf_counter() - t0
 
 
@@ -76,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m nas.warmup JOB.json`: JOB = {"study": the study's JSON, "specs": [spec JSON, ...], "device": None
     or a device string}. Prints one line per spec; a spec that fails is reported and skipped."""
     job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    study = Study.model_validate(job["study"])
+    study = mini_study(Study.model_validate(job["study"]), job.get("device"))
     start = time.perf_counter()
     for i, spec_json in enumerate(job["specs"]):
         if time.perf_counter() - start > WARMUP_SECONDS:
             print(f"stopped after {WARMUP_SECONDS:.0f} s: {len(job['specs']) - i} spec(s) not warmed", flush=True)
             break
         try:
-            print(f"spec {i + 1}/{len(job['specs'])}: {warm_spec(study, spec_json, job.get('device')):.1f} s",
+            print(f"spec {i + 1}/{len(job['specs'])}: {warm_spec(study, spec_json):.1f} s",
                   flush=True)
         except Exception as exc:  # the trials will meet the same error and report it properly
             print(f"spec {i + 1}/{len(job['specs'])} failed: {type(exc).__name__}: {exc}", flush=True)

@@ -9,7 +9,7 @@ import pytest
 
 from nas.config import load_study
 from nas.plan import plan_study
-from nas.warmup import LOG_NAME, main, mini_sizes, start_warmup, stop_warmup, wants_warmup
+from nas.warmup import LOG_NAME, main, mini_sizes, mini_study, start_warmup, stop_warmup, wants_warmup
 
 STUDY = "studies/cls_token_position.yaml"
 
@@ -34,6 +34,15 @@ def test_only_local_gpu_studies_are_warmed(tmp_path):
                                                (773, 32, 1, 37)])
 def test_mini_sizes_keep_the_last_partial_batch(n, batch, full, want):
     assert mini_sizes(n, batch, full) == want
+
+
+def test_mini_study_is_one_short_epoch_of_the_same_trials(tmp_path):
+    st = _study(tmp_path, "train.device=cuda", "train.batch_size=64").study
+    mini = mini_study(st, device="cpu")
+    assert (mini.train.epochs, mini.train.device, mini.train.batch_size, mini.train.lr) == (1, "cpu", 64, st.train.lr)
+    assert (mini.data.n_train, mini.data.n_test) == (mini_sizes(st.data.n_train, 64, 2), mini_sizes(st.data.n_test, 64, 1))
+    assert (mini.data.name, mini.data.img_size, mini.measure) == (st.data.name, st.data.img_size, st.measure)
+    assert mini_study(st).train.device == "cuda" and st.train.epochs > 1  # the original is left as it was
 
 
 def test_warmup_process_trains_each_distinct_spec_and_cleans_up(tmp_path):
