@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import pathlib
 import sys
 
@@ -107,18 +108,12 @@ def measure(preset: str, batch: int) -> BytesWritten:
     torch.manual_seed(0)
     model = build_backbone(spec)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
-    for counting in (False, True):  # the first step allocates optimiser-free lazies (nothing to count)
+    for mode in (contextlib.nullcontext(), BytesWritten()):  # an uncounted step first: one-off allocations
         model.zero_grad(set_to_none=True)
-        mode = BytesWritten() if counting else None
-        if mode is not None:
-            mode.__enter__()
-        try:
+        with mode:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = model(x)
             out.float().sum().backward()
-        finally:
-            if mode is not None:
-                mode.__exit__(None, None, None)
     return mode
 
 
