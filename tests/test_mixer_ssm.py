@@ -298,3 +298,32 @@ def test_padded_projection_is_mambas_float64(d_state, dt_rank, shared):
     ref_grads = torch.autograd.grad(ref_loss, [u0, m.x_proj_weight, m.dt_proj_weight])
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(d_state=16), SS2D_V0, SS2D_V2], ids=["vim", "ss2d_v0", "ss2d_v2"])
+def test_backward_writes_each_projection_gradient_once(kw):
+    """in_proj's (x, z) and x_proj's (B, C, δ) outputs are split, not sliced: a slice's backward zero-fills a whole
+    copy of the product's gradient per slice (then adds them), which the backward pass should not pay."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[tuple[str, tuple[int, ...]]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.names.append((func.overloadpacket.__name__, tuple(getattr(out, "shape", ()))))
+            return out
+
+    torch.manual_seed(0)
+    m = _build(8, 2 if "conv" not in kw else 4, **kw)
+    ctx = _ctx(LAYOUT_2SEG, "bi" if "conv" not in kw else "cross4")
+    x = torch.randn(2, LAYOUT_2SEG.length, 8, requires_grad=True)
+    with Ops() as seen:
+        m(x, ctx).square().sum().backward()
+    L, P = LAYOUT_2SEG.length, m.n_paths
+    xz = (2, L, m.in_proj.out_features) if m.params.gate else None  # ungated, in_proj's output is x itself
+    products = [shape for name, shape in seen.names if name == "slice_backward"
+                and (shape == xz or shape[:3] == (P, 2, L))]  # in_proj's, x_proj's
+    assert products == [], f"projection gradients zero-filled by slices: {products}"
