@@ -69,7 +69,7 @@ def _stub_kernels() -> None:
     import blocks.mixers.mlstm as mlstm
     import blocks.mixers.ssm as ssm
 
-    mlstm.mlstm_cell = lambda q, k, v, i, f, backend=None: _StubCell.apply(q, k, v, i, f)
+    mlstm.mlstm_cell = lambda q, k, v, i, f, reverse=False, backend=None: _StubCell.apply(q, k, v, i, f)
     ssm.selective_scan_paths = (lambda u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 paths=None, merge="sum", backend=None: _StubScan.apply(u, delta, A, B, C, D, z,
                                                                                       delta_bias))

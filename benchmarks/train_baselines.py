@@ -96,7 +96,10 @@ def _tfla(kernel: str):
         fn = (triton_xl_chunk.mlstm_chunkwise__xl_chunk if kernel == "xl_chunk"
               else triton_limit_chunk.mlstm_chunkwise__limit_chunk)
 
-        def cell(q, k, v, i, f, backend=None):  # its kernels take multiples of the chunk (64): pad at the end (causal)
+        def cell(q, k, v, i, f, reverse=False, backend=None):  # its kernels take multiples of the chunk (64): pad at
+            # the end (causal); ViL's layout: contiguous (b, h, L, d) heads, the reversed blocks on flipped copies
+            assert not reverse, "the baseline runs reversed paths on gathered (flipped) copies, as ViL does"
+            q, k, v, i, f = (t.contiguous() for t in (q, k, v, i, f))
             length = q.shape[2]
             pad = -length % 64
             if pad:
@@ -109,6 +112,7 @@ def _tfla(kernel: str):
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
             b = model(x).float()
             mod.mlstm_cell = cell  # this (child) process only: the mixer calls the module-level name
+            mod.MLSTM.native_paths = False  # reversed blocks flip their inputs, as ViL's code does
             a = model(x).float()
         diff = ((a - b).norm() / b.norm()).item()
         return model, f"mlstm_kernels {kernel}, chunk 64; logits vs ours rel. diff {diff:.1e}"

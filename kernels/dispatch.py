@@ -303,11 +303,13 @@ def selective_scan_paths(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     return _run("selective_scan_paths", backend, (u, delta, A, B, C, D, z, delta_bias, delta_softplus, paths, merge))
 
 
-def mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, eps: float = 1e-6,
+def mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, eps: float = 1e-6, reverse: bool = False,
           backend: str | None = None) -> Tensor:
     """mLSTM cell with `kernels.mlstm.mlstm_parallel_ref`'s contract: q, k (b, heads, L, dqk), v (b, heads, L, dv),
-    i, f (b, heads, L) gate pre-activations."""
-    return _run("mlstm", backend, (q, k, v, i, f, eps))
+    i, f (b, heads, L) gate pre-activations; `reverse` runs it from the last row to the first. The Triton backend
+    takes any strides (e.g. (b, heads, L, d) views of (b, L, heads·d) projections) and returns h and the gradients
+    in its inputs' memory order, reversing by addressing instead of copies."""
+    return _run("mlstm", backend, (q, k, v, i, f, eps, reverse))
 
 
 def causal_conv1d_paths(x: Tensor, weight: Tensor, bias: Tensor | None, paths: Tensor,

@@ -36,9 +36,13 @@ def _check(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor) -> None:
         raise ValueError(f"i and f must be (batch, heads, L) = {tuple(q.shape[:3])}; got {tuple(i.shape)}, {tuple(f.shape)}")
 
 
-def mlstm_parallel_ref(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, eps: float = 1e-6) -> Tensor:
-    """Stabilised quadratic form (what ViL runs): O(L^2) memory per head, no sequential dependency."""
+def mlstm_parallel_ref(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, eps: float = 1e-6,
+                       reverse: bool = False) -> Tensor:
+    """Stabilised quadratic form (what ViL runs): O(L^2) memory per head, no sequential dependency. `reverse`: the
+    cell runs from the last row to the first (the fast kernel does it by addressing; here by flipping)."""
     _check(q, k, v, i, f)
+    if reverse:
+        return mlstm_parallel_ref(q.flip(2), k.flip(2), v.flip(2), i.flip(2), f.flip(2), eps).flip(2)
     length = q.shape[2]
     log_f = F.logsigmoid(f).cumsum(-1)  # F_t: (batch, heads, L)
     causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()

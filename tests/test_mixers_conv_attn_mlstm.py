@@ -366,50 +366,70 @@ def _grads(m: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, run) -> dict[s
     return {"x": xx.grad, **{n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}}
 
 
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dense", [False, True])
-def test_mlstm_gradients_match_vil_layer(dense, monkeypatch):
+def test_mlstm_gradients_match_vil_layer(dense, reverse, monkeypatch):
     """The input's and every parameter's gradient equal the ViL oracle's (float64, autograd through its loop), with
-    the q/k/v maps grouped (the CPU default) and dense with q and k stacked in one GEMM (the CUDA default). The cell
-    runs with eps = 0 here, as the oracle has none (eps = 1e-6 moves some gradients by ~1e-5)."""
+    the q/k/v maps grouped (the CPU default) and dense with q and k stacked in one GEMM (the CUDA default), on ViL's
+    forward block and on its reversed one (which our cell runs with `reverse`, no flipped copies). The cell runs with
+    eps = 0 here, as the oracle has none (eps = 1e-6 moves some gradients by ~1e-5)."""
     import blocks.mixers.mlstm as mlstm_module
     from kernels.dispatch import mlstm as dispatched_cell
 
-    monkeypatch.setattr(mlstm_module, "mlstm_cell",
-                        lambda q, k, v, i, f, backend=None: dispatched_cell(q, k, v, i, f, eps=0.0, backend=backend))
+    monkeypatch.setattr(mlstm_module, "mlstm_cell", lambda q, k, v, i, f, reverse=False, backend=None:
+                        dispatched_cell(q, k, v, i, f, eps=0.0, reverse=reverse, backend=backend))
     h, w = 3, 4
     m = _vil_ready_mlstm()
     m.dense_qkv = dense
+    vil_kernel = m.conv.weight.detach().clone()
+    if reverse:
+        with torch.no_grad():
+            m.conv.weight.copy_(vil_kernel.flip(2, 3))
     layout = TokenLayout(segments=((h, w),))
     x = torch.randn(2, h * w, 16, dtype=torch.float64)
     dy = torch.randn_like(x)
-    ours = _grads(m, x, dy, lambda t: m(t, ctx_for(layout, "raster")))
-    ref = _grads(m, x, dy, lambda t: _vil_layer(m, t, h, w, False, m.conv.weight))
+    ours = _grads(m, x, dy, lambda t: m(t, ctx_for(layout, "raster_rev" if reverse else "raster")))
+    vil_weight = (lambda: m.conv.weight.flip(2, 3)) if reverse else (lambda: m.conv.weight)
+    ref = _grads(m, x, dy, lambda t: _vil_layer(m, t, h, w, reverse, vil_weight()))
     assert set(ours) == set(ref) and len(ref) == len(list(m.parameters())) + 1
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-10)
 
 
-def test_mlstm_dense_and_grouped_projections_agree_on_a_parallel_route():
-    """Four paths with their own cells: the dense projection (q|k stacked, biases in the GEMMs) gives the grouped
-    one's output and gradients to float64 rounding."""
-    m = _vil_ready_mlstm(n_paths=4)
-    ctx = ctx_for(LAYOUT, *PATHS)
-    x = torch.randn(2, LAYOUT.length, 16, dtype=torch.float64)
+def _assert_switch_is_exact(m: MLSTM, ctx: MixContext, attr: str) -> None:
+    """Output and all gradients with `m.<attr>` False and True agree to float64 rounding."""
+    x = torch.randn(2, ctx.layout.length, m.dim, dtype=torch.float64)
     dy = torch.randn_like(x)
     runs = []
-    for dense in (False, True):
-        m.dense_qkv = dense
+    for value in (False, True):
+        setattr(m, attr, value)
         runs.append((m(x, ctx), _grads(m, x, dy, lambda t: m(t, ctx))))
     torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-12, atol=1e-12)
     for name, g in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][name], g, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_mlstm_native_paths_equal_gathered_copies():
+    """Identity and reversed paths run by the cell's `reverse` (no gathers) give the gathered-copy route's output and
+    gradients to float64 rounding, on a parallel route (a cell per path) and on the alternating one."""
+    for paths, n_cells in ((PATHS, 4), (("raster_rev",), 1)):
+        ctx = ctx_for(LAYOUT, *paths)
+        assert {p.kind for p in ctx.paths} & {"identity", "reverse"}
+        _assert_switch_is_exact(_vil_ready_mlstm(n_paths=n_cells), ctx, "native_paths")
+
+
+def test_mlstm_dense_and_grouped_projections_agree_on_a_parallel_route():
+    """Four paths with their own cells: the dense projection (q|k stacked, biases in the GEMMs) gives the grouped
+    one's output and gradients to float64 rounding."""
+    _assert_switch_is_exact(_vil_ready_mlstm(n_paths=4), ctx_for(LAYOUT, *PATHS), "dense_qkv")
+
+
 @pytest.mark.parametrize("dense", [False, True])
 def test_mlstm_under_autocast_makes_no_float32_activations(dense):
-    """Under bf16 autocast the layer's (B, L, E)-sized tensors stay bf16, except layer_norm's output (autocast runs
-    it in fp32) and the float32 gradients autograd hands back to float32 leaves. The fp32 biases of the q/k/v maps
-    once promoted q, k, v and every tensor after the cell to fp32 (session 12's op count on vil_tiny)."""
+    """Under bf16 autocast the layer's (B, L, E)-sized tensors stay bf16, the per-head output norm's included (it
+    runs outside autocast, fp32 inside the kernel). The fp32 biases of the q/k/v maps once promoted q, k, v and every
+    tensor after the cell to fp32 (session 12's op count on vil_tiny), and autocast's fp32 layer_norm wrote an fp32
+    copy of its input and output."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     B, L, E = 2, LAYOUT.length, 32
@@ -423,8 +443,7 @@ def test_mlstm_under_autocast_makes_no_float32_activations(dense):
             out = func(*args, **(kwargs or {}))
             name = func.overloadpacket.__name__
             for t in out if isinstance(out, (tuple, list)) else (out,):
-                if (isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() == B * L * E
-                        and "layer_norm" not in name):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() == B * L * E:
                     self.ops.append(name)
             return out
 
@@ -433,7 +452,9 @@ def test_mlstm_under_autocast_makes_no_float32_activations(dense):
     m.dense_qkv = dense
     x = torch.randn(B, L, 16)
     ctx = ctx_for(LAYOUT, "raster_rev")
-    with Float32Outputs() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
-        y = m(x, ctx)
+    with Float32Outputs() as seen:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x, ctx)
+        y.float().sum().backward()  # the backward too: no fp32 (B, L, E) gradients on the way
     assert y.dtype == torch.bfloat16
     assert seen.ops == [], f"float32 (B, L, E) tensors made by {seen.ops}"

@@ -71,14 +71,28 @@ def test_ssm_mixer_fast_path_matches_reference(monkeypatch, kw, route, side):
     compare(m, ctx, x, "triton", torch.float32)
 
 
+@pytest.mark.parametrize("route,n_paths", [("uni_rev", 1), ("bi", 2), ("snake", 2)])
+def test_mlstm_mixer_fast_path_matches_reference(route, n_paths):
+    """The ViL layer on the Triton cell (the dense q|k / v GEMMs, strided head views, the cell's `reverse` for a
+    reversed path, a gathered path for a snake) against the float64 reference path, gradients included."""
+    from blocks.mixers.mlstm import MLSTM
+
+    torch.manual_seed(0)
+    layout = TokenLayout(((4, 5),), ())
+    m = MLSTM(16, params=MLSTM.Params(heads=2), n_paths=n_paths)
+    m.dense_qkv = True
+    compare(m, _ctx(layout, route), torch.randn(2, layout.length, 16), "triton", torch.float32)
+
+
 def test_mlstm_cell_gets_the_autocast_dtype(monkeypatch):
-    """Under autocast the mixer hands the cell q, k, v in the autocast dtype (a float32 cell is ~16x slower)."""
+    """Under autocast the mixer hands the cell q, k, v in the autocast dtype (a float32 cell is ~16x slower), as
+    views of the projections (the Triton cell reads their strides: no per-head copies)."""
     import blocks.mixers.mlstm as mod
 
     seen = []
 
-    def cell(q, k, v, i, f, backend=None):
-        seen.append((q.dtype, k.dtype, v.dtype, q.is_contiguous()))
+    def cell(q, k, v, i, f, reverse=False, backend=None):
+        seen.append((q.dtype, k.dtype, v.dtype, q._is_view() and k._is_view() and v._is_view()))
         return v.float()
 
     monkeypatch.setattr(mod, "mlstm_cell", cell)

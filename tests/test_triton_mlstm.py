@@ -68,6 +68,63 @@ def test_backward_tiles_match_parallel(bwd_tile):
     check(make_inputs(1, 2, 70, 8, 12), torch.float32, "triton", None, bwd_tile)
 
 
+def strided_views(inputs):
+    """The layouts the ViL mixer hands the cell: q and k as (b, h, L, d) views of one (b, L, 2·h·d) [q k] GEMM output,
+    v of a (b, L, h·d) one, the gates of one (b, L, 2h) output. Returns (leaf buffers, views)."""
+    q, k, v, i, f = inputs
+    bsz, heads, length, dqk = q.shape
+    dv = v.shape[-1]
+    qk = torch.cat((q, k), dim=1).transpose(1, 2).reshape(bsz, length, 2 * heads * dqk).detach().requires_grad_(True)
+    vb = v.transpose(1, 2).reshape(bsz, length, heads * dv).detach().requires_grad_(True)
+    gates = torch.cat((i, f), dim=1).transpose(1, 2).detach().requires_grad_(True)  # (b, L, 2h)
+
+    def views():
+        qv, kv = (x.view(bsz, length, heads, dqk).transpose(1, 2) for x in qk.split(heads * dqk, dim=-1))
+        iv, fv = (g.transpose(1, 2) for g in gates.split(heads, dim=-1))
+        return qv, kv, vb.view(bsz, length, heads, dv).transpose(1, 2), iv, fv
+
+    return (qk, vb, gates), views
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("backward", ["recompute", "triton"])
+@pytest.mark.parametrize("forward", ["walk", "two_phase"])
+def test_strided_and_reversed_inputs_match_parallel(reverse, backward, forward):
+    """Inputs as strided views (no copies) and `reverse` (rows from last to first, by addressing): h and every
+    gradient against the float64 parallel form on the flipped sequence, flipped back; h comes back in v's memory
+    order, so the mixer's reshape to (b, L, h·d) is a view."""
+    inputs = make_inputs(2, 2, 150 if forward == "two_phase" else 45, 12, 20)
+    leaves, views = strided_views(inputs)
+    out = mlstm_triton(*views(), reverse=reverse, backward=backward, forward=forward)
+    assert out.transpose(1, 2).is_contiguous()  # (b, L, h, dv) memory, like v
+    ref_in = [x.detach().double().requires_grad_(True) for x in inputs]
+    flip = (lambda x: x.flip(2)) if reverse else (lambda x: x)
+    ref = flip(mlstm_parallel_loop(*[flip(x) for x in ref_in]))
+    same_in = [x.detach().clone().requires_grad_(True) for x in inputs]
+    same = flip(mlstm_parallel_loop(*[flip(x) for x in same_in], dtype=torch.float32))
+    dh = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(ref.device)
+    out.backward(dh.to(out.dtype))
+    ref.backward(dh)
+    same.backward(dh.float())
+    heads, dqk = inputs[0].shape[1], inputs[0].shape[-1]
+    got = dict(h=out, q=leaves[0].grad[..., :heads * dqk], k=leaves[0].grad[..., heads * dqk:], v=leaves[1].grad,
+               i=leaves[2].grad[..., :heads], f=leaves[2].grad[..., heads:])
+
+    def as_buffer(name, x):  # an oracle tensor in the leaf buffers' (b, L, ...) layout
+        return x if name == "h" else x.transpose(1, 2).reshape(*got[name].shape)
+
+    for name, r, s_ in [("h", ref, same)] + [(n, a.grad, b.grad) for n, a, b in zip("qkvif", ref_in, same_in)]:
+        want, base = as_buffer(name, r), as_buffer(name, s_)
+        e_kernel, e_same = rel_err(got[name], want), rel_err(base, want)
+        assert e_kernel <= 2 * e_same + ATOL[torch.float32], f"{name}: {e_kernel:.2e} > 2 × {e_same:.2e}"
+
+
+def test_reverse_differs_from_forward_order():
+    """The flag changes the result (a check that cannot pass by ignoring it)."""
+    inputs = make_inputs(1, 2, 20, 8, 8)
+    assert rel_err(mlstm_triton(*inputs, reverse=True), mlstm_triton(*inputs)) > 0.1
+
+
 def test_bad_forward_mode_is_refused():
     with pytest.raises(ValueError, match="two_phase"):
         mlstm_triton(*make_inputs(1, 1, 8, 8, 8), forward="parallel")

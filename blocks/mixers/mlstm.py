@@ -8,7 +8,9 @@
     h̃        = OutNorm(mLSTM cell(q, k, v, ĩ, f̃) along the path)    # per-head LayerNorm over DH = E / heads
     y        = proj_down((h̃ + skip ⊙ c) ⊙ SiLU(z))
 
-The cell runs along each path of `ctx.paths` (gather → cell → scatter). With one path (ViL's alternating route) the
+The cell runs along each path of `ctx.paths`. With the dw2d conv an identity or reversed path (ViL's alternating
+route) needs no copies: q/k/v and the gates are per token, so they are computed in canonical order and the cell runs
+the path itself (`reverse`, strided head views); other paths gather → cell → scatter. With one path (ViL's alternating route) the
 layer is ViL's: parameters 6D² + 109D + 8 at the defaults (ViL's 6D² + 111D + 8 minus the block LN). With n_paths > 1
 (a parallel route) the q/k/v projections, the gates and the output norm are per path, and the path outputs (after the
 skip) are averaged before the SiLU(z) gate (which is per token, so the order does not matter).
@@ -108,6 +110,7 @@ class MLSTM(TokenMixer):
     Params = MLSTMParams
     test_params = ({}, {"conv": "causal1d"})
     dense_qkv: bool | None = None  # the q/k/v maps as dense GEMMs: None = on CUDA (see `_project`); tests force it
+    native_paths: bool = True  # identity/reversed paths run by the cell's `reverse`, not by gathered copies (dw2d)
 
     def __init__(self, dim: int, *, params: MLSTMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
                  kernel_backend: str = "auto", device: torch.device | str | None = None,
@@ -192,29 +195,28 @@ class MLSTM(TokenMixer):
             gates = F.linear(torch.cat((q, k, v), dim=-1), gate_w, gate_b)
         return q, k, v, gates
 
-    def _run_cell(self, cell: _PathCell, xm: Tensor, c: Tensor) -> Tensor:
-        """xm, c: (B, L, E) in path order → normalised cell output + skip, (B, L, E) in path order."""
+    def _run_cell(self, cell: _PathCell, xm: Tensor, c: Tensor, reverse: bool = False) -> Tensor:
+        """xm, c: (B, L, E) in the cell's order (or canonical with `reverse`: the cell then runs from the last token
+        to the first) → normalised cell output + skip, (B, L, E) in the same order as xm."""
         B, L, E = xm.shape
         H, DH = self.num_heads, self.head_dim
         q, k, v, gates = self._project(cell, xm, c)
 
         # The cell and everything after it run in the autocast dtype, as ViL's kernels do (a float32 cell runs its
         # dots in exact fp32, ~16x slower); the fp32 parameters of the output norm and the skip are cast to it, so the
-        # (B, L, E) tensors after the cell are not promoted to fp32 (autocast runs layer_norm itself in fp32).
-        cell_dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        # (B, L, E) tensors after the cell are not promoted to fp32.
+        autocast = torch.is_autocast_enabled(q.device.type)
+        cell_dtype = torch.get_autocast_dtype(q.device.type) if autocast else q.dtype
 
-        def heads(t: Tensor) -> Tensor:  # (B, L, E) → contiguous (B, H, L, DH) in the cell dtype, one copy
-            return t.new_empty((B, H, L, DH), dtype=cell_dtype).copy_(t.reshape(B, L, H, DH).transpose(1, 2))
-
-        def rows(g: Tensor) -> Tensor:  # (B, L, H) → contiguous (B, H, L)
-            return g.transpose(1, 2).contiguous()
+        def heads(t: Tensor) -> Tensor:  # (B, L, E) → (B, H, L, DH), a view: the Triton cell reads any strides
+            return t.to(cell_dtype).view(B, L, H, DH).transpose(1, 2)
 
         backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
-        ig, fg = gates.split(H, dim=-1)
-        h = mlstm_cell(heads(q), heads(k), heads(v), rows(ig), rows(fg),
-                       backend=backend)  # (B, H, L, DH)
-        h = F.layer_norm(h, (DH,), eps=1e-5)
-        h = h.new_empty((B, L, H, DH), dtype=cell_dtype).copy_(h.transpose(1, 2)).view(B, L, E)  # one pass
+        ig, fg = (g.transpose(1, 2) for g in gates.split(H, dim=-1))  # (B, H, L) views
+        h = mlstm_cell(heads(q), heads(k), heads(v), ig, fg, reverse=reverse, backend=backend)  # (B, H, L, DH)
+        h = h.transpose(1, 2)  # (B, L, H, DH): the Triton cell writes this memory order (v's), so no copy
+        with torch.autocast(q.device.type, enabled=False):  # per-head LayerNorm in the cell dtype (fp32 inside)
+            h = F.layer_norm(h.to(cell_dtype), (DH,), eps=1e-5).reshape(B, L, E)
         w = cell.norm_weight.to(cell_dtype)
         h = torch.addcmul(cell.norm_bias.to(cell_dtype), h, w) if cell.norm_bias is not None else h * w
         return torch.addcmul(h, self.skip.to(cell_dtype), c.to(cell_dtype))
@@ -229,9 +231,14 @@ class MLSTM(TokenMixer):
         out = None
         for j, path in enumerate(ctx.paths):
             cell = self.cells[j if len(self.cells) > 1 else 0]
-            xm_p = path.gather(xm)
-            c_p = path.gather(c_canon) if c_canon is not None else F.silu(self._causal_conv(xm_p))
-            h = path.scatter(self._run_cell(cell, xm_p, c_p))
+            if c_canon is not None and self.native_paths and path.kind in ("identity", "reverse"):
+                # the projections are per token, so q/k/v/gates come from the canonical order and the cell runs the
+                # path by itself: no gathered copies of xm and c, no scatter of the output (ViL's alternating route)
+                h = self._run_cell(cell, xm, c_canon, reverse=path.kind == "reverse")
+            else:
+                xm_p = path.gather(xm)
+                c_p = path.gather(c_canon) if c_canon is not None else F.silu(self._causal_conv(xm_p))
+                h = path.scatter(self._run_cell(cell, xm_p, c_p))
             out = h if out is None else out + h
         if len(ctx.paths) > 1:
             out = out / len(ctx.paths)

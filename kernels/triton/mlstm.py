@@ -82,25 +82,24 @@ def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: 
 
 
 @triton.jit
-def _chunk_gates(I, Fg, bh, t, mask_t, si_bh, si_l, sf_bh, sf_l):
-    """Input gate ĩ and b = cumulative log σ(f̃) from the chunk start, both fp32 (LC,)."""
-    ig = tl.load(I + bh * si_bh + t * si_l, mask=mask_t, other=-float("inf")).to(tl.float32)
-    fg = tl.load(Fg + bh * sf_bh + t * sf_l, mask=mask_t, other=0.0).to(tl.float32)
+def _chunk_gates(I, Fg, r, mask_t, si_l, sf_l):
+    """Input gate ĩ and b = cumulative log σ(f̃) from the chunk start, both fp32 (LC,); I, Fg point at this
+    (batch, head)'s row, r are the memory rows of the chunk's steps."""
+    ig = tl.load(I + r * si_l, mask=mask_t, other=-float("inf")).to(tl.float32)
+    fg = tl.load(Fg + r * sf_l, mask=mask_t, other=0.0).to(tl.float32)
     logf = tl.where(mask_t, tl.minimum(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg))), 0.0)  # log σ(f̃)
     return ig, tl.cumsum(logf, 0)
 
 
 @triton.jit
-def _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t, ig, b,
-                  state_c, state_n, state_m, L, scale, eps, sq_bh, sq_l, sq_d, sk_bh, sk_l, sk_d, sv_bh, sv_l, sv_d,
-                  sh_bh, sh_l, sh_d, PREC: tl.constexpr, SAVE_STATS: tl.constexpr):
-    """One chunk's rows of h from the state before the chunk (the module docstring's num / den)."""
-    q = tl.load(Q + bh * sq_bh + t[:, None] * sq_l + offs_k[None, :] * sq_d,
-                mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-    k = tl.load(K + bh * sk_bh + t[:, None] * sk_l + offs_k[None, :] * sk_d,
-                mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-    v = tl.load(V + bh * sv_bh + t[:, None] * sv_l + offs_v[None, :] * sv_d,
-                mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+def _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, r, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t, ig, b,
+                  state_c, state_n, state_m, L, scale, eps, sq_l, sq_d, sk_l, sk_d, sv_l, sv_d, sh_l, sh_d,
+                  PREC: tl.constexpr, SAVE_STATS: tl.constexpr):
+    """One chunk's rows of h from the state before the chunk (the module docstring's num / den). Q, K, V, H point at
+    this (batch, head); t are the chunk's steps along the path, r their memory rows."""
+    q = tl.load(Q + r[:, None] * sq_l + offs_k[None, :] * sq_d, mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+    k = tl.load(K + r[:, None] * sk_l + offs_k[None, :] * sk_d, mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+    v = tl.load(V + r[:, None] * sv_l + offs_v[None, :] * sv_d, mask=mask_t[:, None] & mask_v[None, :], other=0.0)
     w = b[:, None] - b[None, :] + ig[None, :]
     w = tl.where(offs_t[:, None] >= offs_t[None, :], w, -float("inf"))
     m_t = tl.maximum(b + state_m, tl.max(w, 1))
@@ -112,7 +111,7 @@ def _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, mask_t, offs_k, mask_k, o
     num += tl.dot(s.to(v.dtype), v, input_precision=PREC)
     den = inter * tl.sum(qs * state_n[None, :], 1) + tl.sum(s, 1)
     hval = num / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps)[:, None]
-    tl.store(H + bh * sh_bh + t[:, None] * sh_l + offs_v[None, :] * sh_d, hval.to(H.dtype.element_ty),
+    tl.store(H + r[:, None] * sh_l + offs_v[None, :] * sh_d, hval.to(H.dtype.element_ty),
              mask=mask_t[:, None] & mask_v[None, :])
     if SAVE_STATS:  # per-row stabiliser and denominator for the Triton backward (every dv block has the same)
         tl.store(MROW + bh * L + t, m_t, mask=mask_t & (pid_v == 0))
@@ -120,13 +119,11 @@ def _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, mask_t, offs_k, mask_k, o
 
 
 @triton.jit
-def _chunk_state_step(K, V, bh, t, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t, ig, b, state_c, state_n, state_m,
-                      sk_bh, sk_l, sk_d, sv_bh, sv_l, sv_d, LC: tl.constexpr, PREC: tl.constexpr):
+def _chunk_state_step(K, V, r, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t, ig, b, state_c, state_n, state_m,
+                      sk_l, sk_d, sv_l, sv_d, LC: tl.constexpr, PREC: tl.constexpr):
     """The state after a chunk from the state before it: (C', n', m')."""
-    k = tl.load(K + bh * sk_bh + t[:, None] * sk_l + offs_k[None, :] * sk_d,
-                mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-    v = tl.load(V + bh * sv_bh + t[:, None] * sv_l + offs_v[None, :] * sv_d,
-                mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+    k = tl.load(K + r[:, None] * sk_l + offs_k[None, :] * sk_d, mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+    v = tl.load(V + r[:, None] * sv_l + offs_v[None, :] * sv_d, mask=mask_t[:, None] & mask_v[None, :], other=0.0)
     blast = tl.sum(tl.where(offs_t == LC - 1, b, 0.0), 0)
     a = blast - b + ig
     m_new = tl.maximum(blast + state_m, tl.max(a, 0))
@@ -139,15 +136,25 @@ def _chunk_state_step(K, V, bh, t, mask_t, offs_k, mask_k, offs_v, mask_v, offs_
 
 @triton.jit
 def _mlstm_fwd_kernel(
-    Q, K, V, I, Fg, H, MROW, DEN, SC, SN, SM, L, DQK, DV, NCH, scale, eps,
-    sq_bh, sq_l, sq_d, sk_bh, sk_l, sk_d, sv_bh, sv_l, sv_d, si_bh, si_l, sf_bh, sf_l, sh_bh, sh_l, sh_d,
+    Q, K, V, I, Fg, H, MROW, DEN, SC, SN, SM, L, NHEADS, DQK, DV, NCH, scale, eps,
+    sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d, si_b, si_h, si_l, sf_b, sf_h, sf_l,
+    sh_b, sh_h, sh_l, sh_d,
     LC: tl.constexpr, DKP: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, SAVE_STATS: tl.constexpr,
-    MODE: tl.constexpr,
+    MODE: tl.constexpr, REVERSE: tl.constexpr,
 ):
     # MODE 0: one program per (batch·head, dv block) walks the chunks: outputs and state in one pass.
     # MODE 1: the same walk, but only the states: the state before every chunk goes to SC/SN/SM.
     # MODE 2: one program per (batch·head, chunk, dv block): the chunk's outputs from its stored state.
+    # Every tensor is addressed by its own (batch, head, row, column) strides; step t of the path reads and writes
+    # memory row t, or L - 1 - t with REVERSE (the cell runs the sequence backwards, no flipped copies).
     bh = tl.program_id(0).to(tl.int64)
+    bi, hi = bh // NHEADS, bh % NHEADS
+    Q += bi * sq_b + hi * sq_h
+    K += bi * sk_b + hi * sk_h
+    V += bi * sv_b + hi * sv_h
+    I += bi * si_b + hi * si_h
+    Fg += bi * sf_b + hi * sf_h
+    H += bi * sh_b + hi * sh_h
     pid_v = tl.program_id(1)
     offs_k = tl.arange(0, DKP)
     mask_k = offs_k < DQK
@@ -159,14 +166,15 @@ def _mlstm_fwd_kernel(
         c = tl.program_id(2)
         t = c * LC + offs_t
         mask_t = t < L
+        r = L - 1 - t if REVERSE else t
         base = bh * NCH + c
         state_c = tl.load(SC + base * DKP * DV + sc_off, mask=mask_v[None, :], other=0.0)
         state_n = tl.load(SN + base * DKP + offs_k)
         state_m = tl.load(SM + base)
-        ig, b = _chunk_gates(I, Fg, bh, t, mask_t, si_bh, si_l, sf_bh, sf_l)
-        _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t, ig, b,
-                      state_c, state_n, state_m, L, scale, eps, sq_bh, sq_l, sq_d, sk_bh, sk_l, sk_d, sv_bh, sv_l,
-                      sv_d, sh_bh, sh_l, sh_d, PREC, SAVE_STATS)
+        ig, b = _chunk_gates(I, Fg, r, mask_t, si_l, sf_l)
+        _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, r, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t, ig, b,
+                      state_c, state_n, state_m, L, scale, eps, sq_l, sq_d, sk_l, sk_d, sv_l, sv_d, sh_l, sh_d, PREC,
+                      SAVE_STATS)
     else:
         state_c = tl.zeros((DKP, BV), dtype=tl.float32)
         state_n = tl.zeros((DKP,), dtype=tl.float32)
@@ -174,20 +182,21 @@ def _mlstm_fwd_kernel(
         for c in range(0, NCH):
             t = c * LC + offs_t
             mask_t = t < L
-            ig, b = _chunk_gates(I, Fg, bh, t, mask_t, si_bh, si_l, sf_bh, sf_l)
+            r = L - 1 - t if REVERSE else t
+            ig, b = _chunk_gates(I, Fg, r, mask_t, si_l, sf_l)
             if MODE == 1:
                 base = bh * NCH + c
                 tl.store(SC + base * DKP * DV + sc_off, state_c, mask=mask_v[None, :])
                 tl.store(SN + base * DKP + offs_k, state_n, mask=pid_v == 0)
                 tl.store(SM + base, state_m, mask=pid_v == 0)
             else:
-                _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t,
-                              ig, b, state_c, state_n, state_m, L, scale, eps, sq_bh, sq_l, sq_d, sk_bh, sk_l, sk_d,
-                              sv_bh, sv_l, sv_d, sh_bh, sh_l, sh_d, PREC, SAVE_STATS)
+                _chunk_output(Q, K, V, H, MROW, DEN, bh, pid_v, t, r, mask_t, offs_k, mask_k, offs_v, mask_v, offs_t,
+                              ig, b, state_c, state_n, state_m, L, scale, eps, sq_l, sq_d, sk_l, sk_d, sv_l, sv_d,
+                              sh_l, sh_d, PREC, SAVE_STATS)
             if c < NCH - 1:
-                state_c, state_n, state_m = _chunk_state_step(K, V, bh, t, mask_t, offs_k, mask_k, offs_v, mask_v,
-                                                              offs_t, ig, b, state_c, state_n, state_m, sk_bh, sk_l,
-                                                              sk_d, sv_bh, sv_l, sv_d, LC, PREC)
+                state_c, state_n, state_m = _chunk_state_step(K, V, r, mask_t, offs_k, mask_k, offs_v, mask_v,
+                                                              offs_t, ig, b, state_c, state_n, state_m, sk_l, sk_d,
+                                                              sv_l, sv_d, LC, PREC)
 
 
 def forward_mode(n_chunks: int, device: torch.device) -> str:
@@ -200,22 +209,32 @@ def forward_mode(n_chunks: int, device: torch.device) -> str:
     return "two_phase"
 
 
+def like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An empty tensor of x's shape whose memory orders the dimensions as x's strides do (x may be a view into a wider
+    buffer, e.g. q in a [q k] GEMM output): a (b, h, L, d) view of (b, L, h, d) memory gives (b, L, h, d) memory, so
+    the caller's reshape back to (b, L, h·d) is a view and not a copy."""
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), -d))  # outermost first; ties keep the logical order
+    out = torch.empty([x.shape[d] for d in order], device=x.device, dtype=dtype or x.dtype)
+    return out.permute([order.index(d) for d in range(x.dim())])
+
+
 def mlstm_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                      eps: float = 1e-6, chunk: int = 64, block_v: int | None = None, save_stats: bool = False,
-                     mode: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the forward; q, k (b, h, L, dqk), v (b, h, L, dv), i, f (b, h, L). Returns h (b, h, L, dv), and with
-    `save_stats` also the per-row stabiliser m and signed denominator (b·h, L) fp32 that the Triton backward needs.
-    `mode`: "walk" or "two_phase" (see `forward_mode`, which chooses when None)."""
+                     mode: str | None = None, reverse: bool = False
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward; q, k (b, h, L, dqk), v (b, h, L, dv), i, f (b, h, L), each with any strides (no copies).
+    Returns h (b, h, L, dv) in v's memory order (`like_layout`), and with `save_stats` also the per-row stabiliser m
+    and signed denominator (b·h, L) fp32 that the Triton backward needs, in path order. `mode`: "walk" or
+    "two_phase" (see `forward_mode`, which chooses when None). `reverse`: run the cell from the last row to the first
+    (equals flipping every input along L and the output back)."""
     bsz, heads, length, dqk = q.shape
     dv = v.shape[-1]
-    q3, k3, v3 = (x.reshape(bsz * heads, length, x.shape[-1]) for x in (q, k, v))
-    i2, f2 = i.reshape(bsz * heads, length), f.reshape(bsz * heads, length)
-    out = torch.empty((bsz * heads, length, dv), device=q.device, dtype=v.dtype)
+    out = like_layout(v)
     dkp = max(16, triton.next_power_of_2(dqk))
     bv = block_v or min(64, max(16, triton.next_power_of_2(dv)))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     nvb, nch = triton.cdiv(dv, bv), triton.cdiv(length, chunk)
-    stats = torch.empty((2, bsz * heads, length), device=q.device, dtype=torch.float32) if save_stats else out
+    stats = torch.empty((2, bsz * heads, length) if save_stats else (2, 1), device=q.device, dtype=torch.float32)
     mode = mode or forward_mode(nch, q.device)
     if mode not in ("walk", "two_phase"):
         raise ValueError(f"mode must be 'walk' or 'two_phase', got {mode!r}")
@@ -224,16 +243,16 @@ def mlstm_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     sc = torch.empty((bsz * heads, nch, dkp, dv), device=q.device, dtype=f32) if two else out
     sn = torch.zeros((bsz * heads, nch, dkp), device=q.device, dtype=f32) if two else out
     sm = torch.empty((bsz * heads, nch), device=q.device, dtype=f32) if two else out
-    args = (q3, k3, v3, i2, f2, out, stats[0], stats[1], sc, sn, sm, length, dqk, dv, nch, 1.0 / math.sqrt(dqk), eps,
-            *q3.stride(), *k3.stride(), *v3.stride(), *i2.stride(), *f2.stride(), *out.stride())
-    opts = dict(LC=chunk, DKP=dkp, BV=bv, PREC=prec, SAVE_STATS=save_stats, num_warps=4 if dkp * bv <= 4096 else 8)
+    args = (q, k, v, i, f, out, stats[0], stats[1], sc, sn, sm, length, heads, dqk, dv, nch, 1.0 / math.sqrt(dqk),
+            eps, *q.stride(), *k.stride(), *v.stride(), *i.stride(), *f.stride(), *out.stride())
+    opts = dict(LC=chunk, DKP=dkp, BV=bv, PREC=prec, SAVE_STATS=save_stats, REVERSE=reverse,
+                num_warps=4 if dkp * bv <= 4096 else 8)
     if two:
         _mlstm_fwd_kernel[(bsz * heads, nvb)](*args, MODE=1, **opts)
         _mlstm_fwd_kernel[(bsz * heads, nvb, nch)](*args, MODE=2, **opts)
     else:
         _mlstm_fwd_kernel[(bsz * heads, nvb)](*args, MODE=0, **opts)
-    h = out.view(bsz, heads, length, dv)
-    return (h, stats[0], stats[1]) if save_stats else h
+    return (out, stats[0], stats[1]) if save_stats else out
 
 
 class MLSTMChunkwise(torch.autograd.Function):
@@ -243,14 +262,14 @@ class MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                 eps: float, backward: str, forward: str | None = None,
-                bwd_tile: tuple[int, int] | None = None) -> torch.Tensor:
-        ctx.eps, ctx.mode, ctx.bwd_tile = eps, backward, bwd_tile
+                bwd_tile: tuple[int, int] | None = None, reverse: bool = False) -> torch.Tensor:
+        ctx.eps, ctx.mode, ctx.bwd_tile, ctx.reverse = eps, backward, bwd_tile, reverse
         if backward == "triton" and any(ctx.needs_input_grad[:5]):  # inference skips the saved statistics
-            h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, save_stats=True, mode=forward)
+            h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, save_stats=True, mode=forward, reverse=reverse)
             ctx.save_for_backward(q, k, v, i, f, h, m, den)
             return h
         ctx.save_for_backward(q, k, v, i, f)
-        return mlstm_fwd_triton(q, k, v, i, f, eps, mode=forward)
+        return mlstm_fwd_triton(q, k, v, i, f, eps, mode=forward, reverse=reverse)
 
     @staticmethod
     def backward(ctx: Any, dh: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -259,31 +278,34 @@ class MLSTMChunkwise(torch.autograd.Function):
 
             q, k, v, i, f, h, m, den = ctx.saved_tensors
             tile = dict(zip(("block", "warps"), ctx.bwd_tile)) if ctx.bwd_tile else {}
-            return (*mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, ctx.eps, **tile), None, None, None, None)
+            grads = mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, ctx.eps, reverse=ctx.reverse, **tile)
+            return (*grads, None, None, None, None, None)
         inputs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
         length = inputs[0].shape[2]
         # few, long stretches: each Python-level chunk costs a dozen launches, and a stretch of ≤1024 steps keeps the
         # per-head (chunk × chunk) matrices small
         chunk = 64 * triton.cdiv(length if length <= 1024 else triton.cdiv(length, 16), 64)
         with torch.enable_grad():
-            h = mlstm_chunkwise_torch(*inputs, eps=ctx.eps, chunk=chunk)
-            grads = torch.autograd.grad(h, inputs, dh)
-        return (*grads, None, None, None, None)
+            path = [x.flip(2) for x in inputs] if ctx.reverse else inputs
+            h = mlstm_chunkwise_torch(*path, eps=ctx.eps, chunk=chunk)
+            grads = torch.autograd.grad(h.flip(2) if ctx.reverse else h, inputs, dh)
+        return (*grads, None, None, None, None, None)
 
 
 BACKWARDS = ("recompute", "triton")
 
 
 def mlstm_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
-                 eps: float = 1e-6, backward: str = "triton", forward: str | None = None,
+                 eps: float = 1e-6, reverse: bool = False, backward: str = "triton", forward: str | None = None,
                  bwd_tile: tuple[int, int] | None = None) -> torch.Tensor:
     """Same contract as `kernels.mlstm.mlstm_parallel_ref`. `backward`: "triton" (the tile kernels of mlstm_bwd.py;
     on the H100 2.3–5.7× faster in fwd+bwd than "recompute" at ViL-T shapes, benchmarks/RESULTS.md) or "recompute"
     (PyTorch chunkwise under autograd). `forward`: "walk", "two_phase" or None (chosen by `forward_mode`).
-    `bwd_tile`: (tile side, warps) of the Triton backward, None = its default."""
+    `bwd_tile`: (tile side, warps) of the Triton backward, None = its default. `reverse`: the cell runs from the last
+    row to the first. Inputs may have any strides; h and the gradients come back in the inputs' memory order."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}; got {backward!r}")
-    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward, bwd_tile)
+    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward, bwd_tile, reverse)
 
 
-__all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise", "forward_mode"]
+__all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise", "forward_mode", "like_layout"]
