@@ -4,7 +4,8 @@ CPU under bf16 autocast: a proxy, measurable without a GPU, for the memory traff
     python benchmarks/glue_bytes.py vil_tiny --batch 2 16
 
 The kernels are replaced by stubs that only allocate their outputs and gradients in the fast kernels' layouts (their
-own traffic is not glue): the mLSTM cell, the selective scan and the path conv; the q/k/v maps of an mLSTM take the
+own traffic is not glue): the mLSTM cell, the selective scan and the path conv (and, since session 13, the mLSTM
+layer's fused norm/skip/gate tail: one write of its output and of each gradient); the q/k/v maps of an mLSTM take the
 CUDA path (dense GEMMs). View ops and allocations are not counted; each other op counts the bytes of the tensors it
 returns. The per-image line is the difference between the largest and the smallest batch, divided by the images
 between them.
@@ -65,6 +66,19 @@ class _StubConv(torch.autograd.Function):
         return (*(None if t is None else torch.empty_like(t) for t in ctx.like), None)
 
 
+class _StubTail(torch.autograd.Function):
+    """mlstm_tail_triton's contract: y (B, L, E) like c; gradients of h, c, z allocated like them."""
+
+    @staticmethod
+    def forward(ctx, h, c, z, w, b, skip):  # noqa: ANN001, ANN205
+        ctx.like = (h, c, z, w, b, skip)
+        return torch.empty_like(c, memory_format=torch.contiguous_format)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return tuple(None if t is None else torch.empty_like(t) for t in ctx.like)
+
+
 def _stub_kernels() -> None:
     import blocks.mixers.mlstm as mlstm
     import blocks.mixers.ssm as ssm
@@ -74,6 +88,9 @@ def _stub_kernels() -> None:
                                 paths=None, merge="sum", backend=None: _StubScan.apply(u, delta, A, B, C, D, z,
                                                                                       delta_bias))
     ssm.causal_conv1d_paths = lambda x, w, b, paths, backend=None: _StubConv.apply(x, w, b, paths.shape[0])
+    if hasattr(mlstm, "mlstm_tail_fused"):  # trees since session 13: the fused norm/skip/gate tail
+        mlstm.mlstm_tail_fused = _StubTail.apply
+        mlstm.MLSTM.fused_tail = True
     if hasattr(mlstm.MLSTM, "dense_qkv"):
         mlstm.MLSTM.dense_qkv = True
     else:  # trees before session 12 chose the dense product by the device only

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mlstm_parallel_ref", "mlstm_recurrent_ref", "mlstm_chunkwise_ref"]
+__all__ = ["mlstm_parallel_ref", "mlstm_recurrent_ref", "mlstm_chunkwise_ref", "mlstm_tail_ref"]
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor) -> None:
@@ -114,3 +114,17 @@ def mlstm_chunkwise_ref(
         nrm = w_old[..., None] * nrm + (k_c * w_new[..., None]).sum(-2)
         m_state = m_new
     return torch.cat(outs, dim=2)
+
+
+def mlstm_tail_ref(h: Tensor, c: Tensor, z: Tensor | None, w: Tensor, b: Tensor | None, skip: Tensor,
+                   eps: float = 1e-5) -> Tensor:
+    """ViL's layer after the cell: (LN_head(h) * w + b + skip * c) * SiLU(z) per token (no gate when z is None).
+    h (B, L, H, DH), c and z (B, L, H*DH), w, b, skip (H*DH,). Runs in h's dtype (the cell's: under autocast its
+    dtype, with the per-head LayerNorm kept out of autocast's fp32 copies; fp32 inside its kernel)."""
+    bsz, length, heads, dh = h.shape
+    dt = h.dtype
+    with torch.autocast(h.device.type, enabled=False):
+        hn = F.layer_norm(h, (dh,), eps=eps).reshape(bsz, length, heads * dh)
+    a = torch.addcmul(b.to(dt), hn, w.to(dt)) if b is not None else hn * w.to(dt)
+    a = torch.addcmul(a, skip.to(dt), c.to(dt))
+    return a if z is None else a * F.silu(z.to(dt))

@@ -74,13 +74,17 @@ def test_ssm_mixer_fast_path_matches_reference(monkeypatch, kw, route, side):
 @pytest.mark.parametrize("route,n_paths", [("uni_rev", 1), ("bi", 2), ("snake", 2)])
 def test_mlstm_mixer_fast_path_matches_reference(route, n_paths):
     """The ViL layer on the Triton cell (the dense q|k / v GEMMs, strided head views, the cell's `reverse` for a
-    reversed path, a gathered path for a snake) against the float64 reference path, gradients included."""
+    reversed path, a gathered path for a snake; the fused norm/skip/gate tail for the one-path route) against the
+    float64 reference path, gradients included."""
     from blocks.mixers.mlstm import MLSTM
 
     torch.manual_seed(0)
     layout = TokenLayout(((4, 5),), ())
     m = MLSTM(16, params=MLSTM.Params(heads=2), n_paths=n_paths)
-    m.dense_qkv = True
+    with torch.no_grad():  # the norm's and skip's parameters away from 1 / 0, so their gradients test the tail
+        for p in (m.skip, m.cells[0].norm_weight, m.cells[0].norm_bias):
+            p.add_(0.3 * torch.randn(p.shape))
+    m.dense_qkv, m.fused_tail = True, True
     compare(m, _ctx(layout, route), torch.randn(2, layout.length, 16), "triton", torch.float32)
 
 

@@ -37,6 +37,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kernels.dispatch import mlstm as mlstm_cell
+from kernels.mlstm import mlstm_tail_ref
 
 from ..layout import MixContext, grid_apply
 from .base import MIXERS, MixerParams, TokenMixer
@@ -111,6 +112,7 @@ class MLSTM(TokenMixer):
     test_params = ({}, {"conv": "causal1d"})
     dense_qkv: bool | None = None  # the q/k/v maps as dense GEMMs: None = on CUDA (see `_project`); tests force it
     native_paths: bool = True  # identity/reversed paths run by the cell's `reverse`, not by gathered copies (dw2d)
+    fused_tail: bool | None = None  # norm + skip + SiLU(z) gate as one Triton kernel (one-path routes): None = on CUDA
 
     def __init__(self, dim: int, *, params: MLSTMParams, n_paths: int = 1, layer_idx: int = 0, depth: int = 1,
                  kernel_backend: str = "auto", device: torch.device | str | None = None,
@@ -197,7 +199,7 @@ class MLSTM(TokenMixer):
 
     def _run_cell(self, cell: _PathCell, xm: Tensor, c: Tensor, reverse: bool = False) -> Tensor:
         """xm, c: (B, L, E) in the cell's order (or canonical with `reverse`: the cell then runs from the last token
-        to the first) → normalised cell output + skip, (B, L, E) in the same order as xm."""
+        to the first) → the cell output as a (B, L, H, DH) view, in the same order as xm."""
         B, L, E = xm.shape
         H, DH = self.num_heads, self.head_dim
         q, k, v, gates = self._project(cell, xm, c)
@@ -205,8 +207,7 @@ class MLSTM(TokenMixer):
         # The cell and everything after it run in the autocast dtype, as ViL's kernels do (a float32 cell runs its
         # dots in exact fp32, ~16x slower); the fp32 parameters of the output norm and the skip are cast to it, so the
         # (B, L, E) tensors after the cell are not promoted to fp32.
-        autocast = torch.is_autocast_enabled(q.device.type)
-        cell_dtype = torch.get_autocast_dtype(q.device.type) if autocast else q.dtype
+        cell_dtype = self._cell_dtype(q)
 
         def heads(t: Tensor) -> Tensor:  # (B, L, E) → (B, H, L, DH), a view: the Triton cell reads any strides
             return t.to(cell_dtype).view(B, L, H, DH).transpose(1, 2)
@@ -214,12 +215,17 @@ class MLSTM(TokenMixer):
         backend = None if self.kernel_backend in (None, "auto") else self.kernel_backend
         ig, fg = (g.transpose(1, 2) for g in gates.split(H, dim=-1))  # (B, H, L) views
         h = mlstm_cell(heads(q), heads(k), heads(v), ig, fg, reverse=reverse, backend=backend)  # (B, H, L, DH)
-        h = h.transpose(1, 2)  # (B, L, H, DH): the Triton cell writes this memory order (v's), so no copy
-        with torch.autocast(q.device.type, enabled=False):  # per-head LayerNorm in the cell dtype (fp32 inside)
-            h = F.layer_norm(h.to(cell_dtype), (DH,), eps=1e-5).reshape(B, L, E)
-        w = cell.norm_weight.to(cell_dtype)
-        h = torch.addcmul(cell.norm_bias.to(cell_dtype), h, w) if cell.norm_bias is not None else h * w
-        return torch.addcmul(h, self.skip.to(cell_dtype), c.to(cell_dtype))
+        return h.transpose(1, 2)  # (B, L, H, DH): the Triton cell writes this memory order (v's), so no copy
+
+    @staticmethod
+    def _cell_dtype(t: Tensor) -> torch.dtype:
+        autocast = torch.is_autocast_enabled(t.device.type)
+        return torch.get_autocast_dtype(t.device.type) if autocast else t.dtype
+
+    def _use_fused_tail(self, c: Tensor) -> bool:
+        if self.kernel_backend == "reference":
+            return False
+        return self.fused_tail if self.fused_tail is not None else c.is_cuda
 
     def forward(self, x: Tensor, ctx: MixContext) -> Tensor:
         if not ctx.paths:
@@ -228,21 +234,34 @@ class MLSTM(TokenMixer):
             raise ValueError(f"mlstm was built for n_paths={len(self.cells)} but got {len(ctx.paths)} paths")
         xm, z = self.proj_up(x).chunk(2, dim=-1)
         c_canon = F.silu(grid_apply(xm, ctx.layout, self.conv)) if self.params.conv == "dw2d" else None
+        native = c_canon is not None and self.native_paths
         out = None
         for j, path in enumerate(ctx.paths):
             cell = self.cells[j if len(self.cells) > 1 else 0]
-            if c_canon is not None and self.native_paths and path.kind in ("identity", "reverse"):
-                # the projections are per token, so q/k/v/gates come from the canonical order and the cell runs the
-                # path by itself: no gathered copies of xm and c, no scatter of the output (ViL's alternating route)
-                h = self._run_cell(cell, xm, c_canon, reverse=path.kind == "reverse")
+            # an identity or reversed path needs no copies: the projections are per token, so q/k/v and the gates come
+            # from the canonical order and the cell runs the path itself (ViL's alternating route)
+            in_place = native and path.kind in ("identity", "reverse")
+            if in_place:
+                xm_p, c_p = xm, c_canon
             else:
                 xm_p = path.gather(xm)
                 c_p = path.gather(c_canon) if c_canon is not None else F.silu(self._causal_conv(xm_p))
-                h = path.scatter(self._run_cell(cell, xm_p, c_p))
+            h = self._run_cell(cell, xm_p, c_p, reverse=in_place and path.kind == "reverse")
+            if in_place and len(ctx.paths) == 1 and self._use_fused_tail(c_p):  # norm, skip and gate in one kernel
+                return self.proj_down(mlstm_tail_fused(h, c_p, z, cell.norm_weight, cell.norm_bias, self.skip))
+            h = mlstm_tail_ref(h, c_p, None, cell.norm_weight, cell.norm_bias, self.skip)
+            h = h if in_place else path.scatter(h)
             out = h if out is None else out + h
         if len(ctx.paths) > 1:
             out = out / len(ctx.paths)
         return self.proj_down(out * F.silu(z))
+
+
+def mlstm_tail_fused(h: Tensor, c: Tensor, z: Tensor, w: Tensor, b: Tensor | None, skip: Tensor) -> Tensor:
+    """`kernels.triton.mlstm_tail.mlstm_tail_triton`, imported on first use (Triton is optional on CPU machines)."""
+    from kernels.triton.mlstm_tail import mlstm_tail_triton
+
+    return mlstm_tail_triton(h, c, z, w, b, skip)
 
 
 MIXERS.register("mlstm", MLSTM)
