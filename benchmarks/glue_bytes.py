@@ -6,7 +6,7 @@ CPU under bf16 autocast: a proxy, measurable without a GPU, for the memory traff
 The kernels are replaced by stubs that only allocate their outputs and gradients in the fast kernels' layouts (their
 own traffic is not glue): the mLSTM cell, the selective scan and the path conv (and, since session 13, the mLSTM
 layer's fused norm/skip/gate tail: one write of its output and of each gradient); the q/k/v maps of an mLSTM take the
-CUDA path (dense GEMMs). View ops and allocations are not counted; each other op counts the bytes of the tensors it
+CUDA path (dense GEMMs); RMSNorm counts as the one fused kernel CUDA runs for it. View ops and allocations are not counted; each other op counts the bytes of the tensors it
 returns. The per-image line is the difference between the largest and the smallest batch, divided by the images
 between them.
 """
@@ -79,9 +79,30 @@ class _StubTail(torch.autograd.Function):
         return tuple(None if t is None else torch.empty_like(t) for t in ctx.like)
 
 
+class _FusedRMSNorm(torch.autograd.Function):
+    """What CUDA runs for F.rms_norm (aten._fused_rms_norm: one kernel each way), counted as such: one write of y
+    forward, one of dx and the weight's row sums backward. On the CPU F.rms_norm is a chain of pow/mean/rsqrt/mul ops,
+    each writing a (B, L, D) fp32 tensor, which the GPU step does not pay."""
+
+    @staticmethod
+    def forward(ctx, x, weight):  # noqa: ANN001, ANN205
+        ctx.has_weight = weight is not None
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return g * 1.0, g.flatten(0, -2).sum(0) if ctx.has_weight else None
+
+
+def _rms_norm_as_on_cuda(x, normalized_shape, weight=None, eps=None):  # noqa: ANN001, ANN202
+    return _FusedRMSNorm.apply(x, weight)
+
+
 def _stub_kernels() -> None:
     import blocks.mixers.mlstm as mlstm
     import blocks.mixers.ssm as ssm
+
+    torch.nn.functional.rms_norm = _rms_norm_as_on_cuda  # nn.RMSNorm calls it through the module attribute
 
     mlstm.mlstm_cell = lambda q, k, v, i, f, reverse=False, backend=None: _StubCell.apply(q, k, v, i, f)
     ssm.selective_scan_paths = (lambda u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
