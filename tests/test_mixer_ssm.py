@@ -280,9 +280,9 @@ def test_padded_projection_is_mambas_float64(d_state, dt_rank, shared):
     product's rows and dt_proj's operand do start on 16 bytes (of bf16)."""
     torch.manual_seed(0)
     m = _build(16, 2, dtype=torch.float64, d_state=d_state, dt_rank=dt_rank)
-    u0 = torch.randn(3, 1 if shared else 2, 5, m.d_inner, dtype=torch.float64, requires_grad=True)
-    u = u0.expand(-1, 2, -1, -1) if shared else u0
-    delta, Bm, Cm = m._project(u)
+    u0 = torch.randn(3, *(() if shared else (2,)), 5, m.d_inner, dtype=torch.float64, requires_grad=True)
+    u = u0.unsqueeze(1).expand(-1, 2, -1, -1) if shared else u0
+    delta, Bm, Cm = m._project(u, u0 if shared else None)
     assert Bm.stride(-2) % 8 == 0 and delta.shape == (2, 3, 5, m.d_inner)
     loss = (delta.sin().sum() + (Bm * Cm.cos()).sum() + Bm.square().sum())
     grads = torch.autograd.grad(loss, [u0, m.x_proj_weight, m.dt_proj_weight])
@@ -327,3 +327,34 @@ def test_backward_writes_each_projection_gradient_once(kw):
     products = [shape for name, shape in seen.names if name == "slice_backward"
                 and (shape == xz or shape[:3] == (P, 2, L))]  # in_proj's, x_proj's
     assert products == [], f"projection gradients zero-filled by slices: {products}"
+
+
+@pytest.mark.parametrize("kw", [dict(conv="dw2d"), dict(conv_per_path=False)], ids=["vmamba_dw2d", "vim_v1_shared"])
+def test_shared_conv_output_takes_its_gradient_without_a_per_path_copy(kw):
+    """When one conv output serves every path, x_proj reads it directly: the backward makes no zero-filled
+    (B, P, L, E) gradient (select_backward of a path of the broadcast, then an add), which VMamba's four paths paid
+    per block (session 13's op count)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[tuple[str, tuple[int, ...]]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                self.names.append((func.overloadpacket.__name__, tuple(out.shape)))
+            return out
+
+    torch.manual_seed(0)
+    layout = TokenLayout(((3, 5),), ())  # L = 15 ≠ E = 16: the mixer's (B, P, L, E) apart from the scan's (B, P, E, L)
+    route = "cross4" if kw.get("conv") == "dw2d" else "bi"
+    paths = tuple(path_index(n, layout) for n in ROUTES.get(route).paths)
+    m = _build(8, len(paths), **kw)
+    x = torch.randn(2, layout.length, 8, requires_grad=True)
+    with Ops() as seen:
+        m(x, MixContext(layout, paths)).sum().backward()
+    per_path = (2, len(paths), layout.length, m.d_inner)
+    assert x.grad is not None and [op for op in seen.names if op[1] == per_path and op[0] != "select_backward"]
+    assert ("select_backward", per_path) not in seen.names

@@ -152,20 +152,22 @@ class SSMMixer(TokenMixer):
         if self.out_proj.bias is not None:
             self.out_proj.bias.zero_()
 
-    def _conv_paths(self, x: Tensor, ctx: MixContext) -> Tensor:
+    def _conv_paths(self, x: Tensor, ctx: MixContext) -> tuple[Tensor, Tensor | None]:
         """Conv outputs in canonical order, stacked over paths, channel-last: (B, P, L, E) (a stride-0 broadcast over
-        P when one conv output serves every path). The 1-D conv runs along each path without gathered copies
-        (kernels.path_conv: one Triton launch on CUDA, whose output memory is (P, B, L, E))."""
+        P when one conv output serves every path, which is then also returned as (B, L, E), else None). The 1-D conv
+        runs along each path without gathered copies (kernels.path_conv: one Triton launch on CUDA, whose output
+        memory is (P, B, L, E))."""
         P = self.n_paths
         if self.conv2d is not None:
-            return F.silu(grid_apply(x, ctx.layout, self.conv2d)).unsqueeze(1).expand(-1, P, -1, -1)
+            shared = F.silu(grid_apply(x, ctx.layout, self.conv2d))
+            return shared.unsqueeze(1).expand(-1, P, -1, -1), shared
         n_conv = P if self.params.conv_per_path else 1  # Vim v1: one conv along the first path, shared
         paths = torch.stack([p.index.to(x.device) for p in ctx.paths[:n_conv]])
         backend = self.kernel_backend if self.kernel_backend in ("triton", "reference") else None  # no mamba_ssm conv
         u = causal_conv1d_paths(x, self.conv_weight, self.conv_bias, paths, backend=backend)
-        return u if n_conv == P else u.expand(-1, P, -1, -1)
+        return (u, None) if n_conv == P else (u.expand(-1, P, -1, -1), u.squeeze(1))
 
-    def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _project(self, u: Tensor, shared: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x_proj and dt_proj of every path as batched matmuls over paths: Δ (P, B, L, E) and B, C (P, B, L, N) views.
 
         x_proj's rows are reordered (the parameter keeps Mamba's [δ ; B ; C]) and padded with zero rows so that every
@@ -175,7 +177,9 @@ class SSMMixer(TokenMixer):
         16-byte vectors), else [δ ; 0 ; B ; C ; 0]. δ's zero rows (up to R' = R rounded up to 8) meet R' − R zero
         columns of dt_proj's weight. The zeros add nothing to Δ and take no gradient from the parameters (the
         padding's own gradient is dropped). With u's memory (P, B, L, E) (the path conv's) or one u shared by every
-        path (one matmul for all paths), no copy of u is made."""
+        path (one matmul for all paths), no copy of u is made. `shared`: the (B, L, E) tensor u broadcasts when one
+        conv output serves every path; the product reads it directly (selecting a path of the broadcast instead made
+        the backward zero-fill and add a (B, P, L, E) gradient)."""
         Bsz, P, L, E = u.shape
         N, R = self.d_state, self.dt_rank
         pad_r = -R % 8
@@ -187,8 +191,8 @@ class SSMMixer(TokenMixer):
             parts, order = [w[:, :R], *zeros(pad_r), w[:, R:], *zeros(-(R + pad_r + 2 * N) % 8)], "dbcz"
         w = torch.cat(parts, 1).expand(P, -1, -1)  # (P, J, E), J a multiple of 8
         J = w.shape[1]
-        if u.stride(1) == 0:  # one u for all paths: one (B·L, E) × (E, P·J) product
-            x_dbl = (u[:, 0].reshape(Bsz * L, E) @ w.reshape(P * J, E).t()).view(Bsz, L, P, J).permute(2, 0, 1, 3)
+        if shared is not None:  # one u for all paths: one (B·L, E) × (E, P·J) product
+            x_dbl = (shared.reshape(Bsz * L, E) @ w.reshape(P * J, E).t()).view(Bsz, L, P, J).permute(2, 0, 1, 3)
         else:
             x_dbl = torch.bmm(u.transpose(0, 1).reshape(P, Bsz * L, E), w.transpose(1, 2)).view(P, Bsz, L, J)
         dt_w = F.pad(self.dt_proj_weight, (0, pad_r)) if pad_r else self.dt_proj_weight
@@ -211,8 +215,8 @@ class SSMMixer(TokenMixer):
         x_in, z = xz.split(E, dim=-1) if self.params.gate else (xz, None)  # split: one cat in the backward
         # Everything stays channel-last in memory ((…, L, E), what token-wise Linear layers produce); the scan gets
         # (…, E, L) views of it, which the fused kernel reads through strides (much faster for column routes).
-        u = self._conv_paths(x_in, ctx)  # (B, P, L, E)
-        delta, Bm, Cm = self._project(u)  # (P, B, L, ·) views
+        u, shared = self._conv_paths(x_in, ctx)  # (B, P, L, E)
+        delta, Bm, Cm = self._project(u, shared)  # (P, B, L, ·) views
         A = -torch.exp(_atleast_f32(self.A_log))
         D = _atleast_f32(self.D.expand(P, -1))
         delta_bias = _atleast_f32(self.dt_proj_bias.expand(P, -1))
