@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from blocks.layout import MixContext, TokenLayout
 from blocks.routes import ROUTES, path_index
@@ -300,27 +301,28 @@ def test_padded_projection_is_mambas_float64(d_state, dt_rank, shared):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+class OpLog(TorchDispatchMode):
+    """(op name, output shape) of every op run inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.names.append((func.overloadpacket.__name__, tuple(getattr(out, "shape", ()))))
+        return out
+
+
 @pytest.mark.parametrize("kw", [dict(d_state=16), SS2D_V0, SS2D_V2], ids=["vim", "ss2d_v0", "ss2d_v2"])
 def test_backward_writes_each_projection_gradient_once(kw):
     """in_proj's (x, z) and x_proj's (B, C, δ) outputs are split, not sliced: a slice's backward zero-fills a whole
     copy of the product's gradient per slice (then adds them), which the backward pass should not pay."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: list[tuple[str, tuple[int, ...]]] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            self.names.append((func.overloadpacket.__name__, tuple(getattr(out, "shape", ()))))
-            return out
-
     torch.manual_seed(0)
     m = _build(8, 2 if "conv" not in kw else 4, **kw)
     ctx = _ctx(LAYOUT_2SEG, "bi" if "conv" not in kw else "cross4")
     x = torch.randn(2, LAYOUT_2SEG.length, 8, requires_grad=True)
-    with Ops() as seen:
+    with OpLog() as seen:
         m(x, ctx).square().sum().backward()
     L, P = LAYOUT_2SEG.length, m.n_paths
     xz = (2, L, m.in_proj.out_features) if m.params.gate else None  # ungated, in_proj's output is x itself
@@ -334,26 +336,13 @@ def test_shared_conv_output_takes_its_gradient_without_a_per_path_copy(kw):
     """When one conv output serves every path, x_proj reads it directly: the backward makes no zero-filled
     (B, P, L, E) gradient (select_backward of a path of the broadcast, then an add), which VMamba's four paths paid
     per block (session 13's op count)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: list[tuple[str, tuple[int, ...]]] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor):
-                self.names.append((func.overloadpacket.__name__, tuple(out.shape)))
-            return out
-
     torch.manual_seed(0)
     layout = TokenLayout(((3, 5),), ())  # L = 15 ≠ E = 16: the mixer's (B, P, L, E) apart from the scan's (B, P, E, L)
     route = "cross4" if kw.get("conv") == "dw2d" else "bi"
     paths = tuple(path_index(n, layout) for n in ROUTES.get(route).paths)
     m = _build(8, len(paths), **kw)
     x = torch.randn(2, layout.length, 8, requires_grad=True)
-    with Ops() as seen:
+    with OpLog() as seen:
         m(x, MixContext(layout, paths)).sum().backward()
     per_path = (2, len(paths), layout.length, m.d_inner)
     assert x.grad is not None and [op for op in seen.names if op[1] == per_path and op[0] != "select_backward"]
