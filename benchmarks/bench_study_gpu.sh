@@ -6,6 +6,8 @@
 #
 #   bash benchmarks/bench_study_gpu.sh            # on a GPU machine with Ray, Optuna, pydantic (or .devbundle/)
 #   WARM=1 bash benchmarks/bench_study_gpu.sh     # then each tree again, its Triton kernels already compiled
+#   MPS=1 bash benchmarks/bench_study_gpu.sh      # then this tree twice more, kernels cached: without and with
+#                                                 # execution.cuda_mps: true (nas/mps.py), against the same baseline
 #
 # Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
 # compiles every kernel). With WARM=1 each tree runs a second time after both cold runs, so its kernels load from the
@@ -35,7 +37,7 @@ run() {  # $1 label, $2 tree, then the study and its arguments; prints "label dr
   echo "$label ${s:-nan} $(( $(date +%s) - t ))"
   python3 "$ROOT/benchmarks/study_timeline.py" "$WORK/$label.db" > "$WORK/$label.timeline.md" 2>&1
 }
-run_new() { run "$1" "$ROOT" cls_token_position "${SETS[@]}"; }
+run_new() { local label=$1; shift; run "$label" "$ROOT" cls_token_position "${SETS[@]}" "$@"; }
 run_old() { run "$1" "$WORK" studies/cls_token_position.yaml --profile gpu --set 'seeds=[0,1]' --set data.n_train=8192 \
       --set train.epochs=3; }
 table() {  # $1 what the rows are, $2 old "label driver wall", $3 new
@@ -50,11 +52,20 @@ PY
 }
 NEW=$(run_new this); OLD=$(run_old "$REV")
 if [ -n "${WARM:-}" ]; then NEW_W=$(run_new this-warm); OLD_W=$(run_old "$REV-warm"); fi
+if [ -n "${MPS:-}" ]; then
+  NEW_C=$(run_new this-cached); NEW_M=$(run_new this-mps --set execution.cuda_mps=true)
+fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 echo "| tree | trials | driver's count, s | wall with Ray start-up and pre-flight, s | trials per hour | this / $REV |"
 echo "|---|---|---|---|---|---|"
 table "Triton cache as found" "$OLD" "$NEW"
 [ -n "${WARM:-}" ] && table "kernels cached" "$OLD_W" "$NEW_W"
+if [ -n "${MPS:-}" ]; then
+  table "kernels cached, MPS off" "$OLD" "$NEW_C" | tail -1
+  table "kernels cached, CUDA MPS on" "$OLD" "$NEW_M" | tail -1
+  read -r _ off _ <<< "$NEW_C"; read -r _ on _ <<< "$NEW_M"
+  python3 -c "import sys; print(f'MPS on / off (driver): {float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$off" "$on"
+fi
 for f in "$WORK"/*.timeline.md; do echo; echo "timeline of $(basename "$f" .timeline.md):"; cat "$f"; done
 [ -n "${OUT:-}" ] && cp "$WORK"/*.log "$WORK"/*.db "$WORK"/*.timeline.md "$OUT/" 2>/dev/null
 exit 0

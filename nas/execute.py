@@ -25,6 +25,7 @@ from .rounds import DEFAULT_POLICY, SeedPolicy
 from .schema import Study
 from .store import Store
 from .tune_adapter import TASK, StoreCallback, StudySearcher
+from .mps import start_mps, stop_mps
 from .warmup import start_warmup, stop_warmup
 from .worker import run_task
 
@@ -48,13 +49,16 @@ class TuneRunner:
     def __init__(self, plan: Plan, *, max_concurrent: int | None = None) -> None:
         self.plan, self.max_concurrent, self.started = plan, max_concurrent, False
         self.warmup: subprocess.Popen | None = None
+        self.mps: Any = None  # nas.mps.MPSDaemon while one runs
 
     def run_round(self, ctx: RunContext, rnd: Round) -> bool:
         from ray.tune.schedulers import ASHAScheduler
 
         study = self.plan.study
         ex = study.execution
-        if not self.started:  # the kernels compile in the background while Ray starts (nas/warmup.py)
+        if not self.started:
+            self.mps = start_mps(study)  # first: the warm-up and Ray's workers inherit its environment (nas/mps.py)
+            # the kernels compile in the background while Ray starts (nas/warmup.py)
             self.warmup = start_warmup(study, [a.spec.to_json() for a in self.plan.arms])
             init_ray(study)
             self.started = True
@@ -93,10 +97,14 @@ class TuneRunner:
     def close(self) -> None:
         stop_warmup(self.warmup)
         self.warmup = None
-        if self.started and not self.plan.study.execution.address:
-            import ray
+        try:
+            if self.started and not self.plan.study.execution.address:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+        finally:
+            stop_mps(self.mps)  # after Ray: its workers were the daemon's clients
+            self.mps = None
 
 
 def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
