@@ -36,6 +36,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .memory_order import like_layout
+
 
 def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                           eps: float = 1e-6, chunk: int = 64) -> torch.Tensor:
@@ -209,15 +211,6 @@ def forward_mode(n_chunks: int, device: torch.device) -> str:
     return "two_phase"
 
 
-def like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An empty tensor of x's shape whose memory orders the dimensions as x's strides do (x may be a view into a wider
-    buffer, e.g. q in a [q k] GEMM output): a (b, h, L, d) view of (b, L, h, d) memory gives (b, L, h, d) memory, so
-    the caller's reshape back to (b, L, h·d) is a view and not a copy."""
-    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), -d))  # outermost first; ties keep the logical order
-    out = torch.empty([x.shape[d] for d in order], device=x.device, dtype=dtype or x.dtype)
-    return out.permute([order.index(d) for d in range(x.dim())])
-
-
 def mlstm_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                      eps: float = 1e-6, chunk: int = 64, block_v: int | None = None, save_stats: bool = False,
                      mode: str | None = None, reverse: bool = False
@@ -308,4 +301,4 @@ def mlstm_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Ten
     return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward, bwd_tile, reverse)
 
 
-__all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise", "forward_mode", "like_layout"]
+__all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise", "forward_mode"]

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .memory_order import like_layout
+
 
 @triton.jit
 def _tile(q_t, k_s, dh_t, v_s, f_t, f_s, i_s, m_t, inv_n, dden, t, s, mask_t, mask_s, scale, PREC: tl.constexpr):
@@ -197,8 +199,6 @@ def mlstm_bwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     q, k, v, h, dh may have any strides; dq, dk, dv come back in their inputs' dtype and memory order (written by the
     kernels, no fp32 copies). `block` = the (t, s) tile side and `warps` per program; None = `default_tile`.
     `reverse`: the forward ran the rows from last to first."""
-    from .mlstm import like_layout
-
     bsz, heads, length, dqk = q.shape
     dvv = v.shape[-1]
     bh = bsz * heads

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .memory_order import like_layout
+
 
 @triton.jit
 def _rows_and_cols(pid, R, L, HEAD, BR: tl.constexpr, DHP: tl.constexpr, DH):
@@ -122,8 +124,6 @@ class MLSTMTail(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        from .mlstm import like_layout
-
         h, c, z, w, b, skip, stats = ctx.saved_tensors
         bsz, length, heads, dh = h.shape
         rows, width = bsz * length, heads * dh
