@@ -28,8 +28,9 @@ ENV = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
 KEY = "execution.cuda_mps"
 
 
-def wants_mps(study: Study, cuda_available: bool) -> str | None:
-    """Why the study gets no MPS daemon, or None when it does."""
+def wants_mps(study: Study, cuda_available: bool | None = None) -> str | None:
+    """Why the study gets no MPS daemon, or None when it does (`cuda_available` None: asks torch, only when the study's
+    settings alone do not already say no)."""
     ex, tr = study.execution, study.train
     if not ex.cuda_mps:
         return f"{KEY} is false"
@@ -39,6 +40,10 @@ def wants_mps(study: Study, cuda_available: bool) -> str | None:
         return "the trials do not run on a GPU"
     if ex.gpus_per_trial >= 1:
         return "each trial has a whole GPU (MPS only helps trials that share one)"
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
     if not cuda_available:
         return "this machine has no CUDA device"
     return None
@@ -69,10 +74,6 @@ def start_mps(study: Study, cuda_available: bool | None = None) -> MPSDaemon | N
     """Start the daemon and export its folders to the processes this one starts (Ray's workers, the warm-up), or
     return None when the study gets none (`wants_mps`). Raises StudyConfigError when MPS was asked for but cannot
     start (no `nvidia-cuda-mps-control`, or the daemon fails), before anything is trained."""
-    if cuda_available is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
     if wants_mps(study, cuda_available) is not None:
         return None
     control = shutil.which(CONTROL)
