@@ -115,7 +115,7 @@ def _run_with_progress(console: Console, plan: Any, store: Any, **kwargs: Any) -
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                         transient=False)
     task = {"id": None}
-    state = {"failed": 0, "running": 0, "done": 0}
+    state: dict[str, Any] = {"failed": 0, "running": 0, "done": 0, "t0": time.perf_counter(), "started": None}
 
     def queued(rnd: int, q: int, stale: int, done: int) -> None:
         msg = f"{done} trial(s) already done, {q} to run" if rnd == 1 else f"round {rnd}: {q} more trial(s) to run"
@@ -129,7 +129,14 @@ def _run_with_progress(console: Console, plan: Any, store: Any, **kwargs: Any) -
     def event(kind: str, info: dict[str, Any]) -> None:
         if task["id"] is None:
             return
+        if kind == "setup":  # what happens before the first trial (MPS, the kernel warm-up, Ray), with its seconds
+            progress.console.print(f"[dim]{escape(info['text'])}[/dim]", highlight=False)
+            return
         if kind == "start":
+            if state["started"] is None:  # start-up cost is the study's fixed overhead: say what it was
+                state["started"] = time.perf_counter()
+                progress.console.print(f"[dim]first trial started {state['started'] - state['t0']:.1f} s after the "
+                                       "run began[/dim]", highlight=False)
             state["running"] += 1
         elif kind == "retry":  # the same trial starts again (a new "start" follows)
             state["running"] -= 1

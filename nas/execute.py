@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,17 @@ class TuneRunner:
         ex = study.execution
         if not self.started:
             self.mps = start_mps(study)  # first: the warm-up and Ray's workers inherit its environment (nas/mps.py)
+            if self.mps is not None:
+                ctx.on_event("setup", {"text": f"CUDA MPS daemon started (folders: {self.mps.folder})"})
             # the kernels compile in the background while Ray starts (nas/warmup.py)
             self.warmup = start_warmup(study, [a.spec.to_json() for a in self.plan.arms])
+            if self.warmup is not None:
+                ctx.on_event("setup", {"text": f"kernel warm-up running in the background (log: "
+                                               f"{self.warmup.log_file.name})"})
+            t0 = time.perf_counter()
             init_ray(study)
+            ctx.on_event("setup", {"text": f"Ray {'joined' if ex.address else 'started'} in "
+                                           f"{time.perf_counter() - t0:.1f} s", "seconds": time.perf_counter() - t0})
             self.started = True
         scheduler = None
         if ex.asha is not None:

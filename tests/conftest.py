@@ -37,3 +37,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class RunEvents:
+    """Stands in for the driver's RunContext where a runner only reports events (`on_event`); keeps them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def on_event(self, kind: str, info: dict) -> None:
+        self.events.append((kind, info))
+
+
+@pytest.fixture
+def run_events() -> RunEvents:
+    return RunEvents()

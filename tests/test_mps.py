@@ -88,27 +88,28 @@ def test_failing_daemon_says_why_and_leaves_the_environment_alone(tmp_path, monk
     assert all(name not in os.environ for name in ENV)
 
 
-def test_tune_runner_starts_mps_first_and_stops_it_after_ray(tmp_path, monkeypatch):
-    """MPS before the warm-up and Ray (they inherit its environment); `close` stops it after Ray's shutdown, also
-    when the round ended early."""
+def test_tune_runner_starts_mps_first_and_stops_it_after_ray(tmp_path, monkeypatch, run_events):
+    """MPS before the warm-up and Ray (they inherit its environment), each said on the console; `close` stops it after
+    Ray's shutdown, also when the round ended early."""
+    from types import SimpleNamespace
+
     import nas.execute as execute
     from nas.driver import Round
 
     calls = []
-    monkeypatch.setattr(execute, "start_mps", lambda study: calls.append(("mps", study.execution.cuda_mps)) or "mps")
-    monkeypatch.setattr(execute, "stop_mps", lambda daemon: calls.append(("stop mps", daemon)))
-    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: calls.append(("warmup", None)) or "proc")
+    daemon = SimpleNamespace(folder="runs/ray/mps-x")
+    monkeypatch.setattr(execute, "start_mps", lambda study: calls.append(("mps", study.execution.cuda_mps)) or daemon)
+    monkeypatch.setattr(execute, "stop_mps", lambda d: calls.append(("stop mps", d)))
+    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: calls.append(("warmup", None)))
     monkeypatch.setattr(execute, "stop_warmup", lambda proc: calls.append(("stop warmup", proc)))
-
-    def no_ray(study):
-        calls.append(("ray", None))
-        raise KeyboardInterrupt  # stop the round here: nothing below needs to run
-
-    monkeypatch.setattr(execute, "init_ray", no_ray)
+    monkeypatch.setattr(execute, "init_ray", lambda study: calls.append(("ray", None)))
+    monkeypatch.setattr(execute, "trial_slots", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # end here
     runner = execute.TuneRunner(plan_study(load_study(STUDY, sets=[f"storage.ray_results={tmp_path}",
                                                                    "execution.cuda_mps=true"]), timed=False))
     with pytest.raises(KeyboardInterrupt):
-        runner.run_round(None, Round(1, 1))
-    runner.started = False  # Ray never started: close must not shut it down
+        runner.run_round(run_events, Round(1, 1))
+    runner.started = False  # Ray is mocked: close must not shut it down
     runner.close()
-    assert calls == [("mps", True), ("warmup", None), ("ray", None), ("stop warmup", "proc"), ("stop mps", "mps")]
+    assert calls == [("mps", True), ("warmup", None), ("ray", None), ("stop warmup", None), ("stop mps", daemon)]
+    texts = [info["text"] for kind, info in run_events.events if kind == "setup"]
+    assert texts[0] == "CUDA MPS daemon started (folders: runs/ray/mps-x)" and texts[1].startswith("Ray started in ")

@@ -92,15 +92,18 @@ def test_main_reports_the_time_budget(tmp_path, monkeypatch, capsys):
     assert out[0] == "stopped after -1 s: 2 spec(s) not warmed" and out[-1].startswith("done in ")
 
 
-def test_tune_runner_starts_the_warmup_before_ray_and_stops_it_on_close(tmp_path, monkeypatch):
-    """The runner starts the warm-up with the arms' specs before Ray starts, and `close` (which the driver calls
-    however the study ends) stops it."""
+def test_tune_runner_starts_the_warmup_before_ray_and_stops_it_on_close(tmp_path, monkeypatch, run_events):
+    """The runner starts the warm-up with the arms' specs before Ray starts, says so with its log, and `close` (which
+    the driver calls however the study ends) stops it."""
+    from types import SimpleNamespace
+
     import nas.execute as execute
     from nas.driver import Round
 
     calls = []
-    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: calls.append(("start", specs)) or "proc")
-    monkeypatch.setattr(execute, "stop_warmup", lambda proc: calls.append(("stop", proc)))
+    proc = SimpleNamespace(log_file=SimpleNamespace(name="warm.log"))
+    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: calls.append(("start", specs)) or proc)
+    monkeypatch.setattr(execute, "stop_warmup", lambda p: calls.append(("stop", p)))
 
     def no_ray(study):
         calls.append(("ray", None))
@@ -110,7 +113,8 @@ def test_tune_runner_starts_the_warmup_before_ray_and_stops_it_on_close(tmp_path
     plan = plan_study(_study(tmp_path), timed=False)
     runner = execute.TuneRunner(plan)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_round(None, Round(1, 1))
+        runner.run_round(run_events, Round(1, 1))
     runner.started = False  # Ray never started: close must not shut it down
     runner.close()
-    assert calls == [("start", [a.spec.to_json() for a in plan.arms]), ("ray", None), ("stop", "proc")]
+    assert calls == [("start", [a.spec.to_json() for a in plan.arms]), ("ray", None), ("stop", proc)]
+    assert run_events.events == [("setup", {"text": "kernel warm-up running in the background (log: warm.log)"})]
