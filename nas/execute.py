@@ -20,13 +20,13 @@ from ray import tune
 
 from .driver import EventFn, Outcome, QueuedFn, Round, RunContext
 from .driver import run_study as drive
+from .mps import start_mps, stop_mps
 from .plan import Plan
 from .records import TrialStart
 from .rounds import DEFAULT_POLICY, SeedPolicy
 from .schema import Study
 from .store import Store
 from .tune_adapter import TASK, StoreCallback, StudySearcher
-from .mps import start_mps, stop_mps
 from .warmup import start_warmup, stop_warmup
 from .worker import run_task
 
@@ -68,8 +68,9 @@ class TuneRunner:
                                                f"{self.warmup.log_file.name})"})
             t0 = time.perf_counter()
             init_ray(study)
-            ctx.on_event("setup", {"text": f"Ray {'joined' if ex.address else 'started'} in "
-                                           f"{time.perf_counter() - t0:.1f} s", "seconds": time.perf_counter() - t0})
+            seconds = time.perf_counter() - t0
+            ctx.on_event("setup", {"text": f"Ray {'joined' if ex.address else 'started'} in {seconds:.1f} s",
+                                   "seconds": seconds})
             self.started = True
         scheduler = None
         if ex.asha is not None:

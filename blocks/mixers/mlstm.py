@@ -10,8 +10,8 @@
 
 The cell runs along each path of `ctx.paths`. With the dw2d conv an identity or reversed path (ViL's alternating
 route) needs no copies: q/k/v and the gates are per token, so they are computed in canonical order and the cell runs
-the path itself (`reverse`, strided head views); other paths gather → cell → scatter. With one path (ViL's alternating route) the
-layer is ViL's: parameters 6D² + 109D + 8 at the defaults (ViL's 6D² + 111D + 8 minus the block LN). With n_paths > 1
+the path itself (`reverse`, strided head views); other paths gather → cell → scatter. With one path the layer is
+ViL's: parameters 6D² + 109D + 8 at the defaults (ViL's 6D² + 111D + 8 minus the block LN). With n_paths > 1
 (a parallel route) the q/k/v projections, the gates and the output norm are per path, and the path outputs (after the
 skip) are averaged before the SiLU(z) gate (which is per token, so the order does not matter).
 

@@ -230,7 +230,8 @@ def mlstm_bwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     _mlstm_dkv_kernel[grid](*common, dk, dv, gcol, length, heads, dqk, dvv, scale, *strides, *dk.stride(),
                             *dv.stride(), **opts)
     _mlstm_dq_kernel[grid](*common, dq, grow, argm, length, heads, dqk, dvv, scale, *strides, *dq.stride(), **opts)
-    dm = -grow - dn * torch.exp(-m) * (den.abs() <= torch.exp(-m))
+    floor = torch.exp(-m)
+    dm = -grow - dn * floor * (den.abs() <= floor)
     argm = argm.long()
     di = gcol.scatter_add(-1, argm, dm)
     d_fc = grow - gcol + dm - torch.zeros_like(dm).scatter_add(-1, argm, dm)
