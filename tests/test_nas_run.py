@@ -6,6 +6,7 @@ repeated, and an exported model gives the same logits as the same trial trained 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def test_study_runs_to_its_table(finished):
     assert seconds < 120, f"the tiny study took {seconds:.0f} s"
     out = proc.stdout
     assert "4 trial(s) finished, 0 failed" in out
+    assert re.search(r"Ray started in \d+\.\d s", out) and re.search(r"first trial started \d+\.\d s after", out)
     for word in ("readout", "head", "middle", "(reference)", "95% CI", "Δ vs head", "paper"):
         assert word in out, word
     store = _store(tmp)
