@@ -163,17 +163,73 @@ def bwd_sweep(reps: int) -> None:
                 "first row / this (same run)", "max grad rel. diff vs first row"], rows, [], None)
 
 
+LAYOUT_SHAPE = (128, 4, 144, 96)  # vil_tiny's train step: batch 128, 192² (12 × 12 patches), 4 heads of 96
+
+
+def mixer_views(bsz: int, heads: int, length: int, dh: int) -> list[torch.Tensor]:
+    """q, k, v, i, f laid out as ViL's layer hands them to the cell (blocks/mixers/mlstm.py: _run_cell): q and k
+    head views of one (B, L, 2E) GEMM output, v of a (B, L, E) one, the gates (B, H, L) views of a (B, L, 2H) one;
+    all bf16 (autocast). Same values as `make`'s contiguous tensors."""
+    contiguous = make(bsz, heads, length, dh)
+    e = heads * dh
+    qk = torch.empty(bsz, length, 2 * e, device="cuda", dtype=torch.bfloat16)
+    v = torch.empty(bsz, length, e, device="cuda", dtype=torch.bfloat16)
+    gates = torch.empty(bsz, length, 2 * heads, device="cuda", dtype=torch.bfloat16)
+    views = [qk[..., :e], qk[..., e:], v]
+    views = [t.view(bsz, length, heads, dh).transpose(1, 2) for t in views]
+    views += [g.transpose(1, 2) for g in gates.split(heads, dim=-1)]
+    for view, src in zip(views, contiguous):
+        view.copy_(src)
+    return views
+
+
+def layouts(reps: int) -> None:
+    """The cell's time on vil_tiny's train-step shape per input layout and direction: contiguous (B, H, L, DH) copies
+    against the mixer's strided head views, forward against `reverse` (session 13's forward got 13 % slower in the
+    train step; this says which of the two costs it). Every row's output is checked against the first row's."""
+    shape = LAYOUT_SHAPE
+    variants = [("contiguous (B, H, L, DH) copies", make(*shape), False),
+                ("mixer's head views (strided q/k/v/gates)", mixer_views(*shape), False),
+                ("contiguous, reverse", make(*shape), True),
+                ("mixer's head views, reverse", mixer_views(*shape), True)]
+    rows, base, first = [], None, None
+    for label, x, reverse in variants:
+        try:
+            run = (lambda *a, r=reverse: mlstm_triton(*a, reverse=r)) if reverse else mlstm_triton
+            with torch.no_grad():
+                out = run(*x).float()
+        except TypeError:  # an older cell without `reverse` (a before/after run on an old tree)
+            rows.append([str(shape), label, "-", "-", "-", "-", "no reverse in this tree"])
+            continue
+        flipped = [t.flip(2) for t in x] if reverse else x
+        with torch.no_grad():
+            expect = mlstm_triton(*[t.contiguous() for t in flipped]).float()
+            expect = expect.flip(2) if reverse else expect
+        diff = ((out - expect).norm() / expect.norm()).item()
+        t = timed(run, x, reps)
+        base = base or t
+        rows.append([str(shape), label, *t, ratio(t[0], base[0]), ratio(t[1], base[1]), f"{diff:.1e}"])
+        print(rows[-1], flush=True)
+    emit_report(f"device: {device_line()}; mLSTM cell per input layout (vil_tiny train step)",
+                ["shape (B, H, L, DH)", "inputs", "fwd ms", "fwd+bwd ms", "this / first fwd", "this / first fwd+bwd",
+                 "rel. diff vs contiguous forward run"], rows, [], None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--bwd-sweep", action="store_true", help="only the backward-tile table (BWD_TILES)")
+    ap.add_argument("--layouts", action="store_true", help="only the input-layout table (vil_tiny's train shape)")
     ap.add_argument("--tfla-child", nargs=3, default=None, metavar=("SHAPE", "KERNEL", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     reps = args.reps or (5 if args.quick else 30)
     if args.bwd_sweep:
         bwd_sweep(reps)
+        return
+    if args.layouts:
+        layouts(reps)
         return
     if args.tfla_child:
         tfla_child(args.tfla_child[0], args.tfla_child[1], int(args.tfla_child[2]), reps)

@@ -8,6 +8,9 @@
 #   WARM=1 bash benchmarks/bench_study_gpu.sh     # then each tree again, its Triton kernels already compiled
 #   MPS=1 bash benchmarks/bench_study_gpu.sh      # then this tree twice more, kernels cached: without and with
 #                                                 # execution.cuda_mps: true (nas/mps.py), against the same baseline
+#   NOWARM=1 bash benchmarks/bench_study_gpu.sh   # then this tree twice more, kernels cached: with the kernel
+#                                                 # warm-up (nas/warmup.py) and with execution.warm_kernels: false
+#   SKIP_OLD=1 ...                                # no baseline run: this tree's rows only, without ratios
 #
 # Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
 # compiles every kernel). With WARM=1 each tree runs a second time after both cold runs, so its kernels load from the
@@ -50,10 +53,14 @@ print(f"| {rev} (the issue's), {what} | 10 | {no:.0f} | {wo:.0f} | {36000 / no:.
 print(f"| this tree, {what} | 10 | {nn:.0f} | {wn:.0f} | {36000 / nn:.0f} | {no / nn:.2f}x (wall {wo / wn:.2f}x) |")
 PY
 }
-NEW=$(run_new this); OLD=$(run_old "$REV")
+NEW=$(run_new this)
+if [ -n "${SKIP_OLD:-}" ]; then OLD="$REV nan nan"; else OLD=$(run_old "$REV"); fi
 if [ -n "${WARM:-}" ]; then NEW_W=$(run_new this-warm); OLD_W=$(run_old "$REV-warm"); fi
 if [ -n "${MPS:-}" ]; then
   NEW_C=$(run_new this-cached); NEW_M=$(run_new this-mps --set execution.cuda_mps=true)
+fi
+if [ -n "${NOWARM:-}" ]; then
+  NEW_WU=$(run_new this-cached-warmup); NEW_NW=$(run_new this-cached-nowarmup --set execution.warm_kernels=false)
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 echo "| tree | trials | driver's count, s | wall with Ray start-up and pre-flight, s | trials per hour | this / $REV |"
@@ -65,6 +72,10 @@ if [ -n "${MPS:-}" ]; then
   table "kernels cached, CUDA MPS on" "$OLD" "$NEW_M" | tail -1
   read -r _ off _ <<< "$NEW_C"; read -r _ on _ <<< "$NEW_M"
   python3 -c "import sys; print(f'MPS on / off (driver): {float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$off" "$on"
+fi
+if [ -n "${NOWARM:-}" ]; then
+  table "kernels cached, warm-up on" "$OLD" "$NEW_WU" | tail -1
+  table "kernels cached, warm-up off" "$OLD" "$NEW_NW" | tail -1
 fi
 for f in "$WORK"/*.timeline.md; do echo; echo "timeline of $(basename "$f" .timeline.md):"; cat "$f"; done
 [ -n "${OUT:-}" ] && cp "$WORK"/*.log "$WORK"/*.db "$WORK"/*.timeline.md "$OUT/" 2>/dev/null
