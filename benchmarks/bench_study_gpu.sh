@@ -8,8 +8,8 @@
 #   WARM=1 bash benchmarks/bench_study_gpu.sh     # then each tree again, its Triton kernels already compiled
 #   MPS=1 bash benchmarks/bench_study_gpu.sh      # then this tree twice more, kernels cached: without and with
 #                                                 # execution.cuda_mps: true (nas/mps.py), against the same baseline
-#   NOWARM=1 bash benchmarks/bench_study_gpu.sh   # then this tree twice more, kernels cached: with the kernel
-#                                                 # warm-up (nas/warmup.py) and with execution.warm_kernels: false
+#   NOWARM=1 bash benchmarks/bench_study_gpu.sh   # then this tree once more with execution.warm_kernels: false
+#                                                 # (no kernel warm-up, nas/warmup.py), its kernels cached by then
 #   SKIP_OLD=1 ...                                # no baseline run: this tree's rows only, without ratios
 #
 # Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
@@ -60,7 +60,7 @@ if [ -n "${MPS:-}" ]; then
   NEW_C=$(run_new this-cached); NEW_M=$(run_new this-mps --set execution.cuda_mps=true)
 fi
 if [ -n "${NOWARM:-}" ]; then
-  NEW_WU=$(run_new this-cached-warmup); NEW_NW=$(run_new this-cached-nowarmup --set execution.warm_kernels=false)
+  NEW_NW=$(run_new this-cached-nowarmup --set execution.warm_kernels=false)
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 echo "| tree | trials | driver's count, s | wall with Ray start-up and pre-flight, s | trials per hour | this / $REV |"
@@ -74,7 +74,6 @@ if [ -n "${MPS:-}" ]; then
   python3 -c "import sys; print(f'MPS on / off (driver): {float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$off" "$on"
 fi
 if [ -n "${NOWARM:-}" ]; then
-  table "kernels cached, warm-up on" "$OLD" "$NEW_WU" | tail -1
   table "kernels cached, warm-up off" "$OLD" "$NEW_NW" | tail -1
 fi
 for f in "$WORK"/*.timeline.md; do echo; echo "timeline of $(basename "$f" .timeline.md):"; cat "$f"; done
