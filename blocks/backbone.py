@@ -9,10 +9,10 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .block import Block, make_norm
+from .layers import trunc_normal_
 from .layout import MixContext, PathIndex, TokenLayout, index_tensor
 from .mixers import MIXERS, TokenMixer
 from .readout import READOUTS, pool_features

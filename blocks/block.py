@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
+from .layers import DropPath, Mlp
 from .layout import MixContext
 from .mixers.base import TokenMixer
 
