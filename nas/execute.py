@@ -3,8 +3,9 @@
 Order of work in `run_study`: the plan is made before (`nas.plan`: validated, pre-flighted, no Ray); the driver takes
 over from a dead driver, queues the round's cells in Optuna and calls `TuneRunner.run_round`, which starts Ray once
 and runs the round with a `tune.Tuner`: our searcher (`nas.tune_adapter.StudySearcher`) asks Optuna and hands each
-trial its resolved cell, the trainable runs `nas.worker.run_task` on a worker, and our callback writes the store.
-Workers never touch the database. This module and `nas.tune_adapter` are the only ones that import Ray.
+trial its resolved cell, the trainable (`nas.trainable`) runs `nas.worker.run_task` on a worker, and our callback
+writes the store. Workers never touch the database. This module, `nas.tune_adapter` and `nas.trainable` are the only
+ones that import Ray.
 """
 
 from __future__ import annotations
@@ -18,29 +19,17 @@ from typing import Any
 
 from ray import tune
 
+from .bytecode import bytecode_hint
 from .driver import EventFn, Outcome, QueuedFn, Round, RunContext
 from .driver import run_study as drive
 from .mps import start_mps, stop_mps
 from .plan import Plan
-from .records import TrialStart
 from .rounds import DEFAULT_POLICY, SeedPolicy
 from .schema import Study
 from .store import Store
-from .tune_adapter import TASK, StoreCallback, StudySearcher
+from .trainable import train_cell
+from .tune_adapter import StoreCallback, StudySearcher
 from .warmup import start_warmup, stop_warmup
-from .worker import run_task
-
-
-def train_cell(config: dict[str, Any], study_json: dict[str, Any]) -> None:
-    """The Ray Tune trainable: the cell travels in `config` (resolved by the driver); `nas.worker` trains it and
-    reports through Tune (the last report with the model file as a checkpoint)."""
-    import ray
-
-    def report(metrics: dict[str, Any], folder: Path | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
-
-    run_task(Study.model_validate(study_json), TrialStart.from_config(config[TASK]), report,
-             node_id=ray.get_runtime_context().get_node_id())
 
 
 class TuneRunner:
@@ -66,6 +55,9 @@ class TuneRunner:
             if self.warmup is not None:
                 ctx.on_event("setup", {"text": f"kernel warm-up running in the background (log: "
                                                f"{self.warmup.log_file.name})"})
+            hint = None if ex.address else bytecode_hint()  # a cluster's workers run in their own environments
+            if hint:
+                ctx.on_event("setup", {"text": hint})
             t0 = time.perf_counter()
             init_ray(study)
             seconds = time.perf_counter() - t0

@@ -32,9 +32,9 @@ from .database import EPOCH_METRICS
 from .queue import KEY_ATTR
 from .records import EpochReport, TrialOutcome, TrialStart, TrialState
 from .space import existing_distributions, grid_distributions, search_distributions, suggest_fixed
+from .trainable import TASK
 from .worker import FINAL, MODEL_FILE
 
-TASK = "nas_task"  # the trial config's entry that carries its resolved cell (a TrialStart as data)
 # the callback writes the epochs reported in the last second in one transaction (NAS_EPOCH_FLUSH_S=0: every report
 # at once, as drills that kill the driver mid-trial need for trials shorter than a second)
 FLUSH_S = float(os.environ.get("NAS_EPOCH_FLUSH_S", "1.0"))

@@ -74,3 +74,37 @@ def test_kernels_do_not_import_the_layers_above():
     for path in (ROOT / "kernels").rglob("*.py"):
         above = {m for m in _imports(path) if m.split(".")[0] in ("blocks", "nas", "dashboard")}
         assert not above, f"{path.relative_to(ROOT)} imports {sorted(above)}"
+
+
+def test_only_the_timm_bridge_imports_timm():
+    """timm's package import loads torchvision.ops (~2.6 s here, ~9.7 s on the GPU machine per process; blocks/layers.py
+    says why): the grammar uses its own DropPath/Mlp, and only the timm integration imports timm."""
+    bridge = {"blocks.timm_models"}
+    for path in (ROOT / "blocks").rglob("*.py"):
+        if _module_name(path) in bridge:
+            continue
+        found = {m for m in _imports(path) if m.split(".")[0] in ("timm", "torchvision")}
+        assert not found, f"{path.relative_to(ROOT)} imports {sorted(found)}"
+
+
+def test_a_worker_imports_nothing_of_the_driver():
+    """A Ray worker imports the trainable's module, then builds and trains a model: none of that may load the driver's
+    modules (the plan, the store, the searcher, SQLAlchemy, Optuna) or timm/torchvision (session 14: a worker spent
+    ~19 s importing on the GPU machine before its first trial). Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import nas.trainable\n"
+        "from blocks import build_backbone, get_preset\n"
+        "import nas.trial, nas.data, blocks.model_file\n"
+        "for name in ('test_vim', 'test_vil', 'test_vmamba', 'test_deit', 'test_mambaout', 'test_globalmamba'):\n"
+        "    m = build_backbone(get_preset(name))\n"
+        "torch.optim.AdamW(m.parameters())\n"
+        "bad = ('optuna', 'sqlalchemy', 'alembic', 'timm', 'torchvision', 'nas.driver', 'nas.plan', 'nas.store',\n"
+        "       'nas.tune_adapter', 'nas.execute', 'nas.database')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in bad or m in bad))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"a worker loaded {out.stdout.strip()}"
