@@ -12,6 +12,7 @@
 #                                                 # (no kernel warm-up, nas/warmup.py), its kernels cached by then
 #   SKIP_OLD=1 ...                                # no baseline run: this tree's rows only, without ratios
 #
+# Before the runs, the Python bytecode of the device bundle and of both trees is compiled (see NOPYC below).
 # Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
 # compiles every kernel). With WARM=1 each tree runs a second time after both cold runs, so its kernels load from the
 # cache, as they do for a user's second study on the same machine; both ratios are printed. After each run the
@@ -25,6 +26,17 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0 COLUMNS=16
 BUNDLE_PATH=${PYTHONPATH:-}
 WORK=$(mktemp -d /tmp/bench-study-gpu-XXXX)
 git archive "$REV" | tar -x -C "$WORK" || { echo "cannot unpack $REV (a shallow copy?)"; exit 1; }
+# Bytecode, as a pip install leaves it: the GPU machine sets PYTHONDONTWRITEBYTECODE=1 and the device bundle is
+# installed with --no-compile, so without this every process (the driver, Ray's, each worker, the warm-up) compiles
+# Ray, Optuna, SQLAlchemy, pydantic and both trees from source (session 14: a worker's imports took ~19 s there).
+# compileall writes .pyc whatever that variable says; both trees get it, so the comparison stays fair. NOPYC=1: skip.
+if [ -z "${NOPYC:-}" ]; then
+  t=$(date +%s)
+  for d in ${BUNDLE_PATH//:/ } "$ROOT/blocks" "$ROOT/kernels" "$ROOT/nas" "$WORK/blocks" "$WORK/kernels" "$WORK/nas"; do
+    [ -d "$d" ] && [ "$d" != "$ROOT" ] && python3 -m compileall -q -j 0 "$d" > /dev/null 2>&1
+  done
+  echo "bytecode compiled in $(( $(date +%s) - t )) s (NOPYC=1 skips it)"
+fi
 SETS=(--set 'factors={readout: [head, middle, tail, double, mean]}'
       --set 'fixed={route: bi, dims: [192], depths: [12], mixer.params.d_state: 16, tokenizer.params.patch_size: 8}'
       --set 'seeds=[0,1]'
