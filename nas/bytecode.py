@@ -45,8 +45,8 @@ def bytecode_hint(packages: tuple[str, ...] = WORKER_PACKAGES, dont_write: bool 
     if not missing:
         return None
     folders = " ".join(shlex.quote(str(p)) for p in sorted(set(missing.values())))
-    return (f"PYTHONDONTWRITEBYTECODE is set and {', '.join(missing)} have no bytecode: every Ray worker compiles them "
-            f"from source before its first trial. Once: python -m compileall -q {folders}")
+    return (f"PYTHONDONTWRITEBYTECODE is set and there is no bytecode for {', '.join(missing)}: every Ray worker "
+            f"compiles them from source before its first trial. Once: python -m compileall -q {folders}")
 
 
 __all__ = ["WORKER_PACKAGES", "bytecode_hint", "uncompiled_packages"]
