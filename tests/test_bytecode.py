@@ -5,6 +5,8 @@ from __future__ import annotations
 import compileall
 import sys
 
+import pytest
+
 from nas.bytecode import bytecode_hint, uncompiled_packages
 
 
@@ -38,3 +40,32 @@ def test_defaults_follow_the_interpreter_flag(tmp_path, monkeypatch):
     assert "nas_bytecode_probe" in uncompiled_packages(("nas_bytecode_probe",))
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     assert uncompiled_packages(("nas_bytecode_probe",)) == {}
+
+
+@pytest.mark.parametrize("address, expected", [(None, True), ("auto", False)])
+def test_the_runner_says_it_before_ray_starts_for_local_studies_only(tmp_path, monkeypatch, run_events, address,
+                                                                     expected):
+    """A local study prints the hint as a setup line before Ray starts; a cluster's workers have their own
+    environments, so a study joining one does not."""
+    import nas.execute as execute
+    from nas.config import load_study
+    from nas.driver import Round
+    from nas.plan import plan_study
+
+    order = []
+    monkeypatch.setattr(execute, "bytecode_hint", lambda: order.append("hint") or "HINT")
+    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: None)
+
+    def no_ray(study):
+        order.append("ray")
+        raise KeyboardInterrupt  # stop the round here
+
+    monkeypatch.setattr(execute, "init_ray", no_ray)
+    sets = [f"storage.ray_results={tmp_path}"] + ([f"execution.address={address}"] if address else [])
+    runner = execute.TuneRunner(plan_study(load_study("studies/cls_token_position.yaml", sets=sets), timed=False))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_round(run_events, Round(1, 1))
+    runner.started = False
+    runner.close()
+    assert order == (["hint", "ray"] if expected else ["ray"])
+    assert (("setup", {"text": "HINT"}) in run_events.events) == expected

@@ -110,6 +110,7 @@ def test_tune_runner_starts_the_warmup_before_ray_and_stops_it_on_close(tmp_path
         raise KeyboardInterrupt  # stop the round here: nothing below needs to run
 
     monkeypatch.setattr(execute, "init_ray", no_ray)
+    monkeypatch.setattr(execute, "bytecode_hint", lambda: None)  # tests/test_bytecode.py checks that line
     plan = plan_study(_study(tmp_path), timed=False)
     runner = execute.TuneRunner(plan)
     with pytest.raises(KeyboardInterrupt):
