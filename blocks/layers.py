@@ -1,12 +1,12 @@
 """The small layers and the init the grammar needs, with timm's module names and math, without importing timm.
 
-`import timm` loads all of `timm.layers`, which imports `torchvision.ops` and through it `torch._dynamo`: 2.6 s per
-process on a laptop-class CPU and ~9.7 s on the GPU machine (benchmarks/RESULTS.md, session 14). Every Ray worker of a
-study imports the block grammar before its first trial, so that import was the largest part of a GPU study's start-up.
+`import timm` loads all of `timm.layers`, which imports `torchvision.ops`: 9.7 s per process on the GPU machine, 2.6 s
+of it timm's own modules, and 2.6 s on the 2-core development VM (benchmarks/RESULTS.md, session 14). Every Ray worker
+of a study imports the block grammar before its first trial, so a study's start-up paid it in each worker.
 These match timm's `DropPath`, `Mlp` and `trunc_normal_` exactly (same parameter names, same random draws;
 tests/test_layers.py compares them with timm's), so state dicts and timm checkpoints load unchanged and a seed
-initialises a backbone as it did with timm's. (torch's own `nn.init.trunc_normal_` draws differently.) timm is still used where its models
-are (blocks/timm_models.py, the DeiT / MambaOut baselines), imported only there.
+initialises a backbone as it did with timm's (torch's own `nn.init.trunc_normal_` draws differently). timm is still
+used where its models are (blocks/timm_models.py: the timm bridge), imported only there.
 """
 
 from __future__ import annotations
