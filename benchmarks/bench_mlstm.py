@@ -192,7 +192,7 @@ def layouts(reps: int) -> None:
                 ("mixer's head views (strided q/k/v/gates)", mixer_views(*shape), False),
                 ("contiguous, reverse", make(*shape), True),
                 ("mixer's head views, reverse", mixer_views(*shape), True)]
-    rows, base, first = [], None, None
+    rows, base = [], None
     for label, x, reverse in variants:
         try:
             run = (lambda *a, r=reverse: mlstm_triton(*a, reverse=r)) if reverse else mlstm_triton

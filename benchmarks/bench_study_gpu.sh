@@ -32,9 +32,9 @@ git archive "$REV" | tar -x -C "$WORK" || { echo "cannot unpack $REV (a shallow 
 # compileall writes .pyc whatever that variable says; both trees get it, so the comparison stays fair. NOPYC=1: skip.
 if [ -z "${NOPYC:-}" ]; then
   t=$(date +%s)
-  for d in ${BUNDLE_PATH//:/ } "$ROOT/blocks" "$ROOT/kernels" "$ROOT/nas" "$WORK/blocks" "$WORK/kernels" "$WORK/nas"; do
-    [ -d "$d" ] && [ "$d" != "$ROOT" ] && python3 -m compileall -q -j 0 "$d" > /dev/null 2>&1
-  done
+  dirs=("$ROOT/blocks" "$ROOT/kernels" "$ROOT/nas" "$WORK/blocks" "$WORK/kernels" "$WORK/nas")
+  for d in ${BUNDLE_PATH//:/ }; do [ -d "$d" ] && [ "$d" != "$ROOT" ] && dirs+=("$d"); done  # the bundle, not the tree
+  python3 -m compileall -q -j 0 "${dirs[@]}" > /dev/null 2>&1
   echo "bytecode compiled in $(( $(date +%s) - t )) s (NOPYC=1 skips it)"
 fi
 SETS=(--set 'factors={readout: [head, middle, tail, double, mean]}'

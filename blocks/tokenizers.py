@@ -88,10 +88,7 @@ class DCTBandTokenizer(Tokenizer):
         super().__init__()
         self.params, self.img_size = params, img_size
         self.proj = nn.Conv2d(in_chans, dim, params.patch_size, params.patch_size)
-        # built on the CPU, then moved to the default device: the meta device's (blocks.validate) integer math would
-        # import torch._dynamo (~1 s per process)
-        masks = anti_diagonal_lowpass_masks(img_size, params.bands, device="cpu").to(torch.get_default_device(),
-                                                                                    torch.float32)
+        masks = anti_diagonal_lowpass_masks(img_size, params.bands).to(torch.float32)
         self.register_buffer("masks", masks, persistent=False)  # (K, S, S)
         self.band_order = self.order(params)
 

@@ -140,8 +140,6 @@ class MLSTM(TokenMixer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.skip.is_meta:  # blocks.validate's shape check: no values, and the meta device's normal_ would import
-            return             # torch._dynamo (~1 s per process, ~3 s on the GPU machine)
         small = math.sqrt(2 / (5 * self.dim))
         nn.init.normal_(self.proj_up.weight, std=small)
         nn.init.normal_(self.proj_down.weight, std=2 / math.sqrt(self.dim))

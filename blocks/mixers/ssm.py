@@ -125,8 +125,6 @@ class SSMMixer(TokenMixer):
 
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
-        if self.A_log.is_meta:  # blocks.validate's shape check: no values to set, and the meta device's math on
-            return              # dt would import torch._dynamo (~1 s per process, ~3 s on the GPU machine)
         E, N, R, K = self.d_inner, self.d_state, self.dt_rank, self.conv_size
         self.in_proj.reset_parameters()
         if self.in_proj.bias is not None:
