@@ -44,7 +44,10 @@ print(json.dumps({"total": t3 - t0, "ray_tune": t1 - t0, "trainable": t2 - t1, "
 
 
 def measure(tree: Path, preset: str, runs: int) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # the tree first, then whatever else the caller's path holds (the GPU machine's device bundle), minus this tree
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != ROOT]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *kept])}
     out = []
     for _ in range(runs):
         res = subprocess.run([sys.executable, "-c", CHILD, preset], cwd=tree, env=env, capture_output=True, text=True,
