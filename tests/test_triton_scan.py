@@ -160,8 +160,6 @@ LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the w
     # dB/dC without atomics: a slot per program (Σ_d over its 8 lanes) or per group of 4 lanes (2 slots a program)
     "partial": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "partial"),
     "partial_groups": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4, "partial"),
-    # dB/dC summed over the program's lanes by reduce-scatter (one value a lane, then one atomic instruction)
-    "scatter": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "scatter"),
 }
 
 
@@ -171,25 +169,6 @@ def test_lane_backward_options_with_vector_rows(option):
     inputs = mixer_layout(make_inputs(2, 2, 6, 8, 21))
     assert bc_vector_width(inputs[3], inputs[4]) == 4
     check_against_oracle(inputs, True, route("bi", 2, 21), "mean", torch.float32, LANE_OPTIONS[option])
-
-
-@pytest.mark.parametrize("n_state", [16, 5])
-def test_scatter_backward_one_warp_of_channels(n_state):
-    """The GPU default's arrangement: 32 channels a program, 16 states (or 5, padded to 8: lanes of the padding
-    states are masked) summed over the 32 lanes by reduce-scatter; a channel count that leaves the last block
-    partly empty."""
-    inputs = mixer_layout(make_inputs(1, 2, 40, n_state, 11))
-    cfg = ("lane", 32, 4, 1, 32, 1, "input", "grid", 4, 0, "grid", "lane", 2, 32, "scatter")
-    check_against_oracle(inputs, True, route("bi", 2, 11), "mean", torch.float32, cfg)
-
-
-def test_scatter_needs_a_state_per_lane():
-    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 16, 9)]
-    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
-                                      config=("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8,
-                                              "scatter"))
-    with pytest.raises(ValueError, match="scatter"):
-        out.sum().backward()
 
 
 def test_vector_width_follows_strides_and_alignment():
@@ -238,8 +217,7 @@ def test_bad_backward_variant_is_refused():
 
 
 @pytest.mark.parametrize("bwd, bc, match", [("lane", "shared", "bwd_bc must be"), ("chunk", "shared", "bwd_bc must be"),
-                                           ("chunk", "partial", "needs the lane backward"),
-                                           ("chunk", "scatter", "needs the lane backward")])
+                                           ("chunk", "partial", "needs the lane backward")])
 def test_bad_lane_bc_mode_is_refused(bwd, bc, match):
     """An unknown dB/dC mode is refused whichever backward runs; the slots need the lane backward."""
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
@@ -349,8 +327,7 @@ def test_default_tiles_smoke_gpu(kind):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("stretch, tile, red, bc", [(8, 2, 32, "atomic"), (16, 2, 32, "atomic"), (16, 2, 8, "atomic"),
-                                                 (8, 1, 32, "atomic"), (8, 2, 32, "partial"), (8, 2, 8, "partial"),
-                                                 (8, 2, 32, "scatter"), (8, 1, 32, "scatter")])
+                                                 (8, 1, 32, "atomic"), (8, 2, 32, "partial"), (8, 2, 8, "partial")])
 def test_lane_backward_smoke_gpu(dtype, stretch, tile, red, bc):
     """The lane backward (forced; "auto" takes it only when the batch fills the GPU) at Vim-Ti's bi shape in the
     mixer's layout: checkpoints every 8 steps with Σ_d over the whole warp and 2 or 1 steps in registers, the

@@ -78,9 +78,7 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
-        bc = "scatter" if triton.next_power_of_2(n_state) <= 32 else "atomic"  # a padded state per lane at most
-        return ScanConfig("lane", 32, 8 if lane_bwd else 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 32,
-                          bc)
+        return ScanConfig("lane", 32, 8 if lane_bwd else 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 32)
     return _chunk_default(n_state)
 
 
@@ -105,12 +103,12 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
     programs fill the GPU, else the chunk one), its channels per program and warps."""
     if cfg.bwd not in ("chunk", "lane", "auto"):
         raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
-    if cfg.bwd_bc not in ("atomic", "partial", "scatter"):
-        raise ValueError(f"bwd_bc must be 'atomic', 'partial' or 'scatter', got {cfg.bwd_bc!r}")
-    if cfg.bwd_bc in ("partial", "scatter") and cfg.bwd == "chunk":  # dB/dC modes of the lane backward only
-        raise ValueError(f"bwd_bc={cfg.bwd_bc!r} needs the lane backward (bwd='lane' or 'auto'); the chunk "
-                         "backward adds dB/dC with atomics")
-    if cfg.bwd_bc == "partial":  # asking for the slots chooses the lane backward; "scatter" applies where it runs
+    if cfg.bwd_bc not in ("atomic", "partial"):
+        raise ValueError(f"bwd_bc must be 'atomic' or 'partial', got {cfg.bwd_bc!r}")
+    if cfg.bwd_bc == "partial":  # only the lane backward has dB/dC slots; asking for them chooses it
+        if cfg.bwd == "chunk":
+            raise ValueError("bwd_bc='partial' needs the lane backward (bwd='lane' or 'auto'); the chunk backward "
+                             "adds dB/dC with atomics")
         cfg = cfg._replace(bwd="lane")
     if cfg.bwd == "auto":
         cfg = cfg._replace(bwd="lane" if lane_bwd_fills(lane_warps, device) else "chunk")
