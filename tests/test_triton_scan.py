@@ -160,6 +160,10 @@ LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the w
     # dB/dC without atomics: a slot per program (Σ_d over its 8 lanes) or per group of 4 lanes (2 slots a program)
     "partial": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "partial"),
     "partial_groups": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4, "partial"),
+    # lane_hint "channels": A, dA and the checkpoints at unit channel stride ((NP, dim) checkpoints from either forward)
+    "channels": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "atomic", "channels"),
+    "channels_tile1": ("lane", 8, 8, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 1, 8, "atomic", "channels"),
+    "channels_chunk_fwd": ("chunk", 4, 8, 1, 8, 1, "input", "grid", 8, 0, "auto", "lane", 4, 8, "atomic", "channels"),
 }
 
 
@@ -209,22 +213,34 @@ def test_bad_gradient_layout_is_refused():
 
 
 def test_bad_backward_variant_is_refused():
+    """Refused by the forward already: it resolves the backward to lay its checkpoints out for it."""
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 1, 4, 2, 9)]
-    out = selective_scan_paths_triton(*leaves, config=("chunk", 4, 8, 1, 0, 0, "input", "grid", 4, 0, "auto",
-                                                       "rows"))
     with pytest.raises(ValueError, match="bwd must be"):
-        out.sum().backward()
+        selective_scan_paths_triton(*leaves, config=("chunk", 4, 8, 1, 0, 0, "input", "grid", 4, 0, "auto", "rows"))
+
+
+@pytest.mark.parametrize("variant, hint, match", [("seq", "channels", "seq variant"),
+                                                   ("lane", "rows", "lane_hint must be")])
+def test_bad_lane_hint_use_is_refused(variant, hint, match):
+    """The (NP, dim) checkpoints of lane_hint "channels" come from the lane or chunk forward only; unknown hints are
+    refused before any kernel runs."""
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
+    with pytest.raises(ValueError, match=match):
+        selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                    config=(variant, 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4,
+                                            "atomic", hint))
 
 
 @pytest.mark.parametrize("bwd, bc, match", [("lane", "shared", "bwd_bc must be"), ("chunk", "shared", "bwd_bc must be"),
                                            ("chunk", "partial", "needs the lane backward")])
 def test_bad_lane_bc_mode_is_refused(bwd, bc, match):
-    """An unknown dB/dC mode is refused whichever backward runs; the slots need the lane backward."""
+    """An unknown dB/dC mode is refused whichever backward runs; the slots need the lane backward. The lane forward
+    resolves the backward too (it writes the checkpoints in that backward's layout), so the error comes before any
+    kernel runs."""
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
-    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
-                                      config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", bwd, 2, 4, bc))
     with pytest.raises(ValueError, match=match):
-        out.sum().backward()
+        selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                    config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", bwd, 2, 4, bc))
 
 
 def test_partial_bc_is_bitwise_repeatable():
@@ -333,6 +349,20 @@ def test_lane_backward_smoke_gpu(dtype, stretch, tile, red, bc):
     mixer's layout: checkpoints every 8 steps with Σ_d over the whole warp and 2 or 1 steps in registers, the
     earlier 16-step stretch, the 8-lane Σ_d, and dB/dC through per-group slots instead of atomics."""
     cfg = GPU_VARIANTS["lane"][:2] + (stretch,) + GPU_VARIANTS["lane"][3:-2] + (tile, red, bc)
+    inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
+    check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fwd", ["lane", "chunk"])
+def test_lane_hint_channels_smoke_gpu(dtype, fwd):
+    """lane_hint "channels" (the lane-per-channel layout under the GPU machine's Triton): the lane backward after the
+    lane or the chunk forward, both writing (NP, dim) checkpoints, at Vim-Ti's bi shape in the mixer's layout."""
+    head = GPU_VARIANTS["lane"][:2] + (8,) if fwd == "lane" else ("chunk", 4, 8)
+    cfg = head + (1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 32, "atomic", "channels")
     inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
     check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
 

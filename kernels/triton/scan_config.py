@@ -28,7 +28,14 @@ class ScanConfig(NamedTuple):
     channel, selective_scan_lane_bwd.py; one program per path) with `bwd_tile` steps recomputed in registers
     (`steps` must be a multiple of it) and dB/dC partials summed over `bwd_red` lanes before the atomics, or, with
     `bwd_bc` = "partial", stored per group of `bwd_red` channels and summed afterwards (no atomics: dB and dC, not dA,
-    dD or dz, get the same bits on every run; "partial" selects the lane backward even where "auto" would not)."""
+    dD or dz, get the same bits on every run; "partial" selects the lane backward even where "auto" would not).
+    `lane_hint`: how the lane kernels lay out their (states, channels) memory accesses, from which Triton derives the
+    state's register layout (selective_scan_lane.py): "none" = as before session 15 (A at its own strides, checkpoints
+    (dim, NP) through a run-time unit stride; Triton 3.6 then spreads a channel's states over 4 lanes, and the
+    backward spills); "channels" = A and the checkpoints at unit channel stride from bases Triton cannot prove
+    aligned (one lane a channel under Triton 3.6 too; offline SASS: no spills, no shared memory in the forward). The
+    forward then writes (NP, dim) checkpoints when the lane backward reads them, so a config's forward and backward
+    must share the hint."""
 
     variant: str
     bd: int
@@ -45,6 +52,7 @@ class ScanConfig(NamedTuple):
     bwd_tile: int = 8
     bwd_red: int = 8
     bwd_bc: str = "atomic"
+    lane_hint: str = "none"
 
 
 # Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
@@ -101,6 +109,7 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
                    device: torch.device) -> tuple[ScanConfig, int, int]:
     """The backward actually run: `cfg` with `bwd` resolved ("auto": the lane backward where its `lane_warps`
     programs fill the GPU, else the chunk one), its channels per program and warps."""
+    check_lane_hint(cfg)
     if cfg.bwd not in ("chunk", "lane", "auto"):
         raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
     if cfg.bwd_bc not in ("atomic", "partial"):
@@ -119,6 +128,11 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
         fallback = _chunk_default(n_state)
         return cfg, cfg.bwd_bd or fallback.bwd_bd, cfg.bwd_warps or fallback.bwd_warps
     return cfg, cfg.bwd_bd or cfg.bd, cfg.bwd_warps or cfg.warps
+
+
+def check_lane_hint(cfg: ScanConfig) -> None:
+    if cfg.lane_hint not in ("none", "channels"):
+        raise ValueError(f"lane_hint must be 'none' or 'channels', got {cfg.lane_hint!r}")
 
 
 def _common_args(u, delta, A, B, C, D, z, delta_bias, paths):
@@ -156,4 +170,4 @@ def bc_vector_width(B: torch.Tensor, C: torch.Tensor) -> int:
 
 
 __all__ = ["ScanConfig", "BWD_CANDIDATES", "BWD_GRID_CANDIDATES", "default_config", "bc_vector_width", "backward_tiles",
-           "lane_bwd_fills"]
+           "check_lane_hint", "lane_bwd_fills"]

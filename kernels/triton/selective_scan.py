@@ -41,7 +41,7 @@ import triton
 
 from .scan_config import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, ScanConfig, _channel_last,  # noqa: F401
                           _chunk_default, _common_args, _empty_like_layout, backward_tiles, bc_vector_width,
-                          default_config, lane_bwd_fills)
+                          check_lane_hint, default_config, lane_bwd_fills)
 from .selective_scan_chunk import _scan_bwd_kernel, _scan_fwd_kernel
 from .selective_scan_lane import launch_lane_fwd
 from .selective_scan_lane_bwd import launch_lane_bwd
@@ -57,6 +57,19 @@ def _default_for(u: torch.Tensor, n_state: int) -> ScanConfig:
     return default_config(n_state, dim, n_paths, lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), u.device))
 
 
+def _runs_lane_backward(cfg: ScanConfig, u: torch.Tensor, n_state: int) -> bool:
+    """Whether the backward of `cfg` on u's (batch, paths, dim, L) is the lane kernel (`backward_tiles` decides, as in
+    scan_paths_bwd). With lane_hint "channels" the forward needs it: it writes the checkpoints in (NP, dim) memory for
+    the lane backward and in (dim, NP) memory for the chunk backward."""
+    bsz, n_paths, dim, _ = u.shape
+    return backward_tiles(cfg, n_state, bsz * n_paths * triton.cdiv(dim, 32), u.device)[0].bwd == "lane"
+
+
+def _unit_channel_stride(A: torch.Tensor) -> torch.Tensor:
+    """A (P, dim, N) with the channels at unit stride: lane_hint "channels" reads it so (selective_scan_lane.py)."""
+    return A.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
                    paths: torch.Tensor | None, softplus: bool, scale: float, save_states: bool, save_last: bool = False,
@@ -69,12 +82,18 @@ def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     cfg = ScanConfig(*config) if config else _default_for(u, n_state)
     if cfg.variant not in ("seq", "chunk", "lane"):
         raise ValueError(f"variant must be 'seq', 'chunk' or 'lane', got {cfg.variant!r}")
+    check_lane_hint(cfg)
+    hints = cfg.lane_hint == "channels"
+    hs_nmajor = save_states and _runs_lane_backward(cfg, u, n_state) and hints  # also checks the backward's fields
+    if hs_nmajor and cfg.variant == "seq":
+        raise ValueError("the lane backward reads the lane or chunk forward's checkpoints, not the seq variant's")
     if cfg.variant == "lane":
         if save_last:
             raise ValueError("the lane variant does not return the last state; use 'chunk' or 'seq'")
-        out, hs = launch_lane_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states, cfg,
-                                  _common_args(u, delta, A, B, C, D, z, delta_bias, paths), _empty_like_layout,
-                                  _channel_last, bc_vector_width(B, C))
+        a_lane = _unit_channel_stride(A) if hints else A
+        out, hs = launch_lane_fwd(u, delta, a_lane, B, C, D, z, delta_bias, paths, softplus, scale, save_states, cfg,
+                                  _common_args(u, delta, a_lane, B, C, D, z, delta_bias, paths), _empty_like_layout,
+                                  _channel_last, bc_vector_width(B, C), hs_nmajor, hints)
         return out, hs, None
     nchunk = triton.cdiv(length, cfg.steps)
     seq = cfg.variant == "seq"
@@ -89,7 +108,7 @@ def scan_paths_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     dummy = out
     grid = (bsz, triton.cdiv(dim, cfg.bd), 1 if path_loop else n_paths)
     kernel = _scan_fwd_seq_kernel if seq else _scan_fwd_kernel
-    extra = {} if seq else dict(PATH_LOOP=path_loop)
+    extra = {} if seq else dict(PATH_LOOP=path_loop, HS_NMAJOR=hs_nmajor)
     kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
         z if z is not None else dummy, paths if paths is not None else dummy, out, hs, last,
@@ -128,7 +147,13 @@ def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: 
     ddt = _empty_like_layout((bsz, n_paths, dim, length), u, delta.dtype, False, cl)
     db = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, follow and _channel_last(B))
     dc = _empty_like_layout((bsz, n_paths, np2, length), u, f32, True, follow and _channel_last(B))
-    da = torch.zeros((n_paths, dim, np2), device=dev, dtype=f32)
+    lane = cfg.bwd == "lane"
+    hints = lane and cfg.lane_hint == "channels"
+    if hints:  # A read and dA added with the channels at unit stride (selective_scan_lane_bwd.py)
+        A_k = _unit_channel_stride(A)
+        da = torch.zeros((n_paths, np2, dim), device=dev, dtype=f32).transpose(1, 2)
+    else:
+        A_k, da = A, torch.zeros((n_paths, dim, np2), device=dev, dtype=f32)
     dd = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     ddtb = torch.zeros((n_paths, dim), device=dev, dtype=f32)
     if cfg.bwd_paths not in ("loop", "grid"):
@@ -143,18 +168,18 @@ def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: 
         dzacc = torch.empty_like(dz, dtype=f32) if path_loop else dz
     grid = (bsz, triton.cdiv(dim, bd), 1 if path_loop else n_paths)
     dummy = da
-    strides = (*_common_args(u, delta, A, B, C, D, z, delta_bias, paths), *dout.stride())
+    strides = (*_common_args(u, delta, A_k, B, C, D, z, delta_bias, paths), *dout.stride())
     opts = dict(N=n_state, NP=np2, BD=bd, T=cfg.steps, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
                 HAS_Z=z is not None, SOFTPLUS=bool(softplus), HAS_PATHS=paths is not None, ATOMIC_Z=atomic_z,
                 num_warps=warps)
-    inputs = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+    inputs = (u, delta, A_k, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
               z if z is not None else dummy, paths if paths is not None else dummy, dout, hs)
     outs = (du, ddt, da, db, dc, dd, ddtb, dz if dz is not None else dummy)
-    if cfg.bwd == "lane":
+    if lane:
         flags = {k: v for k, v in opts.items() if k not in ("T", "BD", "num_warps")}
         launch_lane_bwd(inputs, outs, length, dim, nchunk, scale, n_paths, (*strides, *du.stride(), *db.stride()),
                         flags, cfg.steps, cfg.bwd_tile, bd, warps, bc_vector_width(B, C), cfg.bwd_red,
-                        cfg.bwd_bc == "partial")
+                        cfg.bwd_bc == "partial", hints)
     elif seq:
         scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, bd, np2), device=dev, dtype=f32)
         _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, length, dim, nchunk, float(scale), *strides,

@@ -25,7 +25,7 @@ def _scan_fwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
-    PATH_LOOP: tl.constexpr,
+    PATH_LOOP: tl.constexpr, HS_NMAJOR: tl.constexpr = False,
 ):
     b64 = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -45,9 +45,14 @@ def _scan_fwd_kernel(
         h = tl.zeros((BD, NP), dtype=tl.float32)
         hs_base = HS + ((b64 * npaths + p) * NCHUNK) * DIM * NP
         hs_off = offs_d[:, None] * NP + offs_n[None, :]
+        # checkpoints in (dim, NP) memory for the chunk backward, (NP, dim) for the lane backward
+        if HS_NMAJOR:
+            ck_off = offs_n[None, :] * DIM + offs_d[:, None]
+        else:
+            ck_off = hs_off
         for c in range(0, NCHUNK):
             if SAVE_STATES:
-                tl.store(hs_base + c * DIM * NP + hs_off, h, mask=mask_d[:, None])
+                tl.store(hs_base + c * DIM * NP + ck_off, h, mask=mask_d[:, None])
             t = c * T + offs_t
             mask_t = t < L
             if HAS_PATHS:

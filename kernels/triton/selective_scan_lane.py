@@ -11,8 +11,15 @@ that wait behind every step's store. Here one *lane* owns one channel and all N 
     T steps are unrolled with no store in between (y is kept in a (T, BD) register tile and stored once), so the
     loads of the T steps issue together and their latency is paid once per tile, not once per step.
 
-Strides are not specialised (`do_not_specialize`): a unit stride would make Triton vectorise the loads along the
-channels and then convert layouts every step; unspecialised, every tensor keeps the lane-per-channel layout.
+The lane-per-channel layout is not something a Triton kernel can name: Triton derives a tensor's layout from the
+(NP, BD) memory accesses it feeds from, each laid out to coalesce. Strides are not specialised (`do_not_specialize`),
+so a unit stride along the states cannot make Triton vectorise there. That is enough for Triton 3.8, not for Triton
+3.6 (the GPU machine's): it spreads a channel's states over 4 lanes (4 a thread, 8 channels a warp row), the
+per-channel vectors go through shared memory every step and Σ_n crosses lanes (offline SASS at the study row: 104
+shared-memory and 64 shuffle instructions a tile). With `CH_UNIT` (ScanConfig.lane_hint "channels") A, the one
+(NP, BD) load, has the channels at unit stride (the launcher passes it so) from a base Triton cannot prove aligned:
+threads go along the channels, one element each, under both versions (no shuffles, 3 shared-memory instructions). The
+checkpoint store then follows the backward that reads it (`HS_NMAJOR`: (NP, dim) memory for the lane backward).
 
 Parallelism is batch × channels (× paths when paths are not walked by one program). For long sequences at a small
 batch that is too few lanes, so the sequence is cut into `segments`: a first launch (MODE 1) runs every segment but the
@@ -40,7 +47,7 @@ if TYPE_CHECKING:
 
 _STRIDES = ["su_b", "su_p", "su_d", "su_l", "sdt_b", "sdt_p", "sdt_d", "sdt_l", "sa_p", "sa_d", "sa_n",
             "sb_b", "sb_p", "sb_n", "sb_l", "sc_b", "sc_p", "sc_n", "sc_l", "sD_p", "sD_d", "sdb_p", "sdb_d",
-            "sz_b", "sz_d", "sz_l", "sp_p", "sp_l", "so_b", "so_d", "so_l"]
+            "sz_b", "sz_d", "sz_l", "sp_p", "sp_l", "so_b", "so_d", "so_l", "zero"]
 
 
 @triton.jit(do_not_specialize=_STRIDES)
@@ -49,11 +56,11 @@ def _scan_fwd_lane_kernel(
     L, DIM, NCHUNK, scale, NPATHS, SEGLEN, NSEG, NSEG_GRID,
     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
     sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
-    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, zero,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC: tl.constexpr, PATH_LOOP: tl.constexpr, SAVE_STATES: tl.constexpr,
-    MODE: tl.constexpr, VEC_BC: tl.constexpr = 1,
+    MODE: tl.constexpr, VEC_BC: tl.constexpr = 1, HS_NMAJOR: tl.constexpr = False, CH_UNIT: tl.constexpr = False,
 ):
     # MODE 0: the whole sequence in one program; 1: segment summaries only (end state from zero, Σ Δ; no output);
     # 2: one segment, started from the earlier segments' summaries.
@@ -72,8 +79,12 @@ def _scan_fwd_lane_kernel(
     n_iter = NPATHS if PATH_LOOP else 1
     for pi in range(0, n_iter):
         p = p0 + pi
-        a2 = tl.load(A + p * sa_p + offs_d[None, :] * sa_d + offs_n[:, None] * sa_n,
-                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+        if CH_UNIT:  # lane_hint "channels": sa_d = 1 (the launcher passes A so), base not provably aligned
+            a_off = offs_n[:, None] * sa_n + offs_d[None, :]
+        else:
+            a_off = offs_d[None, :] * sa_d + offs_n[:, None] * sa_n
+        a2 = tl.load(A + p * sa_p + a_off, mask=mask_n[:, None] & mask_d[None, :],
+                     other=0.0).to(tl.float32) * 1.4426950408889634
         if HAS_D:
             dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
         if HAS_DTB:
@@ -94,7 +105,11 @@ def _scan_fwd_lane_kernel(
         hs_base = HS + ((b64 * NPATHS + p) * NCHUNK) * DIM * NP
         for c in range(c_first, c_last):
             if SAVE_STATES:
-                tl.store(hs_base + c * DIM * NP + offs_d[None, :] * NP + offs_n[:, None], h,
+                if HS_NMAJOR:  # (NP, dim) memory, for the lane backward
+                    hs_off = zero + offs_n[:, None] * DIM + offs_d[None, :]
+                else:  # (dim, NP), for the chunk backward
+                    hs_off = offs_d[None, :] * NP + offs_n[:, None]
+                tl.store(hs_base + c * DIM * NP + hs_off, h,
                          mask=mask_n[:, None] & mask_d[None, :])
             for it in range(0, CK // T):
                 t0 = c * CK + it * T
@@ -154,7 +169,8 @@ def launch_lane_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
                     paths: torch.Tensor | None, softplus: bool, scale: float, save_states: bool, cfg: ScanConfig,
                     common_strides: tuple[int, ...], empty_like_layout: Callable[..., torch.Tensor],
-                    channel_last: Callable[[torch.Tensor], bool], vec_bc: int = 1
+                    channel_last: Callable[[torch.Tensor], bool], vec_bc: int = 1, hs_nmajor: bool = False,
+                    channel_unit: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward with the lane-owned kernel; returns (out in u's dtype, checkpoint states or None)."""
     import torch
@@ -188,12 +204,13 @@ def launch_lane_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
             length, dim, nchunk, float(scale), n_paths, seglen, nseg)
     opts = dict(N=n_state, NP=np2, BD=cfg.bd, T=tile, CK=ck, HAS_D=D is not None, HAS_DTB=delta_bias is not None,
                 HAS_Z=z is not None, SOFTPLUS=bool(softplus), HAS_PATHS=paths is not None, ATOMIC=atomic,
-                PATH_LOOP=path_loop, VEC_BC=vec_bc, num_warps=cfg.warps)
+                PATH_LOOP=path_loop, VEC_BC=vec_bc, HS_NMAJOR=hs_nmajor, CH_UNIT=channel_unit,
+                num_warps=cfg.warps)
     strides = (*common_strides, *out.stride())
     n_prog_paths = 1 if path_loop else n_paths
     if nseg > 1:
         _scan_fwd_lane_kernel[(bsz, dblocks, n_prog_paths * (nseg - 1))](
-            *args, nseg - 1, *strides, SAVE_STATES=False, MODE=1, **opts)
+            *args, nseg - 1, *strides, 0, SAVE_STATES=False, MODE=1, **opts)
     _scan_fwd_lane_kernel[(bsz, dblocks, n_prog_paths * nseg)](
-        *args, nseg, *strides, SAVE_STATES=save_states, MODE=2 if nseg > 1 else 0, **opts)
+        *args, nseg, *strides, 0, SAVE_STATES=save_states, MODE=2 if nseg > 1 else 0, **opts)
     return out.to(u.dtype), (hs if save_states else None)

@@ -70,12 +70,15 @@ def _advance(U, DT, Bm, PATHS, p, t0, L, h, a2, offs_d, mask_d, offs_n, mask_n, 
 _STRIDES = ["su_b", "su_p", "su_d", "su_l", "sdt_b", "sdt_p", "sdt_d", "sdt_l", "sa_p", "sa_d", "sa_n",
             "sb_b", "sb_p", "sb_n", "sb_l", "sc_b", "sc_p", "sc_n", "sc_l", "sD_p", "sD_d", "sdb_p", "sdb_d",
             "sz_b", "sz_d", "sz_l", "sp_p", "sp_l", "so_b", "so_d", "so_l", "sg_b", "sg_p", "sg_d", "sg_l",
-            "sbc_b", "sbc_p", "sbc_n", "sbc_l", "one"]
+            "sbc_b", "sbc_p", "sbc_n", "sbc_l", "zero"]
 
 
-# Strides are not specialised (as in the lane forward): a known unit stride makes Triton re-lay the state out for
-# vector loads (4 states a lane, 8 channels a warp row), and every Σ_n then crosses lanes. `one` (= 1) is the unit
-# stride of the checkpoint and scratch memory, passed at run time for the same reason.
+# The state's layout is decided by Triton from the kernel's (NP, BD) memory accesses (the lane forward's docstring):
+# A, the checkpoints, the scratch and dA. With CH_UNIT (lane_hint "channels") each has the channels at unit stride
+# from a base Triton cannot prove aligned (`zero`, a run-time 0, or an unspecialised stride): threads go along the
+# channels, one lane a channel, and no access is vectorised across them. Without it the unit strides are hidden behind
+# run-time values (`zero + 1`); Triton 3.8 then keeps one lane a channel, Triton 3.6 does not (4 lanes a channel, 176
+# bytes of spills at the study row, offline SASS). Strides are not specialised in either case.
 @triton.jit(do_not_specialize=_STRIDES)
 def _scan_bwd_lane_kernel(
     U, DT, A, Bm, Cm, Dv, DTB, Z, PATHS, DOUT, HS, SCR,
@@ -83,14 +86,15 @@ def _scan_bwd_lane_kernel(
     L, DIM, NCHUNK, scale, NPATHS,
     su_b, su_p, su_d, su_l, sdt_b, sdt_p, sdt_d, sdt_l, sa_p, sa_d, sa_n,
     sb_b, sb_p, sb_n, sb_l, sc_b, sc_p, sc_n, sc_l, sD_p, sD_d, sdb_p, sdb_d,
-    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, sg_b, sg_p, sg_d, sg_l, sbc_b, sbc_p, sbc_n, sbc_l, one, sbc_k,
+    sz_b, sz_d, sz_l, sp_p, sp_l, so_b, so_d, so_l, sg_b, sg_p, sg_d, sg_l, sbc_b, sbc_p, sbc_n, sbc_l, zero, sbc_k,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr, VEC_BC: tl.constexpr, RED: tl.constexpr,
-    BC_PARTIAL: tl.constexpr,
+    BC_PARTIAL: tl.constexpr, CH_UNIT: tl.constexpr,
 ):
-    # Gradient layouts as in `_scan_bwd_kernel`: DU, DDT through sg_*, DB/DC fp32 through sbc_*, DA (P, dim, NP),
-    # DD/DDTB (P, dim) fp32, DZ with Z's strides (fp32 when ATOMIC_Z). HS: (batch, P, NCHUNK, dim, NP) fp32 states at
+    # Gradient layouts as in `_scan_bwd_kernel`: DU, DDT through sg_*, DB/DC fp32 through sbc_*, DA (P, dim, NP) or
+    # (P, NP, dim) with CH_UNIT, DD/DDTB (P, dim) fp32, DZ with Z's strides (fp32 when ATOMIC_Z). HS: (batch, P,
+    # NCHUNK, dim, NP) or, with CH_UNIT, (batch, P, NCHUNK, NP, dim) fp32 states at
     # every CK-step checkpoint. SCR: per program (CK / T, NP, BD) fp32, used only when CK > T.
     b64 = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -102,8 +106,12 @@ def _scan_bwd_lane_kernel(
     mask_n = offs_n < N
     zero_nd = tl.zeros((NP, BD), dtype=tl.int32)
     mnd = mask_n[:, None] & mask_d[None, :]
-    a2 = tl.load(A + p * sa_p + offs_d[None, :] * sa_d + offs_n[:, None] * sa_n, mask=mnd,
-                 other=0.0).to(tl.float32) * 1.4426950408889634
+    one = zero + 1
+    if CH_UNIT:  # lane_hint "channels": sa_d = 1 (the launcher passes A so)
+        a_off = offs_n[:, None] * sa_n + offs_d[None, :]
+    else:
+        a_off = offs_d[None, :] * sa_d + offs_n[:, None] * sa_n
+    a2 = tl.load(A + p * sa_p + a_off, mask=mnd, other=0.0).to(tl.float32) * 1.4426950408889634
     dvec = tl.zeros((BD,), dtype=tl.float32)
     if HAS_D:
         dvec = tl.load(Dv + p * sD_p + offs_d * sD_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -114,9 +122,15 @@ def _scan_bwd_lane_kernel(
     b_base, c_base = b64 * sb_b + p * sb_p, b64 * sc_b + p * sc_p
     g_base, bc_base = b64 * sg_b + p * sg_p, b64 * sbc_b + p * sbc_p
     hs_base = HS + ((b64 * NPATHS + p) * NCHUNK) * DIM * NP
-    nd_off = (offs_n[:, None] + offs_d[None, :] * NP) * one  # the checkpoints' (dim, NP) memory
+    if CH_UNIT:  # checkpoints (NP, dim) memory
+        nd_off = zero + offs_n[:, None] * DIM + offs_d[None, :]
+    else:  # (dim, NP), the unit stride passed at run time
+        nd_off = (offs_n[:, None] + offs_d[None, :] * NP) * one
     prog = (b64 * tl.num_programs(1) + pid_d) * NPATHS + p
-    scr = SCR + prog * (CK // T) * NP * BD + (offs_n[:, None] * BD + tl.arange(0, BD)[None, :]) * one
+    if CH_UNIT:
+        scr = SCR + prog * (CK // T) * NP * BD + zero + offs_n[:, None] * BD + tl.arange(0, BD)[None, :]
+    else:
+        scr = SCR + prog * (CK // T) * NP * BD + (offs_n[:, None] * BD + tl.arange(0, BD)[None, :]) * one
     g = tl.zeros((NP, BD), dtype=tl.float32)
     a_next = tl.zeros((NP, BD), dtype=tl.float32)  # decay of the step after the one being processed
     da_acc = tl.zeros((NP, BD), dtype=tl.float32)
@@ -188,7 +202,10 @@ def _scan_bwd_lane_kernel(
                     tl.atomic_add(DC + bcptr[:, None] + zg, dc, mask=mg, sem="relaxed")
         if CK > T:
             tl.debug_barrier()
-    tl.atomic_add(DA + (p * DIM + offs_d[None, :]) * NP + offs_n[:, None], da_acc, mask=mnd, sem="relaxed")
+    if CH_UNIT:  # dA (P, NP, dim)
+        tl.atomic_add(DA + zero + (p * NP + offs_n[:, None]) * DIM + offs_d[None, :], da_acc, mask=mnd, sem="relaxed")
+    else:  # (P, dim, NP)
+        tl.atomic_add(DA + (p * DIM + offs_d[None, :]) * NP + offs_n[:, None], da_acc, mask=mnd, sem="relaxed")
     if HAS_D:
         tl.atomic_add(DD + p * DIM + offs_d, dd_acc, mask=mask_d, sem="relaxed")
     if HAS_DTB:
@@ -199,7 +216,8 @@ def _scan_bwd_lane_kernel(
 
 def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, ...], length: int, dim: int,
                     nchunk: int, scale: float, n_paths: int, strides: tuple[int, ...], flags: dict[str, Any], ck: int,
-                    tile: int, bd: int, warps: int, vec_bc: int, red: int = 8, bc_partial: bool = False) -> None:
+                    tile: int, bd: int, warps: int, vec_bc: int, red: int = 8, bc_partial: bool = False,
+                    channel_unit: bool = False) -> None:
     """Launch `_scan_bwd_lane_kernel`: one program per (batch, `bd` channels, path). `inputs`/`outs` in the chunk
     backward's order, `strides` = the inputs', dout's, the u/Δ gradients' and the dB/dC buffers' strides; `flags`
     = the N/NP/HAS_*/ATOMIC_Z constexprs; `ck` = the forward's checkpoint stretch, `tile` = steps kept in registers;
@@ -224,8 +242,9 @@ def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, 
         outs[3], outs[4] = (torch.empty_strided((slots, *t.shape), (t.numel(), *t.stride()), device=t.device,
                                                 dtype=t.dtype) for t in (db, dc))
         sbc_k = db.numel()
-    _scan_bwd_lane_kernel[grid](*inputs, scratch, *outs, length, dim, nchunk, float(scale), n_paths, *strides, 1,
+    _scan_bwd_lane_kernel[grid](*inputs, scratch, *outs, length, dim, nchunk, float(scale), n_paths, *strides, 0,
                                 sbc_k, BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=red, BC_PARTIAL=bc_partial,
+                                CH_UNIT=channel_unit,
                                 num_warps=warps, **flags)
     if bc_partial:
         torch.sum(outs[3], 0, out=db)
