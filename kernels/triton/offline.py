@@ -10,7 +10,16 @@ target here if the active driver is replaced by one that only names the target. 
     for name, k in kernels:
         print(sass_report(k, name))
 
-Run as a script for the selective-scan kernels at their Vim-Ti defaults:  python -m kernels.triton.offline
+Run as a script for the lane selective-scan kernels (forward and backward) at the study row's shape (batch 256, the
+bi route, 384 channels, N = 16, 65 tokens, the mixer's memory layout), the default config and any others given:
+
+    python -m kernels.triton.offline ['("lane", 32, 8, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 32,
+                                        "atomic", "channels")' ...]
+
+The GPU machine runs Triton 3.6 and the two versions lay the lane kernels out differently (benchmarks/gpu_notes.md,
+session 4): compile with the device's version, e.g. `pip install --target /tmp/t36 triton==3.6.0` and
+`PYTHONPATH=/tmp/t36 python -m kernels.triton.offline`. The report names the register layout Triton gave the
+kernel's (states, channels) tiles.
 """
 
 from __future__ import annotations
@@ -134,4 +143,56 @@ def sass_report(compiled: CompiledKernel, title: str = "") -> str:
             f"{total} SASS instructions ({parts})")
 
 
-__all__ = ["capture_compiles", "sass_report", "sass_text", "opcode_counts", "resources"]
+def state_layouts(compiled: CompiledKernel, n_state: int = 16, channels: int = 32) -> list[str]:
+    """The distinct layouts of the kernel's (n_state, channels) tensors in its TTGIR ("one lane a channel" when each
+    thread holds a whole column: threadsPerWarp = [1, 32])."""
+    ttgir = compiled.asm["ttgir"]
+    defs = dict(re.findall(r"^(#\w+) = (#ttg\.blocked<\{[^}]*\}>)", ttgir, re.M))
+    used = set(re.findall(rf"tensor<{n_state}x{channels}xf32, (#\w+)>", ttgir))
+    return sorted(defs.get(u, u).removeprefix("#ttg.blocked<{").removesuffix("}>") for u in used)
+
+
+def _study_row_inputs() -> tuple:
+    """CPU stand-ins for the scan's inputs at the study row, in the SSM mixer's memory layout (u, Δ, z channel-last;
+    B and C column blocks of one x_proj output, B first), and the bi route's paths."""
+    import torch
+
+    bsz, n_paths, dim, n, length, rank = 256, 2, 384, 16, 65, 12
+    bf = torch.bfloat16
+    u = torch.zeros(n_paths, bsz, length, dim, dtype=bf).permute(1, 0, 3, 2)
+    delta = torch.zeros(n_paths, bsz, length, dim, dtype=bf).permute(1, 0, 3, 2)
+    xdbl = torch.zeros(n_paths, bsz, length, 2 * n + rank, dtype=bf)
+    B, C = (xdbl[..., k * n:(k + 1) * n].permute(1, 0, 3, 2) for k in (0, 1))
+    A = -torch.ones(n_paths, dim, n)
+    D, bias = torch.zeros(n_paths, dim), torch.zeros(n_paths, dim)
+    z = torch.zeros(bsz, length, dim, dtype=bf).transpose(1, 2)
+    rows = torch.arange(length, dtype=torch.int32)
+    return (u, delta, A, B, C, D, z, bias), torch.stack([rows, rows.flip(0)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    import ast
+    import sys
+
+    import triton as _triton
+
+    from .selective_scan import scan_paths_bwd, scan_paths_fwd
+
+    (u, delta, A, B, C, D, z, bias), paths = _study_row_inputs()
+    configs = [None] + [ast.literal_eval(a) for a in (sys.argv[1:] if argv is None else argv)]
+    print(f"Triton {_triton.__version__}, sm_90, the study row (batch 256, bi, 384 channels, N 16, 65 tokens)")
+    for cfg in configs:
+        with capture_compiles() as kernels:
+            out, hs, _ = scan_paths_fwd(u, delta, A, B, C, D, z, bias, paths, True, 0.5, True, config=cfg)
+            scan_paths_bwd(out, u, delta, A, B, C, D, z, bias, paths, True, 0.5, hs, config=cfg)
+        print(f"\nconfig: {cfg or 'default'}")
+        for name, k in kernels:
+            print(f"  {sass_report(k, name)}")
+            print(f"    (16, 32) layouts: {'; '.join(state_layouts(k)) or '-'}")
+
+
+__all__ = ["capture_compiles", "sass_report", "sass_text", "opcode_counts", "resources", "state_layouts"]
+
+
+if __name__ == "__main__":
+    main()
