@@ -63,9 +63,9 @@ for _red in (32, 8):  # one step in registers at a time: under Triton 3.6 tile 2
 for _red in (32, 8):  # dB/dC through a slot per group of channels, summed afterwards, instead of fp32 atomics
     SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile 2, Σ_d over {_red} lanes, dB/dC slots (no atomics)",
                   ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", 2, _red, "partial"), "mixer"))
-for _tile in (2, 1):  # session 15: accesses that keep one lane a channel under the device's Triton 3.6 (lane_hint)
-    SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile {_tile}, Σ_d over 32 lanes, lane_hint channels",
-                  ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", _tile, 32, "atomic", "channels"),
+for _tile, _red in ((2, 32), (1, 32), (2, 8)):  # session 15: one lane a channel under Triton 3.6 too (lane_hint)
+    SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile {_tile}, Σ_d over {_red} lanes, lane_hint channels",
+                  ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", _tile, _red, "atomic", "channels"),
                   "mixer"))
 WORKLOADS = {**WORKLOADS, "study_64": dict(bsz=256, dim=384, length=65, n_state=16, route="bi", gate=True,
                                            merge="mean")}
