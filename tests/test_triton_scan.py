@@ -162,7 +162,6 @@ LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the w
     "partial_groups": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 4, "partial"),
     # lane_hint "channels": A, dA and the checkpoints at unit channel stride ((NP, dim) checkpoints from either forward)
     "channels": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "atomic", "channels"),
-    "channels_tile1": ("lane", 8, 8, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 1, 8, "atomic", "channels"),
     "channels_chunk_fwd": ("chunk", 4, 8, 1, 8, 1, "input", "grid", 8, 0, "auto", "lane", 4, 8, "atomic", "channels"),
 }
 
