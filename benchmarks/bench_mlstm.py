@@ -215,6 +215,34 @@ def layouts(reps: int) -> None:
                  "rel. diff vs contiguous forward run"], rows, [], None)
 
 
+CHUNKS = (64, 32, 16)  # rows per chunk of the Triton forward; the first is the default
+
+
+def chunks(reps: int, out: str | None = None) -> None:
+    """The cell per forward chunk size, at vil_tiny's train shape (the mixer's head views) and ViL-T 224, against
+    chunk 64 in the same run. Offline SASS (sm_90, Triton 3.6): at 144 rows chunk 64 walks 3 chunks with 592 B of
+    spills; chunk 32 takes the two-phase forward (5 chunks, 152 and 106 registers, no spills)."""
+    rows = []
+    for name, x in (("vil_tiny train, mixer views", mixer_views(*LAYOUT_SHAPE)),
+                    ("vil_t_224", make(*SHAPES["vil_t_224"]))):
+        base = base_out = None
+        for chunk in CHUNKS:
+            def run(*a, c=chunk):
+                return mlstm_triton(*a, chunk=c)
+            with torch.no_grad():
+                out = run(*x).float()
+            t = timed(run, x, reps)
+            if base is None:
+                base, base_out = t, out
+            diff = ((out - base_out).norm() / base_out.norm()).item()
+            rows.append([name, str(tuple(x[0].shape)), f"chunk {chunk}", *t, ratio(base[0], t[0]), ratio(base[1], t[1]),
+                         f"{diff:.1e}"])
+            print(rows[-1], flush=True)
+    emit_report(f"device: {device_line()}; mLSTM forward chunk size", ["shape", "(B, H, L, DH)", "forward chunk",
+                "fwd ms", "fwd+bwd ms", "first / this fwd", "first / this fwd+bwd", "rel. diff vs first row"],
+                rows, [], out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -222,6 +250,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--bwd-sweep", action="store_true", help="only the backward-tile table (BWD_TILES)")
     ap.add_argument("--layouts", action="store_true", help="only the input-layout table (vil_tiny's train shape)")
+    ap.add_argument("--chunks", action="store_true", help="only the forward chunk-size table (CHUNKS)")
     ap.add_argument("--tfla-child", nargs=3, default=None, metavar=("SHAPE", "KERNEL", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     reps = args.reps or (5 if args.quick else 30)
@@ -230,6 +259,9 @@ def main() -> None:
         return
     if args.layouts:
         layouts(reps)
+        return
+    if args.chunks:
+        chunks(reps, args.out)
         return
     if args.tfla_child:
         tfla_child(args.tfla_child[0], args.tfla_child[1], int(args.tfla_child[2]), reps)

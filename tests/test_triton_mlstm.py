@@ -32,11 +32,11 @@ def make_inputs(bsz, heads, length, dqk, dv, dtype=torch.float32, seed=0):
     return [x.to(DEV).to(dtype) for x in (q, k, v, i, f)]
 
 
-def check(inputs, dtype, backward="recompute", forward=None, bwd_tile=None):
+def check(inputs, dtype, backward="recompute", forward=None, bwd_tile=None, chunk=64):
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     ref_leaves = [x.detach().double().requires_grad_(True) for x in inputs]
     same_leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = mlstm_triton(*leaves, backward=backward, forward=forward, bwd_tile=bwd_tile)
+    out = mlstm_triton(*leaves, backward=backward, forward=forward, bwd_tile=bwd_tile, chunk=chunk)
     ref = mlstm_parallel_loop(*ref_leaves)
     same = mlstm_parallel_loop(*same_leaves, dtype=dtype)
     dh = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(ref.device)
@@ -61,6 +61,19 @@ def test_forward_modes_match_parallel(forward):
     """The chunk walk and the two-phase forward (states first, then every chunk in parallel) on three chunks of 64,
     the last one partial, with the Triton backward reading the statistics either forward saved."""
     check(make_inputs(1, 2, 150, 8, 12), torch.float32, "triton", forward)
+
+
+@pytest.mark.parametrize("forward", ["walk", "two_phase"])
+def test_forward_chunk_size_matches_parallel(forward):
+    """Chunks of 16 rows (70 rows: 5 chunks, the last partial) in either forward, with the Triton backward reading
+    the statistics that forward saved."""
+    check(make_inputs(1, 2, 70, 8, 12), torch.float32, "triton", forward, chunk=16)
+
+
+@pytest.mark.parametrize("chunk", [8, 48])
+def test_bad_chunk_is_refused(chunk):
+    with pytest.raises(ValueError, match="chunk must be"):
+        mlstm_triton(*make_inputs(1, 1, 8, 8, 8), chunk=chunk)
 
 
 @pytest.mark.parametrize("bwd_tile", [(16, 4), (32, 2)])
@@ -149,6 +162,14 @@ def test_vil_tiny_shape_gpu(dtype, backward):
 def test_vil_tiny_default_smoke_gpu():
     """The defaults (Triton forward and tile backward) at ViL-T's shape in bfloat16, as training runs them."""
     check(make_inputs(8, 4, 145, 96, 96, dtype=torch.bfloat16), torch.bfloat16, "triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+def test_vil_tiny_chunk32_smoke_gpu():
+    """Chunks of 32 rows at vil_tiny's train length (144 rows: the two-phase forward over 5 chunks), bfloat16."""
+    check(make_inputs(8, 4, 144, 96, 96, dtype=torch.bfloat16), torch.bfloat16, "triton", chunk=32)
 
 
 @pytest.mark.gpu

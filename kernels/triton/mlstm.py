@@ -255,14 +255,15 @@ class MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                 eps: float, backward: str, forward: str | None = None,
-                bwd_tile: tuple[int, int] | None = None, reverse: bool = False) -> torch.Tensor:
+                bwd_tile: tuple[int, int] | None = None, reverse: bool = False, chunk: int = 64) -> torch.Tensor:
         ctx.eps, ctx.mode, ctx.bwd_tile, ctx.reverse = eps, backward, bwd_tile, reverse
         if backward == "triton" and any(ctx.needs_input_grad[:5]):  # inference skips the saved statistics
-            h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, save_stats=True, mode=forward, reverse=reverse)
+            h, m, den = mlstm_fwd_triton(q, k, v, i, f, eps, chunk=chunk, save_stats=True, mode=forward,
+                                         reverse=reverse)
             ctx.save_for_backward(q, k, v, i, f, h, m, den)
             return h
         ctx.save_for_backward(q, k, v, i, f)
-        return mlstm_fwd_triton(q, k, v, i, f, eps, mode=forward, reverse=reverse)
+        return mlstm_fwd_triton(q, k, v, i, f, eps, chunk=chunk, mode=forward, reverse=reverse)
 
     @staticmethod
     def backward(ctx: Any, dh: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -272,7 +273,7 @@ class MLSTMChunkwise(torch.autograd.Function):
             q, k, v, i, f, h, m, den = ctx.saved_tensors
             tile = dict(zip(("block", "warps"), ctx.bwd_tile)) if ctx.bwd_tile else {}
             grads = mlstm_bwd_triton(q, k, v, i, f, h, dh, m, den, ctx.eps, reverse=ctx.reverse, **tile)
-            return (*grads, None, None, None, None, None)
+            return (*grads, None, None, None, None, None, None)
         inputs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
         length = inputs[0].shape[2]
         # few, long stretches: each Python-level chunk costs a dozen launches, and a stretch of ≤1024 steps keeps the
@@ -282,7 +283,7 @@ class MLSTMChunkwise(torch.autograd.Function):
             path = [x.flip(2) for x in inputs] if ctx.reverse else inputs
             h = mlstm_chunkwise_torch(*path, eps=ctx.eps, chunk=chunk)
             grads = torch.autograd.grad(h.flip(2) if ctx.reverse else h, inputs, dh)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 BACKWARDS = ("recompute", "triton")
@@ -290,15 +291,20 @@ BACKWARDS = ("recompute", "triton")
 
 def mlstm_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                  eps: float = 1e-6, reverse: bool = False, backward: str = "triton", forward: str | None = None,
-                 bwd_tile: tuple[int, int] | None = None) -> torch.Tensor:
+                 bwd_tile: tuple[int, int] | None = None, chunk: int = 64) -> torch.Tensor:
     """Same contract as `kernels.mlstm.mlstm_parallel_ref`. `backward`: "triton" (the tile kernels of mlstm_bwd.py;
     on the H100 2.3–5.7× faster in fwd+bwd than "recompute" at ViL-T shapes, benchmarks/RESULTS.md) or "recompute"
     (PyTorch chunkwise under autograd). `forward`: "walk", "two_phase" or None (chosen by `forward_mode`).
     `bwd_tile`: (tile side, warps) of the Triton backward, None = its default. `reverse`: the cell runs from the last
-    row to the first. Inputs may have any strides; h and the gradients come back in the inputs' memory order."""
+    row to the first. `chunk`: rows per chunk of the Triton forward (a power of two ≥ 16; the backward's tiles are its
+    own). Offline SASS (sm_90, Triton 3.6) at vil_tiny's train shape (144 rows of 96-wide heads): chunk 64 walks 3
+    chunks with 592 B of spills, chunk 32 takes the two-phase forward (5 chunks) with none; untimed, see
+    `bench_mlstm.py --chunks`. Inputs may have any strides; h and the gradients come back in the inputs' memory order."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}; got {backward!r}")
-    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward, bwd_tile, reverse)
+    if chunk < 16 or chunk & (chunk - 1):
+        raise ValueError(f"chunk must be a power of two ≥ 16, got {chunk}")
+    return MLSTMChunkwise.apply(q, k, v, i, f, eps, backward, forward, bwd_tile, reverse, chunk)
 
 
 __all__ = ["mlstm_triton", "mlstm_fwd_triton", "mlstm_chunkwise_torch", "MLSTMChunkwise", "forward_mode"]
