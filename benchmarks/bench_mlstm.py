@@ -230,11 +230,11 @@ def chunks(reps: int, out: str | None = None) -> None:
             def run(*a, c=chunk):
                 return mlstm_triton(*a, chunk=c)
             with torch.no_grad():
-                out = run(*x).float()
+                h = run(*x).float()
             t = timed(run, x, reps)
             if base is None:
-                base, base_out = t, out
-            diff = ((out - base_out).norm() / base_out.norm()).item()
+                base, base_out = t, h
+            diff = ((h - base_out).norm() / base_out.norm()).item()
             rows.append([name, str(tuple(x[0].shape)), f"chunk {chunk}", *t, ratio(base[0], t[0]), ratio(base[1], t[1]),
                          f"{diff:.1e}"])
             print(rows[-1], flush=True)

@@ -25,7 +25,8 @@ from kernels.triton import scan_config  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3}
-LANE = scan_config.ScanConfig("lane", 8, 4, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 2)  # interpreter tiles
+# the GPU default's kernels and layout hint (default_config) at interpreter-sized tiles
+LANE = scan_config.ScanConfig("lane", 8, 4, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 2, 8, "atomic", "channels")
 
 
 def _ctx(layout, route):

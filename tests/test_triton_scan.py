@@ -163,6 +163,10 @@ LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the w
     # lane_hint "channels": A, dA and the checkpoints at unit channel stride ((NP, dim) checkpoints from either forward)
     "channels": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "atomic", "channels"),
     "channels_chunk_fwd": ("chunk", 4, 8, 1, 8, 1, "input", "grid", 8, 0, "auto", "lane", 4, 8, "atomic", "channels"),
+    # the hinted lane forward before the chunk backward ((dim, NP) checkpoints), in one piece and in three segments:
+    # what the default runs where the lane backward's programs would not fill the GPU (Vim-Ti at 1248²)
+    "channels_chunk_bwd": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "chunk", 2, 8, "atomic", "channels"),
+    "channels_segments": ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 3, "grid", "chunk", 2, 8, "atomic", "channels"),
 }
 
 
@@ -266,6 +270,8 @@ def test_default_checkpoint_stretch_follows_the_backward(monkeypatch):
 
     lane, chunk = default_config(16, 384, 2, lane_bwd=True), default_config(16, 384, 2, lane_bwd=False)
     assert (lane.variant, lane.steps, lane.bwd) == ("lane", 8, "auto") and chunk.steps == 16
+    # both lane kernels one lane a channel under Triton 3.6 too (session 16), dB/dC summed over 8 lanes
+    assert lane.lane_hint == chunk.lane_hint == "channels" and lane.bwd_red == 8
     assert default_config(1, 96, 4).variant == "chunk"  # VMamba's cross4 (N = 1) keeps the chunked kernels
 
 

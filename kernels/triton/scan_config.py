@@ -76,17 +76,20 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     """Tile choice from the H100/H200 runs in benchmarks/RESULTS.md. A multi-path route with N ≥ 16 (Vim's bi route)
     takes the lane-owned forward, one program per path (session 3's forward sweep: 0.52 vs 0.61 ms at Vim-Ti 224², 1.6
     vs 1.95 ms at 1248²) and, where its programs fill the GPU (`lane_bwd`, see `lane_bwd_fills`), the lane backward
-    (2-step register tiles, Σ_d over the whole warp) with checkpoints every 8 steps (session 8's sweep, H100:
-    fwd+bwd 1.69 vs 1.87 ms at the study row's 65 tokens × 256, 1.56 vs 1.77 ms at Vim-Ti 224² × 64, for twice the
-    checkpoint memory); else the chunk backward with checkpoints every 16 steps (session 4's sweep on the mixer's
-    layout). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane) keep the chunked kernel; the
+    (2-step register tiles) with checkpoints every 8 steps (session 8's sweep, H100: fwd+bwd 1.69 vs 1.87 ms at the
+    study row's 65 tokens × 256, 1.56 vs 1.77 ms at Vim-Ti 224² × 64, for twice the checkpoint memory); else the
+    chunk backward with checkpoints every 16 steps (session 4's sweep on the mixer's layout). Both lane kernels take
+    lane_hint "channels" and the backward sums dB/dC over 8 lanes before its atomics (session 16, H100, Triton 3.6:
+    forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row, 0.406 → 0.255 and 1.55 → 1.10 ms at
+    Vim-Ti 224², against the hint-less whole-warp Σ_d). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane) keep the chunked kernel; the
     step-sequential one was slower everywhere (its later steps' loads wait behind the earlier steps' stores, see
     gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element costs Python time, so tiles shrink to the
     problem."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
-        return ScanConfig("lane", 32, 8 if lane_bwd else 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 32)
+        return ScanConfig("lane", 32, 8 if lane_bwd else 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8,
+                          "atomic", "channels")
     return _chunk_default(n_state)
 
 
