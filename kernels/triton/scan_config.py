@@ -81,10 +81,10 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     chunk backward with checkpoints every 16 steps (session 4's sweep on the mixer's layout). Both lane kernels take
     lane_hint "channels" and the backward sums dB/dC over 8 lanes before its atomics (session 16, H100, Triton 3.6:
     forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row, 0.406 → 0.255 and 1.55 → 1.10 ms at
-    Vim-Ti 224², against the hint-less whole-warp Σ_d). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane) keep the chunked kernel; the
-    step-sequential one was slower everywhere (its later steps' loads wait behind the earlier steps' stores, see
-    gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element costs Python time, so tiles shrink to the
-    problem."""
+    Vim-Ti 224², against the hint-less whole-warp Σ_d). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08
+    ms lane) keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait
+    behind the earlier steps' stores, see gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element
+    costs Python time, so tiles shrink to the problem."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
