@@ -63,10 +63,13 @@ for _red in (32, 8):  # one step in registers at a time: under Triton 3.6 tile 2
 for _red in (32, 8):  # dB/dC through a slot per group of channels, summed afterwards, instead of fp32 atomics
     SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile 2, Σ_d over {_red} lanes, dB/dC slots (no atomics)",
                   ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", 2, _red, "partial"), "mixer"))
-for _tile, _red in ((2, 32), (1, 32), (2, 8)):  # session 15: one lane a channel under Triton 3.6 too (lane_hint)
-    SWEEP.append((f"lane bwd, 32 channels a warp, stretch 8, tile {_tile}, Σ_d over {_red} lanes, lane_hint channels",
-                  ("lane", 32, 8, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", _tile, _red, "atomic", "channels"),
-                  "mixer"))
+# session 15: one lane a channel under Triton 3.6 too (lane_hint); session 17: the hinted default's neighbours (offline
+# sm_90 SASS, Triton 3.6: stretch 4 / 2 drop the backward's re-advance through the stretch for 2× / 4× the checkpoint
+# memory; Σ_d over 4 lanes 128 shuffles a tile against 192 for twice the atomics; none spills)
+for _ck, _tile, _red in ((8, 2, 32), (8, 1, 32), (8, 2, 8), (4, 2, 8), (2, 2, 8), (8, 2, 4)):
+    _label = f"lane bwd, 32 channels a warp, stretch {_ck}, tile {_tile}, Σ_d over {_red} lanes, lane_hint channels"
+    SWEEP.append((_label, ("lane", 32, _ck, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", _tile, _red, "atomic",
+                           "channels"), "mixer"))
 WORKLOADS = {**WORKLOADS, "study_64": dict(bsz=256, dim=384, length=65, n_state=16, route="bi", gate=True,
                                            merge="mean")}
 
