@@ -47,14 +47,64 @@ def run(
     from nas.config import load_study
 
     console = _console()
-    try:
-        sf = load_study(study, profile=profile, sets=set_, db_url=db, address=address)
-        from nas.plan import plan_study  # no Ray: a dry run never imports it
+    startup: Any = None  # nas.execute.Startup, begun beside the pre-flight (not for a dry run)
 
-        with console.status("checking the study…") as status:
-            plan = plan_study(sf, progress=lambda msg: status.update(msg), timed=dry_run)
-    except NasError as e:
-        _fail(str(e))
+    def begin_startup(arms: list[Any]) -> None:
+        nonlocal startup
+        if not _store_would_open(sf.study):
+            return  # the run is refused with the reason: start nothing for it
+        from nas.execute import Startup
+
+        startup = Startup(sf.study)
+        startup.begin([a.spec.to_json() for a in arms], where=", beside the pre-flight")
+
+    try:
+        try:
+            sf = load_study(study, profile=profile, sets=set_, db_url=db, address=address)
+            from nas.plan import plan_study  # no Ray: a dry run never imports it
+
+            with console.status("checking the study…") as status:
+                plan = plan_study(sf, progress=lambda msg: status.update(msg), timed=dry_run,
+                                  beside=None if dry_run else begin_startup)
+        except NasError as e:
+            _fail(str(e))
+        _run_planned(console, plan, dry_run, retry_failed, max_concurrent, startup)
+    finally:
+        if startup is not None:
+            startup.close()  # a no-op after a run (the runner closed it); else nothing is left running
+
+
+def _store_would_open(study: Any) -> bool:
+    """Whether the run will open the study's database and find no other live driver on the study, found out without
+    writing anything (a read-only look; a new SQLite file's folder must take a file). When not, the run refuses the
+    study with the reason, and nothing should have started for it."""
+    import tempfile
+
+    from nas.database import sqlite_path
+    from nas.errors import StoreError
+    from nas.store import Store
+
+    url = study.storage.url
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError:
+            return False
+        return True
+    try:
+        return Store(url, read_only=True).active_driver(study.name) is None
+    except StoreError:  # cannot connect
+        return False
+    except Exception:  # noqa: BLE001 - e.g. a reachable database without our tables yet: the run creates them
+        return True
+
+
+def _run_planned(console: Console, plan: Any, dry_run: bool, retry_failed: bool, max_concurrent: Optional[int],
+                 startup: Any) -> None:
     st = plan.study
     console.print(f"[bold]{st.name}[/bold]: {st.question or ''}  ({st.kind}, {plan.n_trials} trials, "
                   f"search space {plan.space.name}, data {st.data.name} {st.data.img_size}², "
@@ -74,7 +124,8 @@ def run(
         store = Store(st.storage.url)
     except StoreError as e:
         _fail(str(e))
-    _run_with_progress(console, plan, store, retry_failed=retry_failed, max_concurrent=max_concurrent)
+    _run_with_progress(console, plan, store, retry_failed=retry_failed, max_concurrent=max_concurrent,
+                       startup=startup)
     _print_summary(console, store, st.name)
 
 

@@ -2,9 +2,9 @@
 
 Order of work in `run_study`: the plan is made before (`nas.plan`: validated, pre-flighted, no Ray); the driver takes
 over from a dead driver, queues the round's cells in Optuna and calls `TuneRunner.run_round`, which starts Ray once
-and runs the round with a `tune.Tuner`: our searcher (`nas.tune_adapter.StudySearcher`) asks Optuna and hands each
-trial its resolved cell, the trainable (`nas.trainable`) runs `nas.worker.run_task` on a worker, and our callback
-writes the store. Workers never touch the database. This module, `nas.tune_adapter` and `nas.trainable` are the only
+(unless `nas run` began it beside the pre-flight: `Startup`) and runs the round with a `tune.Tuner`: our searcher
+(`nas.tune_adapter.StudySearcher`) asks Optuna and hands each trial its resolved cell, the trainable
+(`nas.trainable`) runs `nas.worker.run_task` on a worker, and our callback writes the store. Workers never touch the database. This module, `nas.tune_adapter` and `nas.trainable` are the only
 ones that import Ray.
 """
 
@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
@@ -32,14 +32,74 @@ from .tune_adapter import StoreCallback, StudySearcher
 from .warmup import start_warmup, stop_warmup
 
 
-class TuneRunner:
-    """Runs each round with a `tune.Tuner`; starts Ray on the first round that has trials, stops it at the end (a
-    local Ray only: a cluster joined with `--address` keeps running)."""
+class Startup:
+    """What a local study starts before its first trial, in this order: the CUDA MPS daemon (when asked; the warm-up
+    and Ray's workers inherit its environment, nas/mps.py), the kernel warm-up (the kernels compile in the background
+    while Ray starts, nas/warmup.py) and Ray. `nas run` begins it beside the CPU pre-flight (`plan_study(beside=)`),
+    so Ray's few seconds of start-up overlap the checks; `TuneRunner` begins it at its first round otherwise. Each
+    step's line goes to `say`, or waits for `tell` until the run's progress is up."""
 
-    def __init__(self, plan: Plan, *, max_concurrent: int | None = None) -> None:
-        self.plan, self.max_concurrent, self.started = plan, max_concurrent, False
-        self.warmup: subprocess.Popen | None = None
+    def __init__(self, study: Study) -> None:
+        self.study = study
         self.mps: Any = None  # nas.mps.MPSDaemon while one runs
+        self.warmup: subprocess.Popen | None = None
+        self.ray = False  # Ray started (or joined) by `begin`
+        self.lines: list[dict[str, Any]] = []
+        self.say: Callable[[dict[str, Any]], None] | None = None
+
+    def tell(self, say: Callable[[dict[str, Any]], None]) -> None:
+        """Send the lines so far, and every later one, to `say`."""
+        self.say = say
+        lines, self.lines = self.lines, []
+        for info in lines:
+            say(info)
+
+    def _line(self, text: str, **extra: Any) -> None:
+        info = {"text": text, **extra}
+        self.say(info) if self.say else self.lines.append(info)
+
+    def begin(self, specs: list[str], where: str = "") -> None:
+        """Start what the study needs (`specs`: the arms' spec JSON, for the warm-up); `where` ends Ray's line."""
+        ex = self.study.execution
+        self.mps = start_mps(self.study)
+        if self.mps is not None:
+            self._line(f"CUDA MPS daemon started (folders: {self.mps.folder})")
+        self.warmup = start_warmup(self.study, specs)
+        if self.warmup is not None:
+            self._line(f"kernel warm-up running in the background (log: {self.warmup.log_file.name})")
+        hint = None if ex.address else bytecode_hint()  # a cluster's workers run in their own environments
+        if hint:
+            self._line(hint)
+        t0 = time.perf_counter()
+        init_ray(self.study)
+        self.ray = True
+        seconds = time.perf_counter() - t0
+        self._line(f"Ray {'joined' if ex.address else 'started'} in {seconds:.1f} s{where}", seconds=seconds)
+
+    def close(self, shutdown_ray: bool | None = None) -> None:
+        """Stop the warm-up, a local Ray (when `shutdown_ray`, default: when `begin` started it; a cluster joined
+        with `--address` keeps running) and the MPS daemon. Safe to call twice."""
+        stop_warmup(self.warmup)
+        self.warmup = None
+        try:
+            if (self.ray if shutdown_ray is None else shutdown_ray) and not self.study.execution.address:
+                import ray
+
+                ray.shutdown()
+            self.ray = False
+        finally:
+            stop_mps(self.mps)  # after Ray: its workers were the daemon's clients
+            self.mps = None
+
+
+class TuneRunner:
+    """Runs each round with a `tune.Tuner`; starts Ray on the first round that has trials unless `startup` already
+    did, stops it at the end (a local Ray only: a cluster joined with `--address` keeps running)."""
+
+    def __init__(self, plan: Plan, *, max_concurrent: int | None = None, startup: Startup | None = None) -> None:
+        self.plan, self.max_concurrent = plan, max_concurrent
+        self.startup = startup or Startup(plan.study)
+        self.started = self.startup.ray
 
     def run_round(self, ctx: RunContext, rnd: Round) -> bool:
         from ray.tune.schedulers import ASHAScheduler
@@ -47,23 +107,11 @@ class TuneRunner:
         study = self.plan.study
         ex = study.execution
         if not self.started:
-            self.mps = start_mps(study)  # first: the warm-up and Ray's workers inherit its environment (nas/mps.py)
-            if self.mps is not None:
-                ctx.on_event("setup", {"text": f"CUDA MPS daemon started (folders: {self.mps.folder})"})
-            # the kernels compile in the background while Ray starts (nas/warmup.py)
-            self.warmup = start_warmup(study, [a.spec.to_json() for a in self.plan.arms])
-            if self.warmup is not None:
-                ctx.on_event("setup", {"text": f"kernel warm-up running in the background (log: "
-                                               f"{self.warmup.log_file.name})"})
-            hint = None if ex.address else bytecode_hint()  # a cluster's workers run in their own environments
-            if hint:
-                ctx.on_event("setup", {"text": hint})
-            t0 = time.perf_counter()
-            init_ray(study)
-            seconds = time.perf_counter() - t0
-            ctx.on_event("setup", {"text": f"Ray {'joined' if ex.address else 'started'} in {seconds:.1f} s",
-                                   "seconds": seconds})
+            self.startup.tell(lambda info: ctx.on_event("setup", info))
+            self.startup.begin([a.spec.to_json() for a in self.plan.arms])
             self.started = True
+        else:
+            self.startup.tell(lambda info: ctx.on_event("setup", info))
         scheduler = None
         if ex.asha is not None:
             obj = study.objectives[0]
@@ -97,16 +145,7 @@ class TuneRunner:
         return True
 
     def close(self) -> None:
-        stop_warmup(self.warmup)
-        self.warmup = None
-        try:
-            if self.started and not self.plan.study.execution.address:
-                import ray
-
-                ray.shutdown()
-        finally:
-            stop_mps(self.mps)  # after Ray: its workers were the daemon's clients
-            self.mps = None
+        self.startup.close(shutdown_ray=self.started)
 
 
 def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
@@ -147,10 +186,12 @@ def init_ray(study: Study) -> None:
 
 def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool = False,
               max_concurrent: int | None = None, on_event: EventFn = lambda kind, info: None,
-              on_queued: QueuedFn = lambda r, q, s, d: None, policy: SeedPolicy | None = DEFAULT_POLICY) -> Outcome:
-    """Queue what is not done yet and run it on Ray Tune, round after round; returns counts for the summary."""
-    return drive(plan, store, TuneRunner(plan, max_concurrent=max_concurrent), command=command,
+              on_queued: QueuedFn = lambda r, q, s, d: None, policy: SeedPolicy | None = DEFAULT_POLICY,
+              startup: Startup | None = None) -> Outcome:
+    """Queue what is not done yet and run it on Ray Tune, round after round; returns counts for the summary.
+    `startup`: what `nas run` began beside the pre-flight (`Startup`); it is closed with the run."""
+    return drive(plan, store, TuneRunner(plan, max_concurrent=max_concurrent, startup=startup), command=command,
                  retry_failed=retry_failed, on_event=on_event, on_queued=on_queued, policy=policy)
 
 
-__all__ = ["TuneRunner", "init_ray", "run_study", "train_cell", "trial_slots"]
+__all__ = ["Startup", "TuneRunner", "init_ray", "run_study", "train_cell", "trial_slots"]

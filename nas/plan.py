@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -94,12 +95,15 @@ class Plan:
         return st.train.epochs * (steps * pre.step_ms + evals * pre.forward_ms) * scale / 1e3
 
 
-def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None, *, timed: bool = True) -> Plan:
+def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None, *, timed: bool = True,
+               beside: Callable[[list[Arm]], None] | None = None) -> Plan:
     """Check everything that can be checked on the CPU before a trial is scheduled: the search space, the objectives,
     the cluster address, the data, every distinct spec (built, a forward, a training step). StudyConfigError
     names the file and the key. `timed` also times each spec as a worker would run it (for `estimate_seconds`);
     `nas run` leaves it off: the check alone is several times cheaper (a GPU study's driver waited ~40 s on 5 timed
-    CPU pre-flights of a 12-block model before its first trial)."""
+    CPU pre-flights of a 12-block model before its first trial). `beside(arms)`, when given, runs on this thread
+    while the pre-flights run on another (`nas run` starts Ray and the kernel warm-up there: both wait on other
+    processes, so the seconds overlap); a pre-flight's error is raised before one of `beside`'s."""
     study = sf.study
     space = load_search_space(study.search_space, file=sf.path)
     if "throughput" in [o.metric for o in study.objectives] and study.measure.skip:
@@ -114,7 +118,16 @@ def plan_study(sf: StudyFile, progress: Callable[[str], None] | None = None, *, 
         base, budget = trial_spec(study, space, {}, img_size=study.data.img_size, num_classes=num_classes,
                                   file=sf.path)
         arms = [Arm({"(base)": "fixed choices"}, base, budget)]
-    return Plan(sf, space, num_classes, arms, _preflight_all(study, arms, sf.path, progress, timed))
+    if beside is None:
+        return Plan(sf, space, num_classes, arms, _preflight_all(study, arms, sf.path, progress, timed))
+    with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
+        checks = pool.submit(_preflight_all, study, arms, sf.path, progress, timed)
+        try:
+            beside(arms)
+        except BaseException:
+            checks.result()  # waits for the pre-flights: their error, if any, is the one to show
+            raise
+        return Plan(sf, space, num_classes, arms, checks.result())
 
 
 def _preflight_all(study: Study, arms: list[Arm], file: str,

@@ -235,9 +235,14 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path, monkeypatch):
             from nas.store import RunRow
 
             s.get(RunRow, run_id).driver = f"{socket.gethostname()}:{sleeper.pid}"
+        import nas.execute as execute
+
+        ray_starts = []
+        monkeypatch.setattr(execute, "init_ray", ray_starts.append)  # nas run starts Ray beside its pre-flight
         result = CliRunner().invoke(app, ["run", str(study), *_args(tmp_path)], terminal_width=200)
         assert result.exit_code == 2 and "is being run right now" in result.output, result.output
         assert store.study("busy").runs[0].status == "running"
+        assert ray_starts == []
     finally:
         sleeper.kill()
         sleeper.wait()

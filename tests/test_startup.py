@@ -1,0 +1,125 @@
+"""`nas run` starts Ray (and MPS, the kernel warm-up) beside the CPU pre-flight (`plan_study(beside=)`,
+`nas.execute.Startup`): the two overlap, a pre-flight's error still wins and leaves nothing running, the runner
+adopts what was started instead of starting it again, and a study another driver owns starts nothing."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+import nas.execute as execute
+import nas.plan as plan_module
+from nas.cli import app
+from nas.config import load_study
+from nas.driver import Round
+from nas.errors import StudyConfigError
+from nas.plan import plan_study
+
+STUDY = "studies/cls_token_position.yaml"
+
+
+def _sets(tmp_path) -> list[str]:
+    return [f"storage.ray_results={tmp_path / 'ray'}", f"storage.artifacts={tmp_path / 'art'}"]
+
+
+def test_beside_runs_on_the_calling_thread_while_the_preflights_run(tmp_path, monkeypatch):
+    """Each pre-flight waits until `beside` has begun: run one after the other, the first pre-flight would time out."""
+    begun = threading.Event()
+    threads = set()
+    real = plan_module.preflight_spec
+
+    def preflight(spec, **kw):
+        assert begun.wait(timeout=30), "the pre-flights did not run beside `beside`"
+        threads.add(threading.current_thread())
+        return real(spec, **kw)
+
+    monkeypatch.setattr(plan_module, "preflight_spec", preflight)
+    seen = []
+
+    def beside(arms):
+        seen.append((threading.current_thread(), [a.spec.id for a in arms]))
+        begun.set()
+
+    plan = plan_study(load_study(STUDY, sets=_sets(tmp_path)), timed=False, beside=beside)
+    assert seen == [(threading.main_thread(), [a.spec.id for a in plan.arms])]
+    assert threads and threading.main_thread() not in threads
+    assert set(plan.preflight) == {a.spec.id for a in plan.arms}
+
+
+def test_a_preflight_error_wins_over_besides(tmp_path, monkeypatch):
+    def broken(spec, **kw):
+        raise ValueError("shape mismatch deep in a mixer")
+
+    def beside(arms):
+        raise RuntimeError("Ray failed to start")
+
+    monkeypatch.setattr(plan_module, "preflight_spec", broken)
+    with pytest.raises(StudyConfigError, match="pre-flight failed.*shape mismatch"):
+        plan_study(load_study(STUDY, sets=_sets(tmp_path)), timed=False, beside=beside)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="Ray failed to start"):
+        plan_study(load_study(STUDY, sets=_sets(tmp_path)), timed=False, beside=beside)
+
+
+@pytest.fixture
+def fake_startup(monkeypatch):
+    """Startup's parts recorded instead of run: MPS off, a warm-up process stand-in, Ray never really started."""
+    calls = []
+    proc = SimpleNamespace(log_file=SimpleNamespace(name="warm.log"))
+    monkeypatch.setattr(execute, "start_mps", lambda study: None)
+    monkeypatch.setattr(execute, "stop_mps", lambda d: None)
+    monkeypatch.setattr(execute, "start_warmup", lambda study, specs: calls.append(("warmup", len(specs))) or proc)
+    monkeypatch.setattr(execute, "stop_warmup", lambda p: calls.append(("stop warmup", p)) if p else None)
+    monkeypatch.setattr(execute, "bytecode_hint", lambda: None)
+    monkeypatch.setattr(execute, "init_ray", lambda study: calls.append(("ray", None)))
+    import ray
+
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append(("shutdown", None)))
+    return calls
+
+
+def test_a_failed_preflight_leaves_nothing_running(tmp_path, monkeypatch, fake_startup):
+    """`nas run` began the warm-up and Ray beside the pre-flight; the pre-flight fails: exit 2 with its message, and
+    both are stopped."""
+    arms = len(plan_study(load_study(STUDY, sets=_sets(tmp_path)), timed=False).arms)
+    monkeypatch.setattr(plan_module, "preflight_spec", lambda spec, **kw: (_ for _ in ()).throw(ValueError("NaN")))
+    result = CliRunner().invoke(app, ["run", STUDY, "--db", f"sqlite:///{tmp_path / 'nas.db'}",
+                                      *[a for s in _sets(tmp_path) for a in ("--set", s)]], terminal_width=200)
+    assert result.exit_code == 2 and "pre-flight failed" in result.output, result.output
+    assert fake_startup[:2] == [("warmup", arms), ("ray", None)]
+    assert fake_startup[2:] == [("stop warmup", fake_startup[2][1]), ("shutdown", None)]
+    assert not (tmp_path / "nas.db").exists()  # a failed check writes nothing
+
+
+def test_the_runner_adopts_a_begun_startup(tmp_path, monkeypatch, fake_startup, run_events):
+    """Ray and the warm-up began beside the pre-flight: the first round starts neither again, prints their lines
+    (Ray's says where it started) and closing the runner stops both once."""
+    plan = plan_study(load_study(STUDY, sets=_sets(tmp_path)), timed=False)
+    startup = execute.Startup(plan.study)
+    startup.begin([a.spec.to_json() for a in plan.arms], where=", beside the pre-flight")
+    assert run_events.events == []  # no progress yet: the lines wait
+    runner = execute.TuneRunner(plan, startup=startup)
+    assert runner.started
+    monkeypatch.setattr(execute, "trial_slots", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # end here
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_round(run_events, Round(1, 1))
+    runner.close()
+    startup.close()  # the CLI closes it again: nothing happens twice
+    assert [c[0] for c in fake_startup] == ["warmup", "ray", "stop warmup", "shutdown"]
+    texts = [info["text"] for kind, info in run_events.events if kind == "setup"]
+    assert texts[0] == "kernel warm-up running in the background (log: warm.log)"
+    assert texts[1].startswith("Ray started in ") and texts[1].endswith(" s, beside the pre-flight")
+
+
+def test_a_study_another_driver_owns_starts_nothing(tmp_path, monkeypatch, fake_startup):
+    import nas.cli as cli
+
+    monkeypatch.setattr(cli, "_store_would_open", lambda study: False)
+    monkeypatch.setattr(execute, "run_study", lambda *a, **k: (_ for _ in ()).throw(StudyConfigError("busy")))
+    result = CliRunner().invoke(app, ["run", STUDY, "--db", f"sqlite:///{tmp_path / 'nas.db'}",
+                                      *[a for s in _sets(tmp_path) for a in ("--set", s)]], terminal_width=200)
+    assert result.exit_code == 2 and "busy" in result.output, result.output
+    assert fake_startup == []
