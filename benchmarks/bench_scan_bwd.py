@@ -70,6 +70,10 @@ for _ck, _tile, _red in ((8, 2, 32), (8, 1, 32), (8, 2, 8), (4, 2, 8), (2, 2, 8)
     _label = f"lane bwd, 32 channels a warp, stretch {_ck}, tile {_tile}, Σ_d over {_red} lanes, lane_hint channels"
     SWEEP.append((_label, ("lane", 32, _ck, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", _tile, _red, "atomic",
                            "channels"), "mixer"))
+for _ck, _tile in ((8, 2), (4, 2), (8, 1)):  # Σ_d of dB/dC by reduce-scatter (session 15), now with the hint (17)
+    _label = f"lane bwd, 32 channels a warp, stretch {_ck}, tile {_tile}, dB/dC by reduce-scatter, lane_hint channels"
+    SWEEP.append((_label, ("lane", 32, _ck, 1, 32, 1, "input", "grid", 8, 0, "grid", "lane", _tile, 32, "scatter",
+                           "channels"), "mixer"))
 WORKLOADS = {**WORKLOADS, "study_64": dict(bsz=256, dim=384, length=65, n_state=16, route="bi", gate=True,
                                            merge="mean")}
 

@@ -167,6 +167,10 @@ LANE_OPTIONS = {  # the lane backward's other arrangements: state kept for the w
     # what the default runs where the lane backward's programs would not fill the GPU (Vim-Ti at 1248²)
     "channels_chunk_bwd": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "chunk", 2, 8, "atomic", "channels"),
     "channels_segments": ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 3, "grid", "chunk", 2, 8, "atomic", "channels"),
+    # dB/dC summed over the program's lanes by reduce-scatter (one value a lane, then one atomic instruction), with
+    # and without the hint
+    "scatter": ("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "scatter"),
+    "scatter_channels": ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "scatter", "channels"),
 }
 
 
@@ -176,6 +180,24 @@ def test_lane_backward_options_with_vector_rows(option):
     inputs = mixer_layout(make_inputs(2, 2, 6, 8, 21))
     assert bc_vector_width(inputs[3], inputs[4]) == 4
     check_against_oracle(inputs, True, route("bi", 2, 21), "mean", torch.float32, LANE_OPTIONS[option])
+
+
+@pytest.mark.parametrize("n_state, hint", [(16, "channels"), (5, "channels"), (16, "none")])
+def test_scatter_backward_one_warp_of_channels(n_state, hint):
+    """The GPU's arrangement: 32 channels a program, 16 states (or 5, padded to 8: lanes of the padding states are
+    masked) summed over the 32 lanes by reduce-scatter; a channel count that leaves the last block partly empty."""
+    inputs = mixer_layout(make_inputs(1, 2, 40, n_state, 11))
+    cfg = ("lane", 32, 4, 1, 32, 1, "input", "grid", 4, 0, "grid", "lane", 2, 32, "scatter", hint)
+    check_against_oracle(inputs, True, route("bi", 2, 11), "mean", torch.float32, cfg)
+
+
+def test_scatter_needs_a_state_per_lane():
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 16, 9)]
+    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                      config=("lane", 8, 8, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8,
+                                              "scatter"))
+    with pytest.raises(ValueError, match="scatter"):
+        out.sum().backward()
 
 
 def test_vector_width_follows_strides_and_alignment():
@@ -235,7 +257,8 @@ def test_bad_lane_hint_use_is_refused(variant, hint, match):
 
 
 @pytest.mark.parametrize("bwd, bc, match", [("lane", "shared", "bwd_bc must be"), ("chunk", "shared", "bwd_bc must be"),
-                                           ("chunk", "partial", "needs the lane backward")])
+                                           ("chunk", "partial", "needs the lane backward"),
+                                           ("chunk", "scatter", "needs the lane backward")])
 def test_bad_lane_bc_mode_is_refused(bwd, bc, match):
     """An unknown dB/dC mode is refused whichever backward runs; the slots need the lane backward. The lane forward
     resolves the backward too (it writes the checkpoints in that backward's layout), so the error comes before any
@@ -362,12 +385,13 @@ def test_lane_backward_smoke_gpu(dtype, stretch, tile, red, bc):
 @pytest.mark.gpu_smoke
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("fwd", ["lane", "chunk"])
-def test_lane_hint_channels_smoke_gpu(dtype, fwd):
+@pytest.mark.parametrize("fwd, bc", [("lane", "atomic"), ("chunk", "atomic"), ("lane", "scatter")])
+def test_lane_hint_channels_smoke_gpu(dtype, fwd, bc):
     """lane_hint "channels" (the lane-per-channel layout under the GPU machine's Triton): the lane backward after the
-    lane or the chunk forward, both writing (NP, dim) checkpoints, at Vim-Ti's bi shape in the mixer's layout."""
+    lane or the chunk forward, both writing (NP, dim) checkpoints, at Vim-Ti's bi shape in the mixer's layout; dB/dC
+    by atomics after an 8-lane Σ_d or by reduce-scatter over the warp."""
     head = GPU_VARIANTS["lane"][:2] + (8,) if fwd == "lane" else ("chunk", 4, 8)
-    cfg = head + (1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 32, "atomic", "channels")
+    cfg = head + (1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 32, bc, "channels")
     inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
     check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
 

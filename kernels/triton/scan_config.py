@@ -28,7 +28,10 @@ class ScanConfig(NamedTuple):
     channel, selective_scan_lane_bwd.py; one program per path) with `bwd_tile` steps recomputed in registers
     (`steps` must be a multiple of it) and dB/dC partials summed over `bwd_red` lanes before the atomics, or, with
     `bwd_bc` = "partial", stored per group of `bwd_red` channels and summed afterwards (no atomics: dB and dC, not dA,
-    dD or dz, get the same bits on every run; "partial" selects the lane backward even where "auto" would not).
+    dD or dz, get the same bits on every run; "partial" selects the lane backward even where "auto" would not), or,
+    with "scatter", summed over all the program's lanes by reduce-scatter (each shuffle round halves the values a lane
+    holds: 8 + 4 + 2 + 1 + 1 rounds for 16 states over 32 lanes instead of 16 · log2 `bwd_red`), then one atomic
+    instruction per array and step; needs at least as many channels a program as padded states.
     `lane_hint`: how the lane kernels lay out their (states, channels) memory accesses, from which Triton derives the
     state's register layout (selective_scan_lane.py): "none" = as before session 15 (A at its own strides, checkpoints
     (dim, NP) through a run-time unit stride; Triton 3.6 then spreads a channel's states over 4 lanes, and the
@@ -115,12 +118,12 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
     check_lane_hint(cfg)
     if cfg.bwd not in ("chunk", "lane", "auto"):
         raise ValueError(f"bwd must be 'chunk', 'lane' or 'auto', got {cfg.bwd!r}")
-    if cfg.bwd_bc not in ("atomic", "partial"):
-        raise ValueError(f"bwd_bc must be 'atomic' or 'partial', got {cfg.bwd_bc!r}")
-    if cfg.bwd_bc == "partial":  # only the lane backward has dB/dC slots; asking for them chooses it
-        if cfg.bwd == "chunk":
-            raise ValueError("bwd_bc='partial' needs the lane backward (bwd='lane' or 'auto'); the chunk backward "
-                             "adds dB/dC with atomics")
+    if cfg.bwd_bc not in ("atomic", "partial", "scatter"):
+        raise ValueError(f"bwd_bc must be 'atomic', 'partial' or 'scatter', got {cfg.bwd_bc!r}")
+    if cfg.bwd_bc in ("partial", "scatter") and cfg.bwd == "chunk":  # dB/dC modes of the lane backward only
+        raise ValueError(f"bwd_bc={cfg.bwd_bc!r} needs the lane backward (bwd='lane' or 'auto'); the chunk "
+                         "backward adds dB/dC with atomics")
+    if cfg.bwd_bc == "partial":  # asking for the slots chooses the lane backward; "scatter" applies where it runs
         cfg = cfg._replace(bwd="lane")
     if cfg.bwd == "auto":
         cfg = cfg._replace(bwd="lane" if lane_bwd_fills(lane_warps, device) else "chunk")

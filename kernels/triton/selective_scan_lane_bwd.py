@@ -12,7 +12,9 @@ the last step to the first, stretch by stretch:
 The work per (channel, state, step) is two exp2 (three with CK > T) and about a dozen FMAs; no shuffles except the
 Σ_d of dB_t and dC_t (B and C are shared by the channels), which are summed over groups of `RED` lanes (offline
 SASS, sm_90: 8 lanes take 15 % fewer instructions per step than the whole warp) and added with one fp32 atomic per
-(group, state, step). du and dΔ are stored per step (coalesced for channel-last gradients); dz goes
+(group, state, step), or (`BC_RS`, bwd_bc "scatter") summed over all the program's lanes by reduce-scatter and added
+with one atomic instruction per array and step (under Triton 3.6 with lane_hint "channels", offline SASS at the study
+row: 64 shuffles a 2-step tile instead of 192). du and dΔ are stored per step (coalesced for channel-last gradients); dz goes
 through fp32 atomics when several paths' programs add to it. B_t and C_t rows are read with 16-byte vector loads
 when their memory allows (`VEC_BC`, set by the launcher from the strides and alignment).
 """
@@ -67,6 +69,59 @@ def _advance(U, DT, Bm, PATHS, p, t0, L, h, a2, offs_d, mask_d, offs_n, mask_n, 
                            SOFTPLUS, VEC_BC, FULL_N)[5]
 
 
+@triton.jit
+def _lane_xor(x, lane, m: tl.constexpr):
+    """x (K, BD) with one channel a lane: every lane gets lane ^ m's values (a warp-local gather: one shuffle per
+    register)."""
+    return tl.gather(x, (lane ^ m)[None, :] + tl.zeros(x.shape, dtype=tl.int32), 1)
+
+
+@triton.jit
+def _halve(x, lane, m: tl.constexpr):
+    """One reduce-scatter round: lanes with bit m set keep the upper half of their K values and receive their
+    partner's (lane ^ m) upper half, the others the lower; returns the K/2 partial sums (K/2, BD)."""
+    k: tl.constexpr = x.shape[0]
+    lo, hi = tl.split(tl.permute(tl.reshape(x, (2, k // 2, x.shape[1])), (1, 2, 0)))
+    up = ((lane & m) != 0)[None, :]
+    return tl.where(up, hi, lo) + _lane_xor(tl.where(up, lo, hi), lane, m)
+
+
+@triton.jit
+def _butterfly(y, lane, m: tl.constexpr):
+    """y (BD,) plus lane ^ m's y."""
+    return y + tl.sum(_lane_xor(y[None, :], lane, m), axis=0)
+
+
+@triton.jit
+def _reduce_scatter(x, lane, NP: tl.constexpr, BD: tl.constexpr):
+    """Σ over the BD lanes of x (NP, BD), NP ≤ BD ≤ 32: returns (BD,) where lane l holds the sum for state
+    l // (BD / NP) (each group of BD / NP lanes the same value). A butterfly reduction of each state apart costs
+    NP · log2(BD) shuffles; halving the values each round (8 + 4 + 2 + 1 + 1 for NP = 16, BD = 32) costs about NP.
+    The shuffles stay in one warp only when BD is one warp's 32 lanes (the launcher's default)."""
+    if NP >= 2:
+        x = _halve(x, lane, BD // 2)
+    if NP >= 4:
+        x = _halve(x, lane, BD // 4)
+    if NP >= 8:
+        x = _halve(x, lane, BD // 8)
+    if NP >= 16:
+        x = _halve(x, lane, BD // 16)
+    if NP >= 32:
+        x = _halve(x, lane, BD // 32)
+    y = tl.sum(x, axis=0)  # (BD,): one value a lane left; the lanes of a group now add theirs
+    if BD // NP >= 2:
+        y = _butterfly(y, lane, BD // (2 * NP))
+    if BD // NP >= 4:
+        y = _butterfly(y, lane, BD // (4 * NP))
+    if BD // NP >= 8:
+        y = _butterfly(y, lane, BD // (8 * NP))
+    if BD // NP >= 16:
+        y = _butterfly(y, lane, BD // (16 * NP))
+    if BD // NP >= 32:
+        y = _butterfly(y, lane, BD // (32 * NP))
+    return y
+
+
 _STRIDES = ["su_b", "su_p", "su_d", "su_l", "sdt_b", "sdt_p", "sdt_d", "sdt_l", "sa_p", "sa_d", "sa_n",
             "sb_b", "sb_p", "sb_n", "sb_l", "sc_b", "sc_p", "sc_n", "sc_l", "sD_p", "sD_d", "sdb_p", "sdb_d",
             "sz_b", "sz_d", "sz_l", "sp_p", "sp_l", "so_b", "so_d", "so_l", "sg_b", "sg_p", "sg_d", "sg_l",
@@ -90,7 +145,7 @@ def _scan_bwd_lane_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_PATHS: tl.constexpr, ATOMIC_Z: tl.constexpr, VEC_BC: tl.constexpr, RED: tl.constexpr,
-    BC_PARTIAL: tl.constexpr, CH_UNIT: tl.constexpr,
+    BC_PARTIAL: tl.constexpr, CH_UNIT: tl.constexpr, BC_RS: tl.constexpr,
 ):
     # Gradient layouts as in `_scan_bwd_kernel`: DU, DDT through sg_*, DB/DC fp32 through sbc_*, DA (P, dim, NP) or
     # (P, NP, dim) with CH_UNIT, DD/DDTB (P, dim) fp32, DZ with Z's strides (fp32 when ATOMIC_Z). HS: (batch, P,
@@ -188,18 +243,28 @@ def _scan_bwd_lane_kernel(
                 tl.store(DDT + gptr, ddt.to(DDT.dtype.element_ty), mask=md)
                 mn = mask_n & valid
                 bcptr = bc_base + offs_n * sbc_n + pos * sbc_l
-                # Σ_d over RED lanes (log2 RED shuffle rounds), then BD / RED atomics per state and step
-                zg = tl.zeros((NP, BD // RED), dtype=tl.int32)
-                mg = mn[:, None] & (zg == 0)
-                db = tl.sum(tl.reshape(g * dtu[None, :], (NP, BD // RED, RED)), axis=2)
-                dc = tl.sum(tl.reshape(ht * dy[None, :], (NP, BD // RED, RED)), axis=2)
-                if BC_PARTIAL:  # one slot per group of RED channels: plain stores, summed by the launcher
-                    gofs = (pid_d * (BD // RED) + tl.arange(0, BD // RED)) * sbc_k
-                    tl.store(DB + bcptr[:, None] + gofs[None, :], db, mask=mg)
-                    tl.store(DC + bcptr[:, None] + gofs[None, :], dc, mask=mg)
+                if BC_RS:  # Σ_d over the program's lanes by reduce-scatter: one atomic instruction per array and step
+                    lane = tl.arange(0, BD)
+                    state = lane // (BD // NP)
+                    lead = ((lane % (BD // NP)) == 0) & (state < N) & valid
+                    rs_ptr = bc_base + state * sbc_n + pos * sbc_l
+                    tl.atomic_add(DB + rs_ptr, _reduce_scatter(g * dtu[None, :], lane, NP, BD), mask=lead,
+                                  sem="relaxed")
+                    tl.atomic_add(DC + rs_ptr, _reduce_scatter(ht * dy[None, :], lane, NP, BD), mask=lead,
+                                  sem="relaxed")
                 else:
-                    tl.atomic_add(DB + bcptr[:, None] + zg, db, mask=mg, sem="relaxed")
-                    tl.atomic_add(DC + bcptr[:, None] + zg, dc, mask=mg, sem="relaxed")
+                    # Σ_d over RED lanes (log2 RED shuffle rounds), then BD / RED atomics per state and step
+                    zg = tl.zeros((NP, BD // RED), dtype=tl.int32)
+                    mg = mn[:, None] & (zg == 0)
+                    db = tl.sum(tl.reshape(g * dtu[None, :], (NP, BD // RED, RED)), axis=2)
+                    dc = tl.sum(tl.reshape(ht * dy[None, :], (NP, BD // RED, RED)), axis=2)
+                    if BC_PARTIAL:  # one slot per group of RED channels: plain stores, summed by the launcher
+                        gofs = (pid_d * (BD // RED) + tl.arange(0, BD // RED)) * sbc_k
+                        tl.store(DB + bcptr[:, None] + gofs[None, :], db, mask=mg)
+                        tl.store(DC + bcptr[:, None] + gofs[None, :], dc, mask=mg)
+                    else:
+                        tl.atomic_add(DB + bcptr[:, None] + zg, db, mask=mg, sem="relaxed")
+                        tl.atomic_add(DC + bcptr[:, None] + zg, dc, mask=mg, sem="relaxed")
         if CK > T:
             tl.debug_barrier()
     if CH_UNIT:  # dA (P, NP, dim)
@@ -217,7 +282,7 @@ def _scan_bwd_lane_kernel(
 def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, ...], length: int, dim: int,
                     nchunk: int, scale: float, n_paths: int, strides: tuple[int, ...], flags: dict[str, Any], ck: int,
                     tile: int, bd: int, warps: int, vec_bc: int, red: int = 8, bc_partial: bool = False,
-                    channel_unit: bool = False) -> None:
+                    channel_unit: bool = False, bc_scatter: bool = False) -> None:
     """Launch `_scan_bwd_lane_kernel`: one program per (batch, `bd` channels, path). `inputs`/`outs` in the chunk
     backward's order, `strides` = the inputs', dout's, the u/Δ gradients' and the dB/dC buffers' strides; `flags`
     = the N/NP/HAS_*/ATOMIC_Z constexprs; `ck` = the forward's checkpoint stretch, `tile` = steps kept in registers;
@@ -235,6 +300,9 @@ def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, 
     scratch = (torch.empty((grid[0] * grid[1] * grid[2], ck // tile, np2, bd), device=u.device, dtype=torch.float32)
                if ck > tile else outs[2])
     red = min(red, bd)
+    if bc_scatter and flags["NP"] > bd:
+        raise ValueError(f"bwd_bc='scatter' needs at least as many channels a program ({bd}) as padded states "
+                         f"({flags['NP']})")
     outs, sbc_k = list(outs), 0
     if bc_partial:  # (slots, *dB's shape) with dB's strides per slot
         db, dc = outs[3], outs[4]
@@ -244,7 +312,7 @@ def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, 
         sbc_k = db.numel()
     _scan_bwd_lane_kernel[grid](*inputs, scratch, *outs, length, dim, nchunk, float(scale), n_paths, *strides, 0,
                                 sbc_k, BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=red, BC_PARTIAL=bc_partial,
-                                CH_UNIT=channel_unit,
+                                CH_UNIT=channel_unit, BC_RS=bc_scatter,
                                 num_warps=warps, **flags)
     if bc_partial:
         torch.sum(outs[3], 0, out=db)
