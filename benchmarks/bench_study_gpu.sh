@@ -2,7 +2,9 @@
 # Issue 14's study target: trials per hour of the shrunk cls_token gpu profile (5 readouts x 2 seeds = 10 trials of
 # Vim blocks of width 192 and depth 12, 8,192 shapes at 64² x 3 epochs, 4 trials packed at 0.25 GPU, 2 CPUs each),
 # this tree against the tree the issue measured (REV, default 8cac58c: 10 trials in 116 s then), same machine, same
-# run, local Ray. The model specs are the same in both trees (same spec ids). Prints a table with the ratio.
+# run, local Ray. The model specs are the same in both trees (same spec ids). Prints a table with the ratio of the
+# whole command's wall time (the driver's count, `nas run`'s "in N s", beside it: since session 17 Ray starts before
+# that count begins, beside the CPU pre-flight, so only the wall compares like with like).
 #
 #   bash benchmarks/bench_study_gpu.sh            # on a GPU machine with Ray, Optuna, pydantic (or .devbundle/)
 #   WARM=1 bash benchmarks/bench_study_gpu.sh     # then each tree again, its Triton kernels already compiled
@@ -61,8 +63,9 @@ table() {  # $1 what the rows are, $2 old "label driver wall", $3 new
   python3 - "$no" "$wo" "$nn" "$wn" "$REV" "$1" <<'PY'
 import sys
 no, wo, nn, wn, rev, what = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), *sys.argv[5:]
-print(f"| {rev} (the issue's), {what} | 10 | {no:.0f} | {wo:.0f} | {36000 / no:.0f} | (baseline) |")
-print(f"| this tree, {what} | 10 | {nn:.0f} | {wn:.0f} | {36000 / nn:.0f} | {no / nn:.2f}x (wall {wo / wn:.2f}x) |")
+print(f"| {rev} (the issue's), {what} | 10 | {no:.0f} | {wo:.0f} | {36000 / wo:.0f} | (baseline) |")
+print(f"| this tree, {what} | 10 | {nn:.0f} | {wn:.0f} | {36000 / wn:.0f} | {wo / wn:.2f}x (driver's count "
+      f"{no / nn:.2f}x) |")
 PY
 }
 NEW=$(run_new this)
@@ -75,7 +78,8 @@ if [ -n "${NOWARM:-}" ]; then
   NEW_NW=$(run_new this-cached-nowarmup --set execution.warm_kernels=false)
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
-echo "| tree | trials | driver's count, s | wall with Ray start-up and pre-flight, s | trials per hour | this / $REV |"
+echo "| tree | trials | driver's count, s | wall with Ray start-up and pre-flight, s | trials per hour (wall) |" \
+     "this / $REV (wall) |"
 echo "|---|---|---|---|---|---|"
 table "Triton cache as found" "$OLD" "$NEW"
 [ -n "${WARM:-}" ] && table "kernels cached" "$OLD_W" "$NEW_W"
