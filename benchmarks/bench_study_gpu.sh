@@ -13,6 +13,7 @@
 #   NOWARM=1 bash benchmarks/bench_study_gpu.sh   # then this tree once more with execution.warm_kernels: false
 #                                                 # (no kernel warm-up, nas/warmup.py), its kernels cached by then
 #   SKIP_OLD=1 ...                                # no baseline run: this tree's rows only, without ratios
+#   CLEAN=1 ...                                   # stop Ray / study processes an earlier (killed) run left behind
 #
 # Before the runs, the Python bytecode of the device bundle and of both trees is compiled (see NOPYC below).
 # Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
@@ -45,8 +46,22 @@ SETS=(--set 'factors={readout: [head, middle, tail, double, mean]}'
       --set 'data={name: shapes, n_train: 8192, n_test: 5000, img_size: 64, knobs: {clutter: 0.3}}'
       --set 'train={epochs: 3, batch_size: 256, lr: 1.0e-3, weight_decay: 0.05, warmup_epochs: 0.5, device: cuda}'
       --set 'execution={cpus_per_trial: 2, gpus_per_trial: 0.25, gpu_memory_gb: 16, retries: 1}')
+leftovers() {  # a study killed mid-run (this script under `timeout`) can leave its Ray, workers and warm-up running,
+  # sharing the GPU with the next run (session 17's second call): say so before each run; CLEAN=1 stops them (every
+  # Ray and study process on the machine: for a dedicated benchmark machine only)
+  local pids; pids=$(pgrep -f "nas.cli run|nas.warmup|gcs_server|raylet|ray::" || true)
+  [ -z "$pids" ] && return
+  if [ -n "${CLEAN:-}" ]; then
+    echo "CLEAN=1: stopping $(echo "$pids" | wc -w) Ray / study process(es) left from an earlier run" >&2
+    kill $pids 2>/dev/null; sleep 3; kill -9 $pids 2>/dev/null
+  else
+    echo "warning: $(echo "$pids" | wc -w) Ray / study process(es) already running: the timings may be off (CLEAN=1" \
+         "stops them)" >&2
+  fi
+}
 run() {  # $1 label, $2 tree, then the study and its arguments; prints "label driver_s wall_s"
   local label=$1 tree=$2; shift 2
+  leftovers
   local t; t=$(date +%s)
   (cd "$tree" && PYTHONPATH=$tree${BUNDLE_PATH:+:$BUNDLE_PATH} python3 -m nas.cli run "$@" \
       --db "sqlite:///$WORK/$label.db" > "$WORK/$label.log" 2>&1)

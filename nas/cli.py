@@ -43,10 +43,23 @@ def run(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed trials of an earlier run again"),
 ) -> None:
     """Run (or resume) a study and print its ablation table. Finished trials are never repeated."""
+    from contextlib import nullcontext
+
+    from nas.interrupts import STOPS
+
+    # a run stops the same way on Ctrl-C and SIGTERM, leaving nothing running (nas/interrupts.py)
+    with nullcontext() if dry_run else STOPS.installed():
+        _run_command(_console(), study, profile, set_, db, address, dry_run, retry_failed, max_concurrent)
+
+
+def _run_command(console: Console, study: str, profile: Optional[str], set_: list[str], db: Optional[str],
+                 address: Optional[str], dry_run: bool, retry_failed: bool, max_concurrent: Optional[int]) -> None:
+    from contextlib import nullcontext
+
     from blocks import NasError
     from nas.config import load_study
+    from nas.interrupts import STOPS
 
-    console = _console()
     startup: Any = None  # nas.execute.Startup, begun beside the pre-flight (not for a dry run)
 
     def begin_startup(arms: list[Any]) -> None:
@@ -63,7 +76,8 @@ def run(
             sf = load_study(study, profile=profile, sets=set_, db_url=db, address=address)
             from nas.plan import plan_study  # no Ray: a dry run never imports it
 
-            with console.status("checking the study…") as status:
+            # a run holds Ctrl-C / SIGTERM while its checks run beside Ray's start (nas/interrupts.py)
+            with nullcontext() if dry_run else STOPS.held(), console.status("checking the study…") as status:
                 plan = plan_study(sf, progress=lambda msg: status.update(msg), timed=dry_run,
                                   beside=None if dry_run else begin_startup)
         except NasError as e:

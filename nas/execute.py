@@ -4,8 +4,9 @@ Order of work in `run_study`: the plan is made before (`nas.plan`: validated, pr
 over from a dead driver, queues the round's cells in Optuna and calls `TuneRunner.run_round`, which starts Ray once
 (unless `nas run` began it beside the pre-flight: `Startup`) and runs the round with a `tune.Tuner`: our searcher
 (`nas.tune_adapter.StudySearcher`) asks Optuna and hands each trial its resolved cell, the trainable
-(`nas.trainable`) runs `nas.worker.run_task` on a worker, and our callback writes the store. Workers never touch the database. This module, `nas.tune_adapter` and `nas.trainable` are the only
-ones that import Ray.
+(`nas.trainable`) runs `nas.worker.run_task` on a worker, and our callback writes the store. Workers never touch the
+database. This module, `nas.tune_adapter` and `nas.trainable` are the only ones that import Ray. `nas.interrupts`
+makes Ctrl-C and SIGTERM end a run as interrupted, with nothing left running.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ray import tune
 from .bytecode import bytecode_hint
 from .driver import EventFn, Outcome, QueuedFn, Round, RunContext
 from .driver import run_study as drive
+from .interrupts import STOPS, stop_requested
 from .mps import start_mps, stop_mps
 from .plan import Plan
 from .rounds import DEFAULT_POLICY, SeedPolicy
@@ -71,8 +73,9 @@ class Startup:
         if hint:
             self._line(hint)
         t0 = time.perf_counter()
-        init_ray(self.study)
-        self.ray = True
+        self.ray = True  # from here `close` shuts Ray down, however far it got
+        with STOPS.held():  # Ctrl-C / SIGTERM wait until Ray is up (nas/interrupts.py)
+            init_ray(self.study)
         seconds = time.perf_counter() - t0
         self._line(f"Ray {'joined' if ex.address else 'started'} in {seconds:.1f} s{where}", seconds=seconds)
 
@@ -137,12 +140,13 @@ class TuneRunner:
                                       failure_config=tune.FailureConfig(max_failures=ex.retries)),
         )
         try:
-            tuner.fit()
+            with STOPS.round():  # Ctrl-C / SIGTERM: Tune stops the trials, the round ends interrupted
+                tuner.fit()
         except KeyboardInterrupt:
             return False
         finally:
             callback.flush()  # the epochs of the last second, however the round ended
-        return True
+        return not stop_requested()
 
     def close(self) -> None:
         self.startup.close(shutdown_ray=self.started)
@@ -168,6 +172,7 @@ def init_ray(study: Study) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C goes to nas.interrupts (its docstring)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # cost objectives come with the last epoch
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
     for name in ("ray.tune", "ray.train", "ray.air"):  # failures are shown by our progress and stored with the trial
@@ -190,8 +195,9 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
               startup: Startup | None = None) -> Outcome:
     """Queue what is not done yet and run it on Ray Tune, round after round; returns counts for the summary.
     `startup`: what `nas run` began beside the pre-flight (`Startup`); it is closed with the run."""
-    return drive(plan, store, TuneRunner(plan, max_concurrent=max_concurrent, startup=startup), command=command,
-                 retry_failed=retry_failed, on_event=on_event, on_queued=on_queued, policy=policy)
+    with STOPS.installed():
+        return drive(plan, store, TuneRunner(plan, max_concurrent=max_concurrent, startup=startup), command=command,
+                     retry_failed=retry_failed, on_event=on_event, on_queued=on_queued, policy=policy)
 
 
 __all__ = ["Startup", "TuneRunner", "init_ray", "run_study", "train_cell", "trial_slots"]

@@ -248,3 +248,53 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path, monkeypatch):
         sleeper.wait()
     # once that driver is gone, its run is marked interrupted and the study runs (checked up to Ray start-up)
     assert store.active_driver("busy") is None
+
+
+def _ray_heads() -> set[int]:
+    """PIDs of the GCS servers running on this machine (one per local Ray)."""
+    heads = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"gcs_server" in (entry / "cmdline").read_bytes():
+                    heads.add(int(entry.name))
+            except OSError:
+                continue
+    return heads
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_run_as_interrupted_and_leaves_no_ray(tmp_path, sig):
+    """A scheduler's time limit (SIGTERM) and Ctrl-C (SIGINT) both end the run as interrupted, with the summary and
+    the resume hint printed, and shut the run's Ray down (before nas/interrupts.py, SIGTERM killed the driver at once
+    and left Ray running, and Ctrl-C stored the run as finished)."""
+    from nas.store import Store
+
+    study = _write_study(tmp_path, "stopped", levels="[head, middle, tail]", epochs=6, n_train=1536)
+    before = _ray_heads()
+    proc = subprocess.Popen([*NAS, "run", str(study), *_args(tmp_path), "--max-concurrent", "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "200", "NAS_EPOCH_FLUSH_S": "0"})
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                store = Store(url, read_only=True)
+                trials = store.trials("stopped")
+                if any(t.state == "complete" for t in trials) and any(
+                        t.state == "running" and store.epochs(t.id) for t in trials):
+                    break
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+        else:
+            pytest.fail("the study never reached a finished trial and a running one")
+        os.kill(proc.pid, sig)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted; run the same command to resume" in " ".join(out.split()), out  # rich wraps lines
+    assert Store(url, read_only=True).study("stopped").runs[-1].status == "interrupted"
+    assert _ray_heads() <= before, "the run's Ray outlived its driver"
