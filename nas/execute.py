@@ -109,12 +109,10 @@ class TuneRunner:
 
         study = self.plan.study
         ex = study.execution
+        self.startup.tell(lambda info: ctx.on_event("setup", info))  # lines of a start begun beside the pre-flight
         if not self.started:
-            self.startup.tell(lambda info: ctx.on_event("setup", info))
             self.startup.begin([a.spec.to_json() for a in self.plan.arms])
             self.started = True
-        else:
-            self.startup.tell(lambda info: ctx.on_event("setup", info))
         scheduler = None
         if ex.asha is not None:
             obj = study.objectives[0]

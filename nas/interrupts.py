@@ -3,9 +3,8 @@
 SIGTERM is how a batch scheduler's time limit, `timeout` or `kill` stop a driver. Python's default for it ends the
 process at once: no `finally` runs, so Ray, the kernel warm-up process and the MPS daemon could outlive the driver
 (session 17's GPU study ran 30 s after `timeout` had killed one, and both its trees took longer). Ctrl-C during a
-round was taken by
-Ray Tune's own handler, which stops the trials and returns as if the round had finished: the run was stored as
-"finished". Here both signals do one thing: during a Tune round, the first asks Tune to stop (SIGUSR1, Tune's own
+round was taken by Ray Tune's own handler, which stops the trials and returns as if the round had finished: the run
+was stored as "finished". Here both signals do one thing: during a Tune round, the first asks Tune to stop (SIGUSR1, Tune's own
 stop request: its trials end and the round returns) and the round counts as interrupted; outside a round, or on a
 second signal, KeyboardInterrupt, which the driver turns into an interrupted run and a clean shutdown.
 """

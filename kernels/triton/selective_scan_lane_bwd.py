@@ -14,8 +14,8 @@ The work per (channel, state, step) is two exp2 (three with CK > T) and about a 
 SASS, sm_90: 8 lanes take 15 % fewer instructions per step than the whole warp) and added with one fp32 atomic per
 (group, state, step), or (`BC_RS`, bwd_bc "scatter") summed over all the program's lanes by reduce-scatter and added
 with one atomic instruction per array and step (under Triton 3.6 with lane_hint "channels", offline SASS at the study
-row: 64 shuffles a 2-step tile instead of 192). du and dΔ are stored per step (coalesced for channel-last gradients); dz goes
-through fp32 atomics when several paths' programs add to it. B_t and C_t rows are read with 16-byte vector loads
+row: 64 shuffles a 2-step tile instead of 192). du and dΔ are stored per step (coalesced for channel-last
+gradients); dz goes through fp32 atomics when several paths' programs add to it. B_t and C_t rows are read with 16-byte vector loads
 when their memory allows (`VEC_BC`, set by the launcher from the strides and alignment).
 """
 
