@@ -191,3 +191,23 @@ def test_held_signals_wait_for_the_way_out_and_stay_ours():
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(["inside, not interrupted", "interrupted on the way out", "ours"]), out.stdout
+
+
+def test_the_store_look_before_starting_anything(tmp_path):
+    """`nas run` starts Ray beside the pre-flight only when its database will open and no other live driver owns the
+    study: a new SQLite file in a folder that takes files yes (nothing is written by looking), a folder that cannot
+    be made or a server that refuses the connection no."""
+    from nas.cli import _store_would_open
+    from nas.store import Store
+
+    def study(url: str):
+        sets = _sets(tmp_path) + [f"storage.url={url}"]
+        return load_study(STUDY, sets=sets).study
+
+    new = tmp_path / "sub" / "new.db"
+    assert _store_would_open(study(f"sqlite:///{new}")) and not new.exists() and not new.parent.exists()
+    assert not _store_would_open(study("sqlite:////proc/nope/x.db"))
+    assert not _store_would_open(study("postgresql+psycopg://nobody@127.0.0.1:1/x"))
+    existing = tmp_path / "old.db"
+    Store(f"sqlite:///{existing}")  # tables, no running driver
+    assert _store_would_open(study(f"sqlite:///{existing}"))
