@@ -57,7 +57,9 @@ class StopRequests:
         it sets its own Python SIGTERM handler (`sys.exit(15)`, before Ray is marked started) and its core worker a C
         one (prints a stack and ends the process), either of which left Ray's processes running. Inside, this thread
         blocks both signals, so do the threads it starts (they inherit the mask and keep it), handlers others try to
-        set for them are ignored, and ours are set again on the way out. Only while installed, on the main thread."""
+        set for them are ignored, and ours are set again on the way out. Only while installed, on the main thread.
+        Processes started inside do not keep the block (`unblock_in_child`): Ray's own processes and its workers
+        would otherwise ignore SIGTERM for their whole life, and `ray.shutdown` waited 1 s for each before SIGKILL."""
         if (threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not self
                 or self.holding):
             yield  # not ours to hold, or an outer `held()` already does
@@ -92,8 +94,20 @@ class StopRequests:
 STOPS = StopRequests()  # the process's one handler: `nas run` installs it before Ray starts, run_study otherwise
 
 
+def unblock_in_child() -> None:
+    """In a child process just forked, before it runs its program: undo `held()`'s block, which a child inherits
+    through fork and exec. Runs after every fork (`os.register_at_fork`; `subprocess` runs those hooks when a
+    `preexec_fn` is given, as Ray gives one to each process it starts); pass it as `preexec_fn` to a Popen of ours."""
+    if STOPS.holding:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=unblock_in_child)
+
+
 def stop_requested() -> bool:
     return STOPS.count > 0
 
 
-__all__ = ["STOPS", "StopRequests", "stop_requested"]
+__all__ = ["STOPS", "StopRequests", "stop_requested", "unblock_in_child"]

@@ -193,6 +193,41 @@ def test_held_signals_wait_for_the_way_out_and_stay_ours():
     assert out.stdout.strip() == str(["inside, not interrupted", "interrupted on the way out", "ours"]), out.stdout
 
 
+CHILD_MASK = """
+import signal, subprocess, sys
+from nas.interrupts import StopRequests, STOPS, unblock_in_child
+
+def blocked(**kw):  # the signals a child process starts with blocked (SigBlk of /proc/self/status)
+    out = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True, text=True, **kw).stdout
+    mask = int(out.split()[1], 16)
+    return [s.name for s in (signal.SIGINT, signal.SIGTERM) if mask >> (s - 1) & 1]
+
+seen = {}
+with STOPS.installed(), STOPS.held():
+    seen["this process"] = [s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) if s in (2, 15)]
+    seen["ours (preexec_fn)"] = blocked(preexec_fn=unblock_in_child)
+    # Ray's way: its own preexec_fn blocks SIGINT; the fork hook undoes our SIGTERM block before it
+    seen["as Ray starts one"] = blocked(preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+print(seen)
+"""
+
+
+def test_processes_started_while_held_do_not_inherit_the_block():
+    """Ray's processes, the kernel warm-up and the MPS daemon start inside `held()`; a blocked SIGTERM passes to a
+    child through fork and exec, and before this fix every Ray process and worker of a run ignored SIGTERM (raylet,
+    GCS: `ray.shutdown` waited 1 s on each before SIGKILL, ~5 s a run). Linux (/proc)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc (Linux)")
+    out = subprocess.run([sys.executable, "-c", CHILD_MASK], capture_output=True, text=True, timeout=60,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str({"this process": ["SIGINT", "SIGTERM"], "ours (preexec_fn)": [],
+                                      "as Ray starts one": ["SIGINT"]}), out.stdout
+
+
 def test_the_store_look_before_starting_anything(tmp_path):
     """`nas run` starts Ray beside the pre-flight only when its database will open and no other live driver owns the
     study: a new SQLite file in a folder that takes files yes (nothing is written by looking), a folder that cannot
