@@ -125,6 +125,8 @@ class SSMMixer(TokenMixer):
 
     @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
+        if self.A_log.is_meta:
+            return  # no values to set; its pointwise math would load torch's Python decompositions (~1.5 s, once)
         E, N, R, K = self.d_inner, self.d_state, self.dt_rank, self.conv_size
         self.in_proj.reset_parameters()
         if self.in_proj.bias is not None:
