@@ -58,8 +58,7 @@ class StopRequests:
         one (prints a stack and ends the process), either of which left Ray's processes running. Inside, this thread
         blocks both signals, so do the threads it starts (they inherit the mask and keep it), handlers others try to
         set for them are ignored, and ours are set again on the way out. Only while installed, on the main thread.
-        Processes started inside do not keep the block (`unblock_in_child`): Ray's own processes and its workers
-        would otherwise ignore SIGTERM for their whole life, and `ray.shutdown` waited 1 s for each before SIGKILL."""
+        Processes started inside do not keep the block, and get a process group of their own (`release_child`)."""
         if (threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not self
                 or self.holding):
             yield  # not ours to hold, or an outer `held()` already does
@@ -94,20 +93,28 @@ class StopRequests:
 STOPS = StopRequests()  # the process's one handler: `nas run` installs it before Ray starts, run_study otherwise
 
 
-def unblock_in_child() -> None:
-    """In a child process just forked, before it runs its program: undo `held()`'s block, which a child inherits
-    through fork and exec. Runs after every fork (`os.register_at_fork`; `subprocess` runs those hooks when a
-    `preexec_fn` is given, as Ray gives one to each process it starts); pass it as `preexec_fn` to a Popen of ours."""
+def release_child() -> None:
+    """In a child process forked while `held()` holds (Ray's processes, the kernel warm-up, the MPS daemon), before
+    it runs its program: undo the block, which a child inherits through fork and exec (Ray's GCS, raylet and every
+    worker then ignored SIGTERM for their whole life: `ray.shutdown` waited 1 s on each before SIGKILL, ~5 s a run),
+    and put the child in a process group of its own. A signal sent to the driver's whole group (Ctrl-C in a
+    terminal, `timeout`, `kill -- -PGID`) then reaches the driver alone, which stops the trials and then Ray in
+    order (with the block undone but the driver's group kept, `timeout` killed the GCS at once, and the driver's stop
+    waited 60 s on it and aborted). A signal sent to every
+    process (systemd's control-group kill, Slurm's scancel) still reaches Ray's processes directly: the run then
+    ends as a crash does, and resumes. Runs after every fork (`os.register_at_fork`; `subprocess` runs those hooks
+    when a `preexec_fn` is given, as Ray gives one to each process it starts); pass it as `preexec_fn` to a Popen."""
     if STOPS.holding:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        os.setpgid(0, 0)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=unblock_in_child)
+    os.register_at_fork(after_in_child=release_child)
 
 
 def stop_requested() -> bool:
     return STOPS.count > 0
 
 
-__all__ = ["STOPS", "StopRequests", "stop_requested", "unblock_in_child"]
+__all__ = ["STOPS", "StopRequests", "release_child", "stop_requested"]

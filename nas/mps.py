@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import StudyConfigError
-from .interrupts import unblock_in_child
+from .interrupts import release_child
 from .schema import Study
 
 CONTROL = "nvidia-cuda-mps-control"
@@ -87,7 +87,7 @@ def start_mps(study: Study, cuda_available: bool | None = None) -> MPSDaemon | N
         Path(path).mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run([control, "-d"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
-                              preexec_fn=unblock_in_child)  # the daemon it forks keeps no held signal mask
+                              preexec_fn=release_child)  # the daemon it forks keeps no held signal mask
     except subprocess.TimeoutExpired as exc:
         raise StudyConfigError(f"the CUDA MPS daemon did not start within 30 s (log: {env[ENV[1]]}); set "
                                "execution.cuda_mps: false to run without it", key=KEY) from exc

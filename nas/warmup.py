@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .interrupts import unblock_in_child
+from .interrupts import release_child
 from .schema import Study
 
 WARMUP_SECONDS = 120.0  # the warm-up stops starting new specs after this (the trials are running by then)
@@ -107,7 +107,7 @@ def start_warmup(study: Study, spec_jsons: list[str], device: str | None = None,
         json.dump(job, f)
     log = open(folder / LOG_NAME.format(study=study.name), "w")  # noqa: SIM115 (the child writes it; closed with the process)
     proc = subprocess.Popen([sys.executable, "-m", "nas.warmup", f.name], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=unblock_in_child)  # SIGTERM ends it (stop_warmup)
+                            stdin=subprocess.DEVNULL, preexec_fn=release_child)  # SIGTERM ends it (stop_warmup)
     proc.job_file, proc.log_file = Path(f.name), log  # type: ignore[attr-defined]
     return proc
 

@@ -263,11 +263,13 @@ def _ray_heads() -> set[int]:
     return heads
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_stops_the_run_as_interrupted_and_leaves_no_ray(tmp_path, sig):
-    """A scheduler's time limit (SIGTERM) and Ctrl-C (SIGINT) both end the run as interrupted, with the summary and
-    the resume hint printed, and shut the run's Ray down (before nas/interrupts.py, SIGTERM killed the driver at once
-    and left Ray running, and Ctrl-C stored the run as finished)."""
+@pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "driver"), (signal.SIGINT, "group"), (signal.SIGTERM, "group")],
+                         ids=["kill", "ctrl-c in a terminal", "timeout"])
+def test_sigterm_or_ctrl_c_stops_the_run_as_interrupted_and_leaves_no_ray(tmp_path, sig, to):
+    """`kill` (SIGTERM to the driver), Ctrl-C in a terminal (SIGINT to its process group) and `timeout` (SIGTERM to
+    the group) all end the run as interrupted, with the summary and the resume hint printed, and shut the run's Ray
+    down (before nas/interrupts.py, SIGTERM killed the driver at once and left Ray running, and Ctrl-C stored the run
+    as finished; Ray's processes have groups of their own, or `timeout` would kill the GCS under the driver)."""
     from nas.store import Store
 
     study = _write_study(tmp_path, "stopped", levels="[head, middle, tail]", epochs=6, n_train=1536)
@@ -290,7 +292,7 @@ def test_sigterm_or_ctrl_c_stops_the_run_as_interrupted_and_leaves_no_ray(tmp_pa
                 continue
         else:
             pytest.fail("the study never reached a finished trial and a running one")
-        os.kill(proc.pid, sig)
+        os.kill(proc.pid, sig) if to == "driver" else os.killpg(proc.pid, sig)  # a new session: its group's id
         out, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:

@@ -4,7 +4,10 @@ adopts what was started instead of starting it again, and a study another driver
 
 from __future__ import annotations
 
+import os
+import re
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,6 +51,30 @@ def test_beside_runs_on_the_calling_thread_while_the_preflights_run(tmp_path, mo
     assert seen == [(threading.main_thread(), [a.spec.id for a in plan.arms])]
     assert threads and threading.main_thread() not in threads
     assert set(plan.preflight) == {a.spec.id for a in plan.arms}
+
+
+def test_untimed_checks_run_side_by_side_and_the_first_arms_error_wins(tmp_path, monkeypatch):
+    """`nas run`'s checks (untimed) run on several threads; whatever finishes first, a failure is reported for the
+    first failing arm in the study's order, as one after the other would."""
+    sf = load_study(STUDY, sets=_sets(tmp_path))
+    arms = plan_study(sf, timed=False).arms
+    assert len(arms) >= 2
+    first = arms[0].spec.id
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def slow_then_broken(spec, **kw):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.5 if spec.id == first else 0.1)
+        with lock:
+            running[0] -= 1
+        raise ValueError("first arm" if spec.id == first else "a later arm")
+
+    monkeypatch.setattr(plan_module, "preflight_spec", slow_then_broken)
+    with pytest.raises(StudyConfigError, match=f"pre-flight failed for {re.escape(str(arms[0].levels))}.*first arm"):
+        plan_study(sf, timed=False)
+    assert most[0] == min(len(arms), os.cpu_count() or 1, plan_module.PREFLIGHT_THREADS)
 
 
 def test_a_preflight_error_wins_over_besides(tmp_path, monkeypatch):
@@ -104,7 +131,7 @@ def test_the_runner_adopts_a_begun_startup(tmp_path, monkeypatch, fake_startup, 
     assert run_events.events == []  # no progress yet: the lines wait
     runner = execute.TuneRunner(plan, startup=startup)
     assert runner.started
-    monkeypatch.setattr(execute, "trial_slots", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # end here
+    monkeypatch.setattr(execute, "check_fits", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # end here
     with pytest.raises(KeyboardInterrupt):
         runner.run_round(run_events, Round(1, 1))
     runner.close()
@@ -193,39 +220,41 @@ def test_held_signals_wait_for_the_way_out_and_stay_ours():
     assert out.stdout.strip() == str(["inside, not interrupted", "interrupted on the way out", "ours"]), out.stdout
 
 
-CHILD_MASK = """
+CHILD = """
 import signal, subprocess, sys
-from nas.interrupts import StopRequests, STOPS, unblock_in_child
+from nas.interrupts import STOPS, release_child
 
-def blocked(**kw):  # the signals a child process starts with blocked (SigBlk of /proc/self/status)
-    out = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True, text=True, **kw).stdout
-    mask = int(out.split()[1], 16)
-    return [s.name for s in (signal.SIGINT, signal.SIGTERM) if mask >> (s - 1) & 1]
+PROBE = ("import os, signal; print(sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])"
+         " if s in (signal.SIGINT, signal.SIGTERM)), os.getpgrp() == os.getpid())")
+
+def child(**kw):  # the signals a child starts with blocked, and whether it leads a process group of its own
+    return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, **kw).stdout.strip()
 
 seen = {}
 with STOPS.installed(), STOPS.held():
-    seen["this process"] = [s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) if s in (2, 15)]
-    seen["ours (preexec_fn)"] = blocked(preexec_fn=unblock_in_child)
-    # Ray's way: its own preexec_fn blocks SIGINT; the fork hook undoes our SIGTERM block before it
-    seen["as Ray starts one"] = blocked(preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+    seen["this process"] = sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []) if s in (2, 15))
+    seen["ours (preexec_fn)"] = child(preexec_fn=release_child)
+    # Ray's way: its own preexec_fn blocks SIGINT; the fork hook has undone our block and moved the child before it
+    seen["as Ray starts one"] = child(preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+seen["after, as Ray starts one"] = child(preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
 print(seen)
 """
 
 
-def test_processes_started_while_held_do_not_inherit_the_block():
-    """Ray's processes, the kernel warm-up and the MPS daemon start inside `held()`; a blocked SIGTERM passes to a
-    child through fork and exec, and before this fix every Ray process and worker of a run ignored SIGTERM (raylet,
-    GCS: `ray.shutdown` waited 1 s on each before SIGKILL, ~5 s a run). Linux (/proc)."""
+def test_processes_started_while_held_keep_no_block_and_leave_the_group():
+    """Ray's processes, the kernel warm-up and the MPS daemon start inside `held()`. A blocked SIGTERM passes to a
+    child through fork and exec: before `release_child`, every Ray process and worker of a run ignored SIGTERM
+    (`ray.shutdown` waited 1 s on each before SIGKILL, ~5 s a run). Each also gets a process group of its own, so a
+    signal to the driver's group reaches the driver alone; a child started after the hold is left as it is."""
     import subprocess
     import sys
 
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs /proc (Linux)")
-    out = subprocess.run([sys.executable, "-c", CHILD_MASK], capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60,
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str({"this process": ["SIGINT", "SIGTERM"], "ours (preexec_fn)": [],
-                                      "as Ray starts one": ["SIGINT"]}), out.stdout
+    assert out.stdout.strip() == str({"this process": ["SIGINT", "SIGTERM"], "ours (preexec_fn)": "[] True",
+                                      "as Ray starts one": "['SIGINT'] True",
+                                      "after, as Ray starts one": "['SIGINT'] False"}), out.stdout
 
 
 def test_the_store_look_before_starting_anything(tmp_path):
@@ -246,3 +275,21 @@ def test_the_store_look_before_starting_anything(tmp_path):
     existing = tmp_path / "old.db"
     Store(f"sqlite:///{existing}")  # tables, no running driver
     assert _store_would_open(study(f"sqlite:///{existing}"))
+
+
+def test_a_trial_the_local_ray_cannot_hold_is_refused(monkeypatch):
+    """A GPU study on a machine without a GPU (or a trial wanting more CPUs than Ray has) waited for ever, silently:
+    Tune keeps such trials pending. The runner refuses it with the key to change."""
+    import ray
+
+    from nas.errors import StudyConfigError
+    from nas.execute import check_fits
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    check_fits(2, 0)  # fits
+    with pytest.raises(StudyConfigError, match=r"execution.gpus_per_trial.*0.25 GPU\(s\) but the local Ray has 0"):
+        check_fits(2, 0.25, "s.yaml")
+    with pytest.raises(StudyConfigError, match=r"execution.cpus_per_trial.*32 CPU\(s\) but the local Ray has 16"):
+        check_fits(32, 0)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    check_fits(2, 0.25)
