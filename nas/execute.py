@@ -23,6 +23,7 @@ from ray import tune
 from .bytecode import bytecode_hint
 from .driver import EventFn, Outcome, QueuedFn, Round, RunContext
 from .driver import run_study as drive
+from .errors import StudyConfigError
 from .interrupts import STOPS, stop_requested
 from .mps import start_mps, stop_mps
 from .plan import Plan
@@ -119,6 +120,8 @@ class TuneRunner:
             scheduler = ASHAScheduler(metric=obj.metric, mode="max" if obj.resolved_direction == "maximize" else "min",
                                       time_attr="training_iteration", max_t=study.train.epochs,
                                       grace_period=ex.asha.grace_period, reduction_factor=ex.asha.reduction_factor)
+        if not ex.address:  # a cluster's autoscaler may still add the nodes a trial needs
+            check_fits(ex.cpus_per_trial, ex.gpus_per_trial, self.plan.file.path)
         concurrent = self.max_concurrent or ex.max_concurrent or trial_slots(ex.cpus_per_trial, ex.gpus_per_trial)
         # Tune keeps one pending trial at a time for a searcher unless told otherwise: trials would run one by one
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrent)
@@ -148,6 +151,21 @@ class TuneRunner:
 
     def close(self) -> None:
         self.startup.close(shutdown_ray=self.started)
+
+
+def check_fits(cpus_per_trial: float, gpus_per_trial: float, file: str | None = None) -> None:
+    """Refuse a study whose trial asks for more CPUs or GPUs than the local Ray has: Tune would wait for them for
+    ever, with nothing on screen (e.g. a GPU study started on a machine without a GPU)."""
+    import ray
+
+    res = ray.cluster_resources()
+    for what, want, key in (("CPU", cpus_per_trial, "cpus_per_trial"), ("GPU", gpus_per_trial, "gpus_per_trial")):
+        have = res.get(what, 0)
+        if want > have:
+            hint = (" Run it on a machine with a GPU, or set execution.gpus_per_trial: 0 and train.device: cpu."
+                    if what == "GPU" else " Lower execution.cpus_per_trial, or give Ray more (execution.num_cpus).")
+            raise StudyConfigError(f"each trial asks for {want:g} {what}(s) but the local Ray has {have:g}: no trial "
+                                   f"could ever start.{hint}", file=file, key=f"execution.{key}")
 
 
 def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
@@ -198,4 +216,4 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
                      retry_failed=retry_failed, on_event=on_event, on_queued=on_queued, policy=policy)
 
 
-__all__ = ["Startup", "TuneRunner", "init_ray", "run_study", "train_cell", "trial_slots"]
+__all__ = ["Startup", "TuneRunner", "check_fits", "init_ray", "run_study", "train_cell", "trial_slots"]

@@ -104,7 +104,7 @@ def test_tune_runner_starts_mps_first_and_stops_it_after_ray(tmp_path, monkeypat
     monkeypatch.setattr(execute, "stop_warmup", lambda proc: calls.append(("stop warmup", proc)))
     monkeypatch.setattr(execute, "init_ray", lambda study: calls.append(("ray", None)))
     monkeypatch.setattr(execute, "bytecode_hint", lambda: None)  # tests/test_bytecode.py checks that line
-    monkeypatch.setattr(execute, "trial_slots", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # end here
+    monkeypatch.setattr(execute, "check_fits", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # end here
     runner = execute.TuneRunner(plan_study(load_study(STUDY, sets=[f"storage.ray_results={tmp_path}",
                                                                    "execution.cuda_mps=true"]), timed=False))
     with pytest.raises(KeyboardInterrupt):
