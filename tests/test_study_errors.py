@@ -175,4 +175,4 @@ def test_run_checks_untimed_and_dry_run_times(dry_run, tmp_path, monkeypatch):
     code, out, _ = _run([OK, "--db", f"sqlite:///{tmp_path / 'nas.db'}", *(["--dry-run"] if dry_run else [])],
                         limit_s=5.0 if dry_run else 30.0)
     assert code == 2 and "pre-flight failed" in out and "stop here" in out
-    assert seen == [dry_run]
+    assert seen and set(seen) == {dry_run}  # a run's checks go side by side: each arm's stub may have run
