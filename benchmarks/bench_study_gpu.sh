@@ -14,7 +14,11 @@
 #                                                 # (no kernel warm-up, nas/warmup.py), its kernels cached by then
 #   SKIP_OLD=1 ...                                # no baseline run: this tree's rows only, without ratios
 #   CLEAN=1 ...                                   # stop Ray / study processes an earlier (killed) run left behind
+#   PHASES=1 ...                                  # this tree's runs through benchmarks/study_phases.py: "[phase]"
+#                                                 # lines (start-up, pre-flight, Ray, rounds, shutdown) in its log
 #
+# Every log line carries the seconds since its command started, and each run ends with "[exit] +N s": where the wall
+# time between the driver's count and the command's goes.
 # Before the runs, the Python bytecode of the device bundle and of both trees is compiled (see NOPYC below).
 # Both trees start from the machine's Triton cache as it is (cold on a fresh machine: the first wave of packed trials
 # compiles every kernel). With WARM=1 each tree runs a second time after both cold runs, so its kernels load from the
@@ -37,6 +41,13 @@ if [ -z "${NOPYC:-}" ]; then
   t=$(date +%s)
   dirs=("$ROOT/blocks" "$ROOT/kernels" "$ROOT/nas" "$WORK/blocks" "$WORK/kernels" "$WORK/nas")
   for d in ${BUNDLE_PATH//:/ }; do [ -d "$d" ] && [ "$d" != "$ROOT" ] && dirs+=("$d"); done  # the bundle, not the tree
+  # torch, triton and numpy too, where the install left them without bytecode and lets us write it (what `nas run`'s
+  # own hint asks a user to do once; session 17's GPU machine had none: every process compiled them)
+  for m in torch triton numpy; do
+    d=$(python3 -c "import importlib.util as u, os; s = u.find_spec('$m'); print(os.path.dirname(s.origin) if s else '')")
+    [ -n "$d" ] && [ -w "$d" ] && dirs+=("$d")
+    [ -n "$d" ] && [ ! -w "$d" ] && echo "$m at $d is read-only: its bytecode stays as installed"
+  done
   python3 -m compileall -q -j 0 "${dirs[@]}" > /dev/null 2>&1
   echo "bytecode compiled in $(( $(date +%s) - t )) s (NOPYC=1 skips it)"
 fi
@@ -59,12 +70,23 @@ leftovers() {  # a study killed mid-run (this script under `timeout`) can leave 
          "stops them)" >&2
   fi
 }
+stamp() {  # prefix each line with the seconds since $1 (an epoch time)
+  python3 -uc 'import sys, time
+t0 = float(sys.argv[1])
+for line in sys.stdin:
+    sys.stdout.write(f"{time.time() - t0:7.2f} {line}")' "$1"
+}
 run() {  # $1 label, $2 tree, then the study and its arguments; prints "label driver_s wall_s"
   local label=$1 tree=$2; shift 2
   leftovers
   local t; t=$(date +%s)
-  (cd "$tree" && PYTHONPATH=$tree${BUNDLE_PATH:+:$BUNDLE_PATH} python3 -m nas.cli run "$@" \
-      --db "sqlite:///$WORK/$label.db" > "$WORK/$label.log" 2>&1)
+  local t0; t0=$(date +%s.%N)
+  local entry=(-m nas.cli)
+  [ -n "${PHASES:-}" ] && [ "$tree" = "$ROOT" ] && entry=("$ROOT/benchmarks/study_phases.py")
+  (cd "$tree" && PYTHONPATH=$tree${BUNDLE_PATH:+:$BUNDLE_PATH} python3 "${entry[@]}" run "$@" \
+      --db "sqlite:///$WORK/$label.db" 2>&1 | stamp "$t0" > "$WORK/$label.log")
+  echo "[exit] +$(python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.2f}')" "$t0") s" \
+      >> "$WORK/$label.log"
   local s; s=$(grep -ao "finished, [0-9]* failed, in [0-9]* s" "$WORK/$label.log" | grep -o "in [0-9]*" | grep -o "[0-9]*")
   echo "$label ${s:-nan} $(( $(date +%s) - t ))"
   python3 "$ROOT/benchmarks/study_timeline.py" "$WORK/$label.db" > "$WORK/$label.timeline.md" 2>&1
@@ -108,5 +130,9 @@ if [ -n "${NOWARM:-}" ]; then
   table "kernels cached, warm-up off" "$OLD" "$NEW_NW" | tail -1
 fi
 for f in "$WORK"/*.timeline.md; do echo; echo "timeline of $(basename "$f" .timeline.md):"; cat "$f"; done
+for f in "$WORK"/*.log; do  # where each command's wall went (seconds since it started)
+  echo; echo "start-up and shutdown of $(basename "$f" .log):"
+  grep -a "\[phase\]\|\[exit\]\|Ray started\|first trial\|finished, \|trial(s) already done" "$f" | cut -c1-140
+done
 [ -n "${OUT:-}" ] && cp "$WORK"/*.log "$WORK"/*.db "$WORK"/*.timeline.md "$OUT/" 2>/dev/null
 exit 0
