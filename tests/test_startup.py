@@ -293,3 +293,43 @@ def test_a_trial_the_local_ray_cannot_hold_is_refused(monkeypatch):
         check_fits(32, 0)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
     check_fits(2, 0.25)
+
+
+DRY_RUN_THEN_RUN = """
+import sys
+from typer.testing import CliRunner
+import nas.cli
+import nas.plan
+from nas.errors import StudyConfigError
+
+sets = [a for s in sys.argv[1:] for a in ("--set", s)]
+run = ["run", "studies/cls_token_position.yaml", *sets]
+result = CliRunner().invoke(nas.cli.app, [*run, "--dry-run"], terminal_width=200)
+print("dry run:", result.exit_code, "ray" in sys.modules)
+
+seen = []
+
+def checks(*args, **kwargs):  # records what was imported when the checks began, then stops the run
+    seen.append("nas.execute" in sys.modules)
+    raise StudyConfigError("stop here")
+
+nas.plan._preflight_all = checks
+nas.cli._store_would_open = lambda study: False  # start nothing beside the checks
+result = CliRunner().invoke(nas.cli.app, run, terminal_width=200)
+print("checks:", *seen)
+print("run:", result.exit_code, "stop here" in result.output)
+"""
+
+
+def test_a_dry_run_never_imports_ray_and_a_run_imports_tune_before_the_checks(tmp_path):
+    """`--dry-run` plans and stops: Ray is never imported. A run imports nas.execute (Ray Tune) before the checks'
+    threads start: beside them it took 3 s instead of ~1 on the H200 (the GIL, turn by turn). Fresh interpreter."""
+    import subprocess
+    import sys
+
+    sets = [*_sets(tmp_path), f"storage.url=sqlite:///{tmp_path / 'nas.db'}", "factors={readout: [head, tail]}",
+            "data.n_train=64", "data.n_test=32"]
+    out = subprocess.run([sys.executable, "-c", DRY_RUN_THEN_RUN, *sets], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.strip().splitlines()[-3:] == ["dry run: 0 False", "checks: True", "run: 2 True"], \
+        out.stdout + out.stderr
