@@ -51,6 +51,9 @@ if [ -z "${NOPYC:-}" ]; then
   python3 -m compileall -q -j 0 "${dirs[@]}" > /dev/null 2>&1
   echo "bytecode compiled in $(( $(date +%s) - t )) s (NOPYC=1 skips it)"
 fi
+# Both trees start with torch's files in the page cache: this tree runs first, and on a fresh machine its driver's
+# `import torch` read them from disk (3.5 s in session 18's call V, ~1.6 s once cached) while the baseline's did not.
+python3 -c "import torch, triton" 2>/dev/null
 SETS=(--set 'factors={readout: [head, middle, tail, double, mean]}'
       --set 'fixed={route: bi, dims: [192], depths: [12], mixer.params.d_state: 16, tokenizer.params.patch_size: 8}'
       --set 'seeds=[0,1]'
