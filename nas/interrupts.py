@@ -100,9 +100,8 @@ def release_child() -> None:
     and put the child in a process group of its own. A signal sent to the driver's whole group (Ctrl-C in a
     terminal, `timeout`, `kill -- -PGID`) then reaches the driver alone, which stops the trials and then Ray in
     order (with the block undone but the driver's group kept, `timeout` killed the GCS at once, and the driver's stop
-    waited 60 s on it and aborted). A signal sent to every
-    process (systemd's control-group kill, Slurm's scancel) still reaches Ray's processes directly: the run then
-    ends as a crash does, and resumes. Runs after every fork (`os.register_at_fork`; `subprocess` runs those hooks
+    waited 60 s on it and aborted). A signal sent to every process (systemd's control-group kill, Slurm's scancel)
+    still reaches Ray's processes directly: the run then ends as a crash does, and resumes. Runs after every fork (`os.register_at_fork`; `subprocess` runs those hooks
     when a `preexec_fn` is given, as Ray gives one to each process it starts); pass it as `preexec_fn` to a Popen."""
     if STOPS.holding:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

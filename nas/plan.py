@@ -148,9 +148,14 @@ def _preflight_all(study: Study, arms: list[Arm], file: str,
         workers = max(1, min(len(arms), os.cpu_count() or 1, PREFLIGHT_THREADS))
         if progress:
             progress(f"pre-flight of {len(arms)} spec(s), {workers} at a time")
-        with ThreadPoolExecutor(workers, thread_name_prefix="preflight-spec") as pool:
-            futures = [pool.submit(check, arm) for arm in arms]
-            return {arm.spec.id: f.result() for arm, f in zip(arms, futures)}  # the first failing arm's error
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // workers))  # the cores shared out, not each check's ops on all of them
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="preflight-spec") as pool:
+                futures = [pool.submit(check, arm) for arm in arms]
+                return {arm.spec.id: f.result() for arm, f in zip(arms, futures)}  # the first failing arm's error
+        finally:
+            torch.set_num_threads(threads)
     out: dict[str, Preflight] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))  # time each as a worker would run it: alone
