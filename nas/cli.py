@@ -141,24 +141,12 @@ def _run_planned(console: Console, plan: Any, dry_run: bool, retry_failed: bool,
         store = Store(st.storage.url)
     except StoreError as e:
         _fail(str(e))
-    import threading
+    from nas.execute import import_beside
 
-    # the closing table's statistics import scipy.stats (~1 s on the GPU machine): load it while the trials run
-    threading.Thread(target=_import_quietly, args=("nas.summary", "scipy.stats"), daemon=True,
-                     name="summary-imports").start()
+    import_beside("nas.summary", "scipy.stats")  # the closing table's (~1 s on the GPU machine), while the trials run
     _run_with_progress(console, plan, store, retry_failed=retry_failed, max_concurrent=max_concurrent,
                        startup=startup)
     _print_summary(console, store, st.name)
-
-
-def _import_quietly(*modules: str) -> None:
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - only a head start: the summary imports what it needs, and says what fails
-            return
 
 
 def _print_plan(console: Console, plan: Any) -> None:

@@ -11,9 +11,11 @@ makes Ctrl-C and SIGTERM end a run as interrupted, with nothing left running.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -73,6 +75,10 @@ class Startup:
         hint = None if ex.address else bytecode_hint()  # a cluster's workers run in their own environments
         if hint:
             self._line(hint)
+        # the driver opens Optuna's tables next (alembic, ~0.4-1 s of imports): loaded while ray.init waits on Ray's
+        # processes to come up
+        import_beside("alembic.command", "alembic.config", "alembic.migration", "alembic.script",
+                      "optuna.storages._rdb.models")
         t0 = time.perf_counter()
         self.ray = True  # from here `close` shuts Ray down, however far it got
         with STOPS.held():  # Ctrl-C / SIGTERM wait until Ray is up (nas/interrupts.py)
@@ -153,6 +159,22 @@ class TuneRunner:
         self.startup.close(shutdown_ray=self.started)
 
 
+def import_beside(*modules: str) -> threading.Thread:
+    """Import `modules` on a daemon thread, in order, while this one waits on something else (a head start only:
+    whoever needs one imports it anyway, and sees its error there)."""
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - see the docstring
+                return
+
+    thread = threading.Thread(target=load, daemon=True, name="imports-beside")
+    thread.start()
+    return thread
+
+
 def check_fits(cpus_per_trial: float, gpus_per_trial: float, file: str | None = None) -> None:
     """Refuse a study whose trial asks for more CPUs or GPUs than the local Ray has: Tune would wait for them for
     ever, with nothing on screen (e.g. a GPU study started on a machine without a GPU)."""
@@ -216,4 +238,4 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
                      retry_failed=retry_failed, on_event=on_event, on_queued=on_queued, policy=policy)
 
 
-__all__ = ["Startup", "TuneRunner", "check_fits", "init_ray", "run_study", "train_cell", "trial_slots"]
+__all__ = ["Startup", "TuneRunner", "check_fits", "import_beside", "init_ray", "run_study", "train_cell", "trial_slots"]

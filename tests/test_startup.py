@@ -333,3 +333,15 @@ def test_a_dry_run_never_imports_ray_and_a_run_imports_tune_before_the_checks(tm
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert out.stdout.strip().splitlines()[-3:] == ["dry run: 0 False", "checks: True", "run: 2 True"], \
         out.stdout + out.stderr
+
+
+def test_imports_beside_load_in_order_and_stop_quietly_at_a_missing_one(monkeypatch):
+    """`import_beside` gives Optuna's alembic and the closing table's scipy.stats a head start on a daemon thread
+    (while ray.init waits, while the trials run); a module it cannot load ends it without an error: the real import
+    later says what is wrong."""
+    import sys
+
+    for name in ("colorsys", "wave"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    execute.import_beside("colorsys", "no_such_module_here", "wave").join(timeout=30)
+    assert "colorsys" in sys.modules and "wave" not in sys.modules
