@@ -90,6 +90,11 @@ run() {  # $1 label, $2 tree, then the study and its arguments; prints "label dr
       --db "sqlite:///$WORK/$label.db" 2>&1 | stamp "$t0" > "$WORK/$label.log")
   echo "[exit] +$(python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.2f}')" "$t0") s" \
       >> "$WORK/$label.log"
+  local warm="$tree/runs/ray/kernel_warmup-cls_token_position.log"  # the kernel warm-up's lines, and when it ended
+  if [ -f "$warm" ] && [ "$(stat -c %Y "$warm")" -ge "${t0%.*}" ]; then
+    sed 's/^/[warm-up] /' "$warm" >> "$WORK/$label.log"
+    echo "[warm-up] its log last written at +$(( $(stat -c %Y "$warm") - ${t0%.*} )) s" >> "$WORK/$label.log"
+  fi
   local s; s=$(grep -ao "finished, [0-9]* failed, in [0-9]* s" "$WORK/$label.log" | grep -o "in [0-9]*" | grep -o "[0-9]*")
   echo "$label ${s:-nan} $(( $(date +%s) - t ))"
   python3 "$ROOT/benchmarks/study_timeline.py" "$WORK/$label.db" > "$WORK/$label.timeline.md" 2>&1
@@ -135,7 +140,8 @@ fi
 for f in "$WORK"/*.timeline.md; do echo; echo "timeline of $(basename "$f" .timeline.md):"; cat "$f"; done
 for f in "$WORK"/*.log; do  # where each command's wall went (seconds since it started)
   echo; echo "start-up and shutdown of $(basename "$f" .log):"
-  grep -a "\[phase\]\|\[exit\]\|Ray started\|first trial\|finished, \|trial(s) already done" "$f" | cut -c1-140
+  grep -a "\[phase\]\|\[exit\]\|\[warm-up\]\|Ray started\|first trial\|finished, \|trial(s) already done" "$f" \
+    | cut -c1-140
 done
 [ -n "${OUT:-}" ] && cp "$WORK"/*.log "$WORK"/*.db "$WORK"/*.timeline.md "$OUT/" 2>/dev/null
 exit 0
