@@ -4,9 +4,10 @@ SIGTERM is how a batch scheduler's time limit, `timeout` or `kill` stop a driver
 process at once: no `finally` runs, so Ray, the kernel warm-up process and the MPS daemon could outlive the driver
 (session 17's GPU study ran 30 s after `timeout` had killed one, and both its trees took longer). Ctrl-C during a
 round was taken by Ray Tune's own handler, which stops the trials and returns as if the round had finished: the run
-was stored as "finished". Here both signals do one thing: during a Tune round, the first asks Tune to stop (SIGUSR1, Tune's own
-stop request: its trials end and the round returns) and the round counts as interrupted; outside a round, or on a
-second signal, KeyboardInterrupt, which the driver turns into an interrupted run and a clean shutdown.
+was stored as "finished". Here both signals do one thing: during a Tune round, the first asks Tune to stop
+(SIGUSR1, Tune's own stop request: its trials end and the round returns) and the round counts as interrupted; outside
+a round, or on a second signal, KeyboardInterrupt, which the driver turns into an interrupted run and a clean
+shutdown.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def release_child() -> None:
     terminal, `timeout`, `kill -- -PGID`) then reaches the driver alone, which stops the trials and then Ray in
     order (with the block undone but the driver's group kept, `timeout` killed the GCS at once, and the driver's stop
     waited 60 s on it and aborted). A signal sent to every process (systemd's control-group kill, Slurm's scancel)
-    still reaches Ray's processes directly: the run then ends as a crash does, and resumes. Runs after every fork (`os.register_at_fork`; `subprocess` runs those hooks
-    when a `preexec_fn` is given, as Ray gives one to each process it starts); pass it as `preexec_fn` to a Popen."""
+    still reaches Ray's processes directly: the run then ends as a crash does, and resumes. Runs after every fork
+    (`os.register_at_fork`; `subprocess` runs those hooks when a `preexec_fn` is given, as Ray gives one to each
+    process it starts); pass it as `preexec_fn` to a Popen."""
     if STOPS.holding:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         os.setpgid(0, 0)

@@ -89,3 +89,19 @@ def test_summary_counts_on_the_meta_device():
                                                                  True)
     small = summarize_preset("test_vim")  # the meta count is the real model's
     assert small.params == sum(p.numel() for p in build_backbone(get_preset("test_vim")).parameters())
+
+
+def test_spec_checks_on_the_meta_device_load_no_python_decompositions():
+    """Validating a spec builds its parts on the meta device. The SSM and mLSTM mixers' init ran pointwise math
+    there, which loads torch's Python decompositions and sympy (~1.5 s a process, on every study's first check):
+    their `reset_parameters` now sets nothing on meta tensors. Fresh interpreter: other tests load sympy."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom blocks.presets import get_preset\n"
+            "for name in ('vim_tiny', 'vmamba_tiny', 'vil_tiny'):\n    get_preset(name)\n"
+            "print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
