@@ -99,13 +99,19 @@ def main() -> None:
             wanted.setdefault(module, []).append((attr, label))
     sys.meta_path.insert(0, _WrapOnImport(wanted))
     sys.argv = ["nas", *sys.argv[1:]]
-    try:
-        cli.app()
-    except SystemExit as e:
-        _say(f"CLI returned (exit {e.code})")
-        raise
-    finally:
-        _say("done")
+
+    def timed_app() -> None:
+        try:
+            cli.app()
+        except SystemExit as e:
+            _say(f"CLI returned (exit {e.code})")
+            raise
+        finally:
+            _say("done")
+
+    from nas.fast_exit import run_and_exit  # the exit `nas` itself takes (cli.main)
+
+    run_and_exit(timed_app)
 
 
 if __name__ == "__main__":

@@ -434,5 +434,12 @@ def _register_extensions() -> None:
 
 _register_extensions()
 
+def main() -> None:
+    """The `nas` console command: the Typer app, then a fast exit (nas/fast_exit.py says why)."""
+    from nas.fast_exit import run_and_exit
+
+    run_and_exit(app)
+
+
 if __name__ == "__main__":
-    app()
+    main()
