@@ -148,8 +148,8 @@ class ExecutionConfig(_Strict):
     address: str | None = None
     asha: AshaConfig | None = None
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray may use (default: all)")
-    warm_kernels: bool = Field(True, description="a local GPU study compiles its kernels in one background process "
-                                                 "while Ray starts (nas/warmup.py)")
+    warm_kernels: bool = Field(True, description="a local GPU study compiles its kernels in two background "
+                                                 "processes while Ray starts (nas/warmup.py)")
     cuda_mps: bool = Field(False, description="a local GPU study that packs trials (gpus_per_trial < 1) runs them "
                                               "under its own CUDA MPS daemon, so their kernels overlap (nas/mps.py)")
 

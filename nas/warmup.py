@@ -5,21 +5,32 @@ divisibility of integer arguments by 16) and keeps the binary in its on-disk cac
 worker of a study's first wave compiled the same kernels at once: session 10's GPU study (benchmarks/RESULTS.md) spent
 10.5-15 s on its first epochs against 4.9 s later, and the same study with the kernels cached took 61 s instead of
 71 s. Ray and Tune take 13-21 s to start the first trial, so `nas run` spends that time running a one-epoch mini trial
-of each arm's spec at the study's batch size, data shapes and settings in one background process (the same code path
+of each arm's spec at the study's batch size, data shapes and settings in background processes (the same code path
 as a trial: `nas.worker.run_task`), and the workers then load the kernels from the cache.
 
+Two processes share the specs, one from each end of the list, each claiming a spec before it runs it: a cold cache
+made one process spend most of the start-up on the first spec's kernels while the last arm, whose kernels differ
+(a grid's arms often differ in token count, and Triton compiles a kernel again when a length's divisibility by 16
+changes), was still waiting when its trials started: session 18's H200 study compiled the `mean` readout's kernels in
+a trial of the second wave, whose first epoch took 8.1 s instead of ~3 s. A grid's first and last arms differ the
+most, so walking from both ends reaches both kinds first. Each process holds one CUDA context and one mini trial's
+memory (at the study's batch size and `gpu_memory_gb` cap) while it runs.
+
 Local GPU studies only (a cluster's workers have their own caches); `execution.warm_kernels: false` turns it off. The
-process never touches the study's database, and its failure changes nothing but the time the first wave takes (its
-log: `<storage.ray_results>/kernel_warmup-<study>.log`).
+processes never touch the study's database, and their failure changes nothing but the time the first wave takes
+(their log: `<storage.ray_results>/kernel_warmup-<study>.log`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +39,7 @@ from .schema import Study
 
 WARMUP_SECONDS = 120.0  # the warm-up stops starting new specs after this (the trials are running by then)
 LOG_NAME = "kernel_warmup-{study}.log"  # one per study: several local drivers may share a folder
+WARMUP_PROCESSES = 2  # one walks the specs from the first, the other from the last (the docstring says why)
 
 
 def wants_warmup(study: Study, cuda_available: bool) -> str | None:
@@ -70,29 +82,74 @@ def warm_spec(study: Study, spec_json: str) -> float:
     return time.perf_counter() - t0
 
 
+def claim(folder: Path | None, index: int) -> bool:
+    """True when this process is the first to take spec `index` (a file created exclusively in `folder`); always
+    True without a folder (one process)."""
+    if folder is None:
+        return True
+    try:
+        os.close(os.open(folder / f"spec-{index}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m nas.warmup JOB.json`: JOB = {"study": the study's JSON, "specs": [spec JSON, ...], "device": None
-    or a device string}. Prints one line per spec; a spec that fails is reported and skipped."""
+    or a device string, "from_end": walk the specs from the last, "claims": a folder shared with the other process
+    or None}. Prints one line per spec it runs; a spec that fails is reported and skipped."""
     job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     study = mini_study(Study.model_validate(job["study"]), job.get("device"))
+    specs = job["specs"]
+    order = list(range(len(specs)))[::-1] if job.get("from_end") else list(range(len(specs)))
+    claims = Path(job["claims"]) if job.get("claims") else None
     start = time.perf_counter()
-    for i, spec_json in enumerate(job["specs"]):
+    for pos, i in enumerate(order):
         if time.perf_counter() - start > WARMUP_SECONDS:
-            print(f"stopped after {WARMUP_SECONDS:.0f} s: {len(job['specs']) - i} spec(s) not warmed", flush=True)
+            left = sum(1 for j in order[pos:] if claims is None or not (claims / f"spec-{j}").exists())
+            print(f"stopped after {WARMUP_SECONDS:.0f} s: {left} spec(s) not warmed", flush=True)
             break
+        if not claim(claims, i):
+            continue
         try:
-            print(f"spec {i + 1}/{len(job['specs'])}: {warm_spec(study, spec_json):.1f} s",
-                  flush=True)
+            print(f"spec {i + 1}/{len(specs)}: {warm_spec(study, specs[i]):.1f} s", flush=True)
         except Exception as exc:  # the trials will meet the same error and report it properly
-            print(f"spec {i + 1}/{len(job['specs'])} failed: {type(exc).__name__}: {exc}", flush=True)
+            print(f"spec {i + 1}/{len(specs)} failed: {type(exc).__name__}: {exc}", flush=True)
     print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 
+@dataclass
+class Warmup:
+    """The warm-up's processes (one or two), their shared log and the files to remove when they end."""
+    procs: list[subprocess.Popen]
+    log_file: Any  # the open log (its `.name` is shown to the user)
+    job_files: list[Path] = field(default_factory=list)
+    claims: Path | None = None
+
+    def poll(self) -> int | None:
+        """None while any process runs, else the first non-zero exit status (0 when all succeeded)."""
+        codes = [p.poll() for p in self.procs]
+        if any(c is None for c in codes):
+            return None
+        return next((c for c in codes if c), 0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for p in self.procs:
+            p.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.poll() or 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self.poll()
+
+
 def start_warmup(study: Study, spec_jsons: list[str], device: str | None = None,
-                 cuda_available: bool | None = None) -> subprocess.Popen | None:
-    """Start the warm-up process for the distinct specs of `spec_jsons` (in order), or return None when the study
-    gets none (`wants_warmup`). The caller stops it with `stop_warmup` when the study ends."""
+                 cuda_available: bool | None = None, processes: int = WARMUP_PROCESSES) -> Warmup | None:
+    """Start the warm-up processes for the distinct specs of `spec_jsons` (in order; at most `processes`, one per
+    end of the list), or return None when the study gets none (`wants_warmup`). The caller stops them with
+    `stop_warmup` when the study ends."""
     if cuda_available is None:
         import torch
 
@@ -102,29 +159,43 @@ def start_warmup(study: Study, spec_jsons: list[str], device: str | None = None,
     specs = list(dict.fromkeys(spec_jsons))
     folder = Path(study.storage.ray_results)
     folder.mkdir(parents=True, exist_ok=True)
-    job: dict[str, Any] = {"study": study.model_dump(mode="json"), "specs": specs, "device": device}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="warmup-", dir=folder, delete=False) as f:
-        json.dump(job, f)
-    log = open(folder / LOG_NAME.format(study=study.name), "w")  # noqa: SIM115 (the child writes it; closed with the process)
-    proc = subprocess.Popen([sys.executable, "-m", "nas.warmup", f.name], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=release_child)  # SIGTERM ends it (stop_warmup)
-    proc.job_file, proc.log_file = Path(f.name), log  # type: ignore[attr-defined]
-    return proc
+    count = max(1, min(processes, len(specs)))
+    claims = Path(tempfile.mkdtemp(prefix="warmup-claims-", dir=folder)) if count > 1 else None
+    log_path = folder / LOG_NAME.format(study=study.name)
+    log_path.write_text("")
+    log = open(log_path, "a")  # noqa: SIM115 (appended to by every process: whole lines, never overwritten)
+    warm = Warmup([], log, [], claims)
+    for k in range(count):
+        job: dict[str, Any] = {"study": study.model_dump(mode="json"), "specs": specs, "device": device,
+                               "from_end": k == 1, "claims": str(claims) if claims else None}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="warmup-", dir=folder, delete=False) as f:
+            json.dump(job, f)
+        warm.job_files.append(Path(f.name))
+        warm.procs.append(subprocess.Popen([sys.executable, "-m", "nas.warmup", f.name], stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           preexec_fn=release_child))  # SIGTERM ends it (stop_warmup)
+    return warm
 
 
-def stop_warmup(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """End the warm-up process if it still runs, and remove its job file."""
-    if proc is None:
+def stop_warmup(warm: Warmup | None, timeout: float = 10.0) -> None:
+    """End the warm-up processes still running, and remove their job files and claims."""
+    if warm is None:
         return
-    if proc.poll() is None:
-        proc.terminate()
+    for p in warm.procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in warm.procs:
         try:
-            proc.wait(timeout)
+            p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.log_file.close()  # type: ignore[attr-defined]
-    proc.job_file.unlink(missing_ok=True)  # type: ignore[attr-defined]
+            p.kill()
+            p.wait()
+    warm.log_file.close()
+    for job in warm.job_files:
+        job.unlink(missing_ok=True)
+    if warm.claims is not None:
+        shutil.rmtree(warm.claims, ignore_errors=True)
 
 
 if __name__ == "__main__":

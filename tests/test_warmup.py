@@ -45,27 +45,49 @@ def test_mini_study_is_one_short_epoch_of_the_same_trials(tmp_path):
     assert mini_study(st).train.device == "cuda" and st.train.epochs > 1  # the original is left as it was
 
 
-def test_warmup_process_trains_each_distinct_spec_and_cleans_up(tmp_path):
-    """The real subprocess, on the CPU: each distinct spec gets a one-epoch mini trial, a broken one is reported and
-    skipped, the log says so, and stopping it removes the job file."""
+def test_warmup_processes_share_the_distinct_specs_from_both_ends_and_clean_up(tmp_path):
+    """The real subprocesses, on the CPU: each distinct spec gets one one-epoch mini trial, from one of the two
+    processes (one walks from the first spec, the other from the last); a broken one is reported and skipped, the
+    shared log says so, and stopping them removes the job files and the claims."""
     sf = _study(tmp_path, "execution.gpus_per_trial=0.5")
     specs = [a.spec.to_json() for a in plan_study(sf, timed=False).arms][:2]
     broken = json.dumps({**json.loads(specs[0]), "dims": [-3]})
-    proc = start_warmup(sf.study, [specs[0], specs[0], broken, specs[1]], device="cpu", cuda_available=True)
-    assert proc is not None
-    proc.wait(timeout=300)
-    job = proc.job_file
-    stop_warmup(proc)
+    warm = start_warmup(sf.study, [specs[0], specs[0], broken, specs[1]], device="cpu", cuda_available=True)
+    assert warm is not None and len(warm.procs) == 2 and warm.claims.is_dir()
+    warm.wait(timeout=300)
+    jobs = list(warm.job_files)
+    stop_warmup(warm)
     log = (tmp_path / LOG_NAME.format(study=sf.study.name)).read_text()
-    assert proc.returncode == 0 and not job.exists()
+    assert warm.returncode == 0 and not any(j.exists() for j in jobs) and not warm.claims.exists()
     lines = log.splitlines()
-    assert lines[0].startswith("spec 1/3: ") and lines[0].endswith(" s")
-    assert lines[1].startswith("spec 2/3 failed: ") and lines[2].startswith("spec 3/3: ")
-    assert lines[-1].startswith("done in ")
+    ran = sorted(line.split(":")[0].removesuffix(" failed") for line in lines if line.startswith("spec "))
+    assert ran == ["spec 1/3", "spec 2/3", "spec 3/3"]  # each exactly once, between the two processes
+    assert any(line.startswith("spec 2/3 failed: ") for line in lines)
+    assert sum(line.startswith("done in ") for line in lines) == 2
+
+
+def test_the_second_process_starts_from_the_last_spec(tmp_path, monkeypatch, capsys):
+    """`from_end` walks the list backwards and skips what the other process has claimed."""
+    import nas.warmup as warmup
+
+    sf = _study(tmp_path)
+    seen = []
+    monkeypatch.setattr(warmup, "warm_spec", lambda study, spec: seen.append(spec) or 0.0)
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    assert warmup.claim(claims, 0)  # the other process has spec 1
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"study": sf.study.model_dump(mode="json"), "specs": ["a", "b", "c"], "device": "cpu",
+                               "from_end": True, "claims": str(claims)}))
+    assert main([str(job)]) == 0
+    assert seen == ["c", "b"]
+    assert capsys.readouterr().out.splitlines()[:2] == ["spec 3/3: 0.0 s", "spec 2/3: 0.0 s"]
+    assert not warmup.claim(claims, 2) and warmup.claim(None, 2)
 
 
 def test_stop_ends_a_running_warmup(tmp_path, monkeypatch):
-    """A warm-up still running when the study ends is terminated (here: a job that sleeps in place of training)."""
+    """Warm-up processes still running when the study ends are terminated (here: jobs that sleep in place of
+    training)."""
     import nas.warmup as warmup
 
     sf = _study(tmp_path, "execution.gpus_per_trial=0.5")
@@ -73,10 +95,13 @@ def test_stop_ends_a_running_warmup(tmp_path, monkeypatch):
     shim.write_text("#!/bin/sh\nexec sleep 60\n")
     shim.chmod(0o755)
     monkeypatch.setattr(warmup.sys, "executable", str(shim))
-    proc = start_warmup(sf.study, ["{}"], cuda_available=True)
-    assert proc.poll() is None
-    stop_warmup(proc, timeout=5)
-    assert proc.returncode is not None and not proc.job_file.exists()
+    warm = start_warmup(sf.study, ["{}", "[]"], cuda_available=True)
+    assert warm.poll() is None and len(warm.procs) == 2
+    stop_warmup(warm, timeout=5)
+    assert all(p.returncode is not None for p in warm.procs) and not any(j.exists() for j in warm.job_files)
+    one = start_warmup(sf.study, ["{}", "{}"], cuda_available=True)  # one distinct spec: one process, no claims
+    assert len(one.procs) == 1 and one.claims is None
+    stop_warmup(one, timeout=5)
 
 
 def test_main_reports_the_time_budget(tmp_path, monkeypatch, capsys):
