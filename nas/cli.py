@@ -141,9 +141,9 @@ def _run_planned(console: Console, plan: Any, dry_run: bool, retry_failed: bool,
         store = Store(st.storage.url)
     except StoreError as e:
         _fail(str(e))
-    from nas.execute import import_beside
+    from nas.beside import import_beside
 
-    import_beside("nas.summary", "scipy.stats")  # the closing table's (~1 s on the GPU machine), while the trials run
+    import_beside("nas.summary", "scipy", "scipy.stats")  # the closing table's (~1 s on the GPU machine), while the trials run
     _run_with_progress(console, plan, store, retry_failed=retry_failed, max_concurrent=max_concurrent,
                        startup=startup)
     _print_summary(console, store, st.name)
@@ -239,6 +239,9 @@ def _run_with_progress(console: Console, plan: Any, store: Any, **kwargs: Any) -
 
 
 def _print_summary(console: Console, store: Any, name: str, metric: str = "val_acc") -> None:
+    from nas.beside import wait_for_imports
+
+    wait_for_imports()  # the head start on these imports (nas/beside.py)
     from nas.summary import ablation_summary, ablation_table
 
     info = store.study(name)

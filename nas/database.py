@@ -184,6 +184,9 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 def optuna_storage(url: str, *, read_only: bool = False) -> RDBStorage:
     """Optuna's storage in the same database; read-only: no table creation, no migration check, SQLite `mode=ro`."""
+    from .beside import wait_for_imports
+
+    wait_for_imports()  # nas/beside.py: never import Optuna beside its head start
     import optuna
 
     target, kwargs = open_target(url, read_only=read_only)

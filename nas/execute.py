@@ -11,17 +11,16 @@ makes Ctrl-C and SIGTERM end a run as interrupted, with nothing left running.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
 
+from .beside import import_beside
 from .bytecode import bytecode_hint
 from .driver import EventFn, Outcome, QueuedFn, Round, RunContext
 from .driver import run_study as drive
@@ -77,7 +76,7 @@ class Startup:
             self._line(hint)
         # the driver opens Optuna's tables next (alembic, ~0.4-1 s of imports): loaded while ray.init waits on Ray's
         # processes to come up
-        import_beside("alembic.command", "alembic.config", "alembic.migration", "alembic.script",
+        import_beside("optuna", "alembic.command", "alembic.config", "alembic.migration", "alembic.script",
                       "optuna.storages._rdb.models")
         t0 = time.perf_counter()
         self.ray = True  # from here `close` shuts Ray down, however far it got
@@ -157,22 +156,6 @@ class TuneRunner:
 
     def close(self) -> None:
         self.startup.close(shutdown_ray=self.started)
-
-
-def import_beside(*modules: str) -> threading.Thread:
-    """Import `modules` on a daemon thread, in order, while this one waits on something else (a head start only:
-    whoever needs one imports it anyway, and sees its error there)."""
-
-    def load() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - see the docstring
-                return
-
-    thread = threading.Thread(target=load, daemon=True, name="imports-beside")
-    thread.start()
-    return thread
 
 
 def check_fits(cpus_per_trial: float, gpus_per_trial: float, file: str | None = None) -> None:

@@ -33,6 +33,9 @@ class OptunaLink:
 
 def open_optuna(store: Store, study: Study) -> OptunaLink:
     """Create or load the study in Optuna's tables; its objectives must match the file's."""
+    from .beside import wait_for_imports
+
+    wait_for_imports()  # the head start on Optuna's imports (nas/beside.py), before this thread imports it too
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -345,3 +345,30 @@ def test_imports_beside_load_in_order_and_stop_quietly_at_a_missing_one(monkeypa
         monkeypatch.delitem(sys.modules, name, raising=False)
     execute.import_beside("colorsys", "no_such_module_here", "wave").join(timeout=30)
     assert "colorsys" in sys.modules and "wave" not in sys.modules
+
+
+def test_users_of_a_head_start_wait_for_it(tmp_path, monkeypatch):
+    """Whoever imports what a side thread is importing waits for that thread first (nas/beside.py: two threads in
+    one package's circular imports hand each other half-initialised modules). Here a module takes 0.5 s to import;
+    `wait_for_imports` returns only once it is whole, and Optuna's two entry points call it."""
+    import sys
+    import time
+
+    import nas.beside as beside
+    import nas.database as database
+    import nas.queue as queue
+
+    (tmp_path / "slow_module_for_beside.py").write_text("import time\ntime.sleep(0.5)\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thread = beside.import_beside("slow_module_for_beside")
+    t0 = time.perf_counter()
+    beside.wait_for_imports()
+    assert not thread.is_alive() and sys.modules["slow_module_for_beside"].DONE
+    assert time.perf_counter() - t0 < 5 and thread not in beside._THREADS
+    waits = []
+    monkeypatch.setattr(beside, "wait_for_imports", lambda timeout=60.0: waits.append("wait"))
+    with pytest.raises(Exception):  # noqa: B017 - only the wait before the import matters here
+        queue.open_optuna(None, None)
+    with pytest.raises(Exception):  # noqa: B017
+        database.optuna_storage("not a url")
+    assert waits == ["wait", "wait"]
