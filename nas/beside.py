@@ -6,7 +6,8 @@ the same package at once are safe only while neither holds a module lock the oth
 `import optuna` while the side thread was inside `optuna.storages._rdb.models`, each held a module the other's chain
 needed, Python broke the cycle by handing one of them a half-initialised `optuna.storages`, and the run died with
 "cannot import name 'BaseStorage' from partially initialized module" (seen in a CI-like run with 2 busy cores,
-session 19). So the side thread imports a package's top first, and the code that uses the modules calls
+session 19). So the side thread imports a package's top first, and the code that uses the modules (Optuna's entry
+points, the closing table, `nas.stats`' scipy functions, which adaptive seeds call between rounds) calls
 `wait_for_imports()` first: from a function, holding no module lock, it only waits for the head start to end.
 """
 

@@ -143,7 +143,8 @@ def _run_planned(console: Console, plan: Any, dry_run: bool, retry_failed: bool,
         _fail(str(e))
     from nas.beside import import_beside
 
-    import_beside("nas.summary", "scipy", "scipy.stats")  # the closing table's (~1 s on the GPU machine), while the trials run
+    # the closing table's imports (~1 s on the GPU machine), while the trials run
+    import_beside("nas.summary", "scipy", "scipy.stats")
     _run_with_progress(console, plan, store, retry_failed=retry_failed, max_concurrent=max_concurrent,
                        startup=startup)
     _print_summary(console, store, st.name)
@@ -436,6 +437,7 @@ def _register_extensions() -> None:
 
 
 _register_extensions()
+
 
 def main() -> None:
     """The `nas` console command: the Typer app, then a fast exit (nas/fast_exit.py says why)."""

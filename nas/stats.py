@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from .beside import wait_for_imports
 from .errors import NasError
 
 # Two-sided 97.5% quantiles of Student's t for df = 1..30 (used when scipy is missing); beyond 30 the few rows below.
@@ -78,6 +79,7 @@ def t_critical(df: int, confidence: float = 0.95) -> float:
     six decimals up to df = 30, conservative above)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    wait_for_imports()  # scipy may be loading on the side (nas/beside.py)
     try:
         from scipy.stats import t
     except ImportError:
@@ -101,6 +103,7 @@ def _t975_table(df: int) -> float:
 
 def t_pvalue(t: float, df: int) -> float:
     """Two-sided p-value of a t statistic (t = ±inf, from a zero SD, gives 0)."""
+    wait_for_imports()
     from scipy.stats import t as student
 
     return 1.0 if t == 0 else float(2 * student.sf(abs(t), df))
@@ -113,6 +116,7 @@ def min_detectable_difference(sd: float, n: int, alpha: float, power: float = 0.
         return math.nan
     if sd == 0:
         return 0.0
+    wait_for_imports()
     from scipy.optimize import brentq
     from scipy.stats import nct, t
 
