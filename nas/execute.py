@@ -184,6 +184,14 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, slots)
 
 
+# A local Ray starts no idle workers ahead of time. By default its raylet starts one per CPU when the driver connects,
+# for tasks to come; Tune gives its trial actors a runtime environment of their own (environment variables), so the
+# raylet starts a fresh process for every trial and never uses those (benchmarks/RESULTS.md, session 19). On a 16-CPU
+# machine that was 16 interpreters importing Ray during the start-up, beside Ray's own agents, the checks and the
+# kernel warm-up.
+LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+
+
 def init_ray(study: Study) -> None:
     """Start a local Ray (or join `execution.address`) with Tune's own output and loggers off: our progress bar and
     the store report what happens."""
@@ -207,7 +215,7 @@ def init_ray(study: Study) -> None:
     if ex.address:
         ray.init(address=ex.address, **kwargs)
     else:
-        ray.init(num_cpus=ex.num_cpus, **kwargs)
+        ray.init(num_cpus=ex.num_cpus, _system_config=LOCAL_RAY_CONFIG, **kwargs)
 
 
 def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool = False,

@@ -372,3 +372,18 @@ def test_users_of_a_head_start_wait_for_it(tmp_path, monkeypatch):
     with pytest.raises(Exception):  # noqa: B017
         database.optuna_storage("not a url")
     assert waits == ["wait", "wait"]
+
+
+def test_a_local_ray_prestarts_no_workers_and_a_cluster_is_left_as_it_is(tmp_path, monkeypatch):
+    """Tune's trial actors never run in Ray's prestarted workers (their runtime environment differs), so a local Ray
+    starts none (LOCAL_RAY_CONFIG); joining a cluster passes no system config (the cluster's own settings hold)."""
+    import ray
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw))
+    execute.init_ray(load_study(STUDY, sets=[f"storage.ray_results={tmp_path}"]).study)
+    execute.init_ray(load_study(STUDY, sets=[f"storage.ray_results={tmp_path}",
+                                             "execution.address=ray://10.0.0.1:10001"]).study)
+    assert seen[0]["_system_config"] == {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+    assert "_system_config" not in seen[1] and seen[1]["address"] == "ray://10.0.0.1:10001"
