@@ -215,7 +215,7 @@ def init_ray(study: Study) -> None:
     if ex.address:
         ray.init(address=ex.address, **kwargs)
     else:
-        ray.init(num_cpus=ex.num_cpus, _system_config=LOCAL_RAY_CONFIG, **kwargs)
+        ray.init(num_cpus=ex.num_cpus, _system_config=dict(LOCAL_RAY_CONFIG), **kwargs)  # a copy: Ray adds to it
 
 
 def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool = False,

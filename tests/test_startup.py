@@ -380,10 +380,16 @@ def test_a_local_ray_prestarts_no_workers_and_a_cluster_is_left_as_it_is(tmp_pat
     import ray
 
     seen = []
+
+    def fake_init(**kw):  # Ray writes its session's spilling folder into the dict it is given
+        seen.append({k: dict(v) if isinstance(v, dict) else v for k, v in kw.items()})
+        kw.get("_system_config", {})["object_spilling_config"] = "/tmp/ray/session_1"
+
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(ray, "init", fake_init)
     execute.init_ray(load_study(STUDY, sets=[f"storage.ray_results={tmp_path}"]).study)
     execute.init_ray(load_study(STUDY, sets=[f"storage.ray_results={tmp_path}",
                                              "execution.address=ray://10.0.0.1:10001"]).study)
     assert seen[0]["_system_config"] == {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
     assert "_system_config" not in seen[1] and seen[1]["address"] == "ray://10.0.0.1:10001"
+    assert execute.LOCAL_RAY_CONFIG == {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
