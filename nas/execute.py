@@ -229,4 +229,4 @@ def run_study(plan: Plan, store: Store, *, command: str = "", retry_failed: bool
                      retry_failed=retry_failed, on_event=on_event, on_queued=on_queued, policy=policy)
 
 
-__all__ = ["Startup", "TuneRunner", "check_fits", "import_beside", "init_ray", "run_study", "train_cell", "trial_slots"]
+__all__ = ["Startup", "TuneRunner", "check_fits", "init_ray", "run_study", "train_cell", "trial_slots"]

@@ -341,9 +341,11 @@ def test_imports_beside_load_in_order_and_stop_quietly_at_a_missing_one(monkeypa
     later says what is wrong."""
     import sys
 
+    from nas.beside import import_beside
+
     for name in ("colorsys", "wave"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    execute.import_beside("colorsys", "no_such_module_here", "wave").join(timeout=30)
+    import_beside("colorsys", "no_such_module_here", "wave").join(timeout=30)
     assert "colorsys" in sys.modules and "wave" not in sys.modules
 
 
@@ -372,6 +374,12 @@ def test_users_of_a_head_start_wait_for_it(tmp_path, monkeypatch):
     with pytest.raises(Exception):  # noqa: B017
         database.optuna_storage("not a url")
     assert waits == ["wait", "wait"]
+    import nas.stats as stats  # scipy's users in the statistics (adaptive seeds call them while the trials run)
+
+    monkeypatch.setattr(stats, "wait_for_imports", lambda timeout=60.0: waits.append("stats"))
+    stats.t_pvalue(2.0, 3)
+    stats.min_detectable_difference(1.0, 4, 0.05)
+    assert waits == ["wait", "wait", "stats", "stats"]
 
 
 def test_a_local_ray_prestarts_no_workers_and_a_cluster_is_left_as_it_is(tmp_path, monkeypatch):
