@@ -36,6 +36,12 @@ def _child(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
 
         atexit.register(wrote_at_exit)
 
+        class TornDown:  # Python's teardown would call this when it clears the module; os._exit never does
+            def __del__(self):
+                sys.stderr.write("torn down")
+
+        kept = TornDown()
+
         def main():
         """)
     tail = "\nrun_and_exit(main)\nprint('not reached')\n"
@@ -52,6 +58,7 @@ def test_status_output_and_atexit_handlers_survive(tmp_path):
     assert res.returncode == 3
     assert res.stdout == "table without a newline"
     assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert "torn down" not in res.stderr  # no interpreter teardown: the time it took is what this module saves
 
 
 def test_a_body_that_returns_exits_0_and_a_message_exits_1(tmp_path):
@@ -65,6 +72,7 @@ def test_other_exceptions_take_the_normal_way_out(tmp_path):
     assert res.returncode == 1
     assert "ValueError: boom" in res.stderr  # the interpreter's traceback, as without the fast exit
     assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert "torn down" in res.stderr  # the normal way out tears down (the check above can fail)
 
 
 def test_the_console_command_goes_through_it():
