@@ -2,6 +2,7 @@
 
     python benchmarks/bench_step_graph.py [--time-limit 300] [--rows study vim_tiny ...] [--trial] [--out graph.md]
     python benchmarks/bench_step_graph.py --smoke      # CPU check of the script (eager rows only; times mean nothing)
+    python benchmarks/bench_step_graph.py --rows study --modes graph --scan scatter=bwd_bc:scatter stretch4=steps:4
 
 Rows: "study" is the shape of issue 14's study measurement (benchmarks/bench_study_gpu.sh: Vim blocks of width 192,
 depth 12, d_state 16, 8×8 patches of 64² images, middle class token, batch 256: 65 tokens); the presets at
@@ -15,6 +16,12 @@ three ways, through `nas.train_step.TrainStep` as a trial does (a learning rate 
 ms/step = CUDA-event time of `--steps` consecutive steps / steps, after warm-up (so the CPU's launch rate counts,
 as in training; median of 3 such runs). "GPU busy" = the kernels' summed time per eager step (torch.profiler): when
 it is well below the eager ms/step, the launching CPU is the bottleneck and a graph pays.
+`--scan NAME=FIELD:VALUE,...` runs the rows again with the selective scan's default tile choice changed (fields of
+`kernels.triton.scan_config.ScanConfig`, applied where the default is the lane forward, i.e. a multi-path route with
+N ≥ 16, and forward and backward get the same change), labelled `row [NAME]`, each with its graph ms as a ratio to
+the default's in the same run: the graph replay is the one timing of a backward variant that the launching CPU's
+scheduling does not move (per-call CUDA events did, sessions 17-18). `--modes` limits the three modes (the graph
+alone is the quick ranking).
 `--trial` also runs the study row's whole trial (`run_trial`, 3 epochs of 8,192 images, cost measured) with and
 without the graph and prints where its seconds go.
 """
@@ -22,10 +29,12 @@ without the graph and prints where its seconds go.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import statistics
 import sys
 import time
+from typing import Iterator
 
 import torch
 
@@ -46,7 +55,8 @@ def study_spec(img_size: int = 64, num_classes: int = 10):
 
     sf = load_study("cls_token_position", sets=[
         "fixed={route: bi, dims: [192], depths: [12], mixer.params.d_state: 16, tokenizer.params.patch_size: 8}",
-        "factors={readout: [middle]}", "reference={readout: middle}", f"data={{name: shapes, n_train: 8192, n_test: 5000, img_size: {img_size}}}",
+        "factors={readout: [middle]}", "reference={readout: middle}",
+        f"data={{name: shapes, n_train: 8192, n_test: 5000, img_size: {img_size}}}",
         "train={epochs: 3, batch_size: 256, lr: 1.0e-3, weight_decay: 0.05, warmup_epochs: 0.5, device: cuda}"])
     from nas.plan import plan_study
 
@@ -66,6 +76,56 @@ def build(row: str, device: str, smoke: bool):
         if spec.img_size != res:
             spec = spec.with_overrides({"img_size": res})
     return (lambda: build_backbone(spec, device=device)), batch, res, spec.num_classes
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"NAME=FIELD:VALUE,..." → (NAME, {field: value}) with values typed as ScanConfig's defaults are; a field
+    ScanConfig lacks, or a value of the wrong kind, is refused here rather than after the first row."""
+    from kernels.triton.scan_config import ScanConfig
+
+    name, sep, body = text.partition("=")
+    if not sep or not name or not body:
+        raise ValueError(f"--scan wants NAME=FIELD:VALUE[,FIELD:VALUE...], got {text!r}")
+    changes: dict = {}
+    for item in body.split(","):
+        field, sep, value = item.partition(":")
+        if not sep or field not in ScanConfig._fields:
+            raise ValueError(f"--scan {name}: {item!r} is not FIELD:VALUE with a ScanConfig field "
+                             f"({', '.join(ScanConfig._fields)})")
+        kind = int if field in ("bd", "steps", "warps") else type(ScanConfig._field_defaults.get(field, ""))
+        try:
+            changes[field] = kind(value)
+        except ValueError:
+            raise ValueError(f"--scan {name}: {field} wants {kind.__name__}, got {value!r}") from None
+    return name, changes
+
+
+@contextlib.contextmanager
+def scan_variant(changes: dict) -> Iterator[list[int]]:
+    """Within the block the selective scan's default tile choice gets `changes` where it is the lane forward (the
+    route-fused multi-path case); yields a one-element count of the launches changed, so a variant that never
+    applied is reported as such instead of as a timing of the default."""
+    from kernels.triton import selective_scan as scan
+
+    original = scan._default_for
+    applied = [0]
+
+    def patched(u: torch.Tensor, n_state: int):
+        cfg = original(u, n_state)
+        if changes and cfg.variant == "lane":
+            applied[0] += 1
+            return cfg._replace(**changes)
+        return cfg
+
+    scan._default_for = patched
+    try:
+        yield applied
+    finally:
+        scan._default_for = original
+
+
+def body_of(changes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items())
 
 
 def time_steps(step, idx_list, steps: int, runs: int = 3) -> float:
@@ -106,7 +166,8 @@ def gpu_busy_ms(step, idx_list, steps: int = 3, top: int = 0) -> tuple[float, li
     return total_us / 1e3 / steps, lines
 
 
-def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0) -> dict:
+def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0,
+                modes: tuple[str, ...] = ("eager", "eager fused", "graph")) -> dict:
     from nas.train_step import TrainStep, make_optimizer
     from nas.trial import param_groups
 
@@ -118,8 +179,8 @@ def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0) ->
     idx_list = [torch.arange(k * batch, (k + 1) * batch, device=device) for k in range(4)]
     amp = device == "cuda"
     out: dict = {"batch": batch, "res": res}
-    modes = [("eager", False, False)] + ([("eager fused", True, False), ("graph", True, True)] if amp else [])
-    for name, fused, graph in modes:
+    runs = [("eager", False, False)] + ([("eager fused", True, False), ("graph", True, True)] if amp else [])
+    for name, fused, graph in [r for r in runs if r[0] in modes or not amp]:
         torch.manual_seed(0)
         model = factory()
         opt = make_optimizer(param_groups(model, 0.05), 1e-4, torch.device(device), graphed=fused)
@@ -177,7 +238,15 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--kernels", type=int, default=0, help="print each row's N most costly kernels (eager step)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--modes", nargs="*", default=["eager", "eager fused", "graph"],
+                    choices=["eager", "eager fused", "graph"], help="which of the step's three forms to time")
+    ap.add_argument("--scan", nargs="*", default=[], metavar="NAME=FIELD:VALUE,...",
+                    help="also run the rows with the scan's default tile choice changed (see the docstring)")
     args = ap.parse_args()
+    try:
+        variants = [("", {})] + [parse_variant(v) for v in args.scan]
+    except ValueError as exc:
+        ap.error(str(exc))
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     steps = 2 if args.smoke else args.steps
     start = time.perf_counter()
@@ -192,23 +261,36 @@ def main() -> None:
         if args.out:
             pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
 
-    for row in args.rows:
+    base_graph: dict[str, float] = {}
+    variant_lines: list[str] = []
+    for (vname, changes), row in [(v, r) for v in variants for r in args.rows]:
+        label = f"{row} [{vname}]" if vname else row
         flush()
         if time.perf_counter() - start > args.time_limit:
-            lines.append(f"| {row} | skipped: time limit |")
+            lines.append(f"| {label} | skipped: time limit |")
             continue
         try:
-            r = measure_row(row, device, steps, args.smoke, args.kernels)
+            with scan_variant(changes) as applied:
+                r = measure_row(row, device, steps, args.smoke, args.kernels if not vname else 0, tuple(args.modes))
         except Exception as exc:  # a row that fails says why; the table goes on
-            lines.append(f"| {row} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
+            lines.append(f"| {label} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
             print(lines[-1], flush=True)
             continue
         f = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
-        speed = f"{r['eager'] / r['graph']:.2f}×" if "graph" in r else "-"
+        speed = f"{r['eager'] / r['graph']:.2f}×" if "graph" in r and "eager" in r else "-"
         peak = f"{r.get('eager peak', float('nan')):.0f} / {r.get('graph peak', float('nan')):.0f}"
-        lines.append(f"| {row} | {r['batch']} | {r['res']}² | {f('eager')} | {f('busy')} | {f('eager fused')} | "
+        lines.append(f"| {label} | {r['batch']} | {r['res']}² | {f('eager')} | {f('busy')} | {f('eager fused')} | "
                      f"{f('graph')} | {speed} | {peak} | {r.get('graph_mode', '-')} |")
         print(lines[-1], flush=True)
+        key = "graph" if "graph" in r else "eager"
+        if not vname:
+            base_graph[row] = r[key]
+        elif not applied[0]:
+            variant_lines.append(f"| {label} | {body_of(changes)} | - | not applied: the row runs no lane-forward "
+                                 "scan |")
+        elif row in base_graph:
+            variant_lines.append(f"| {label} | {body_of(changes)} | {r[key]:.2f} | "
+                                 f"{base_graph[row] / r[key]:.3f}× (default {base_graph[row]:.2f} ms, {key}) |")
         if r.get("kernels"):
             kernel_tables += ["", f"{row}: top kernels of the eager step (torch.profiler, per step)", "",
                               "| kernel | ms | % of GPU busy | calls |", "|---|---|---|---|", *r["kernels"]]
@@ -227,6 +309,9 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001
                 lines.append(f"| graph={graph} | failed: {type(exc).__name__}: {str(exc)[:200]} |")
             print(lines[-1], flush=True)
+    if variant_lines:
+        lines += ["", "| row [variant] | changes to the default tile choice | ms/step | default / variant (>1: the "
+                  "variant is faster) |", "|---|---|---|---|", *variant_lines]
     lines += kernel_tables
     text = "\n".join(lines) + f"\n\nrun: {time.perf_counter() - start:.0f} s, {steps} steps per timing\n"
     print(text)

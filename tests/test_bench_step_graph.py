@@ -1,0 +1,45 @@
+"""benchmarks/bench_step_graph.py's scan variants: a bad `--scan` is refused before any row runs, and a variant
+changes the scan's default tile choice only inside its block and only where the default is the lane forward."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_step_graph
+
+    yield bench_step_graph
+    sys.modules.pop("bench_step_graph", None)
+
+
+def test_parse_variant_types_and_refusals(bench):
+    assert bench.parse_variant("rs=bwd_bc:scatter,steps:4") == ("rs", {"bwd_bc": "scatter", "steps": 4})
+    for bad, words in (("rs", "NAME=FIELD:VALUE"), ("rs=", "NAME=FIELD:VALUE"), ("rs=stretch:4", "ScanConfig field"),
+                       ("rs=steps:four", "steps wants int")):
+        with pytest.raises(ValueError, match=words):
+            bench.parse_variant(bad)
+
+
+def test_scan_variant_changes_the_lane_default_only_inside(bench, monkeypatch):
+    from kernels.triton import selective_scan as scan
+    from kernels.triton.scan_config import ScanConfig
+
+    lane = ScanConfig("lane", 32, 8, 1, bwd="auto", bwd_tile=2)
+    chunk = ScanConfig("chunk", 4, 32, 2)
+    picks = {2: lane, 1: chunk}  # what the default picks by the number of paths
+    monkeypatch.setattr(scan, "default_config", lambda n, dim, paths, fills: picks[paths])
+    u_bi, u_one = torch.zeros(2, 2, 64, 5), torch.zeros(2, 1, 64, 5)
+    with bench.scan_variant({"bwd_bc": "scatter", "steps": 4}) as applied:
+        assert scan._default_for(u_bi, 16) == lane._replace(bwd_bc="scatter", steps=4)
+        assert scan._default_for(u_one, 16) == chunk  # not the lane forward: left alone
+        assert applied == [1]
+    assert scan._default_for(u_bi, 16) == lane
