@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import pathlib
 import statistics
 import sys
@@ -202,6 +203,8 @@ def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0,
             torch.cuda.synchronize()
             out[f"{name} peak"] = torch.cuda.max_memory_allocated() / 2**20
         del model, opt, step
+        gc.collect()  # the captured graph sits in reference cycles: without this its memory pool outlives the row and
+        # every later row's peak includes it
         if amp:
             torch.cuda.empty_cache()
     return out

@@ -286,15 +286,19 @@ def test_partial_bc_is_bitwise_repeatable():
 
 
 def test_default_checkpoint_stretch_follows_the_backward(monkeypatch):
-    """On the GPU (interpreter off) Vim's bi route checkpoints every 8 steps where the lane backward runs and every 16
+    """On the GPU (interpreter off) Vim's bi route checkpoints every 4 steps where the lane backward runs and every 16
     where the chunk backward does (its tiles were tuned at 16); the forward and the backward ask the same question."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     from kernels.triton.scan_config import default_config
 
     lane, chunk = default_config(16, 384, 2, lane_bwd=True), default_config(16, 384, 2, lane_bwd=False)
-    assert (lane.variant, lane.steps, lane.bwd) == ("lane", 8, "auto") and chunk.steps == 16
-    # both lane kernels one lane a channel under Triton 3.6 too (session 16), dB/dC summed over 8 lanes
-    assert lane.lane_hint == chunk.lane_hint == "channels" and lane.bwd_red == 8
+    assert (lane.variant, lane.steps, lane.bwd) == ("lane", 4, "auto") and chunk.steps == 16
+    # both lane kernels one lane a channel under Triton 3.6 too (session 16); the lane backward's dB/dC by
+    # reduce-scatter (session 20), the chunk backward's by atomics (the only mode it has)
+    assert lane.lane_hint == chunk.lane_hint == "channels"
+    assert (lane.bwd_bc, chunk.bwd_bc) == ("scatter", "atomic")
+    # reduce-scatter needs a lane per padded state: 64 states keep the atomics rather than fail
+    assert default_config(64, 384, 2, lane_bwd=True).bwd_bc == "atomic"
     assert default_config(1, 96, 4).variant == "chunk"  # VMamba's cross4 (N = 1) keeps the chunked kernels
 
 
@@ -397,6 +401,21 @@ def test_lane_hint_channels_smoke_gpu(dtype, fwd, bc):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_lane_backward_smoke_gpu(dtype):
+    """The default where the lane backward's programs fill the GPU (a training batch; this batch of 16 would take
+    the chunk backward, so the lane one is forced): checkpoints every 4 steps, dB/dC by reduce-scatter."""
+    from kernels.triton.scan_config import default_config
+
+    cfg = default_config(16, 384, 2, lane_bwd=True)._replace(bwd="lane")
+    assert (cfg.steps, cfg.bwd_bc) == (4, "scatter")
+    inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
+    check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, tuple(cfg))
+
+
+@pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["vim_ti_bi", "cross4_16x16", "vim_ti_one"])
@@ -414,3 +433,43 @@ def test_lane_forward_channel_last_gpu(kind, config, dtype):
     else:
         inputs, paths = make_inputs(8, 4, 96, 1, 256, dtype=dtype, with_z=False), route("cross", 4, 256, side=16)
     check_against_oracle(channel_last_inputs(inputs), True, paths, "mean", dtype, config)
+
+
+def test_lane_defaults_change_the_lane_choice_inside_only(monkeypatch):
+    """`lane_defaults` changes the GPU's lane tile choice (not the chunk one) within its block; a bad field is refused
+    before anything changes."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from kernels.triton.scan_config import default_config, lane_defaults
+
+    lane, one_path = default_config(16, 384, 2), default_config(16, 384, 1)
+    with lane_defaults(steps=8):
+        assert default_config(16, 384, 2) == lane._replace(steps=8)
+        with lane_defaults(bwd_bc="partial"):  # nested blocks add up
+            assert default_config(16, 384, 2) == lane._replace(steps=8, bwd_bc="partial")
+        assert default_config(16, 384, 1) == one_path
+    assert default_config(16, 384, 2) == lane
+    with pytest.raises(ValueError, match="stretch"):
+        with lane_defaults(stretch=8):
+            pass
+    assert default_config(16, 384, 2) == lane
+
+
+def test_backward_takes_the_forwards_tile_choice(monkeypatch):
+    """The backward runs with the config its forward resolved, even when the default changes in between (a
+    `lane_defaults` block around the forward only): gradients as when both ran under one choice."""
+    import kernels.triton.selective_scan as scan
+
+    inputs = make_inputs(1, 2, 4, 4, 12)
+    first, second = ("seq", 4, 4, 1), ("seq", 4, 6, 1)
+    picks = [first]
+    monkeypatch.setattr(scan, "_default_for", lambda u, n: scan.ScanConfig(*picks[0]))
+    grads = []
+    for switch in (False, True):
+        picks[0] = first
+        leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
+        out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 12), merge="mean")
+        if switch:
+            picks[0] = second  # a different checkpoint stretch: the backward would refuse the forward's states
+        out.backward(torch.ones_like(out))
+        grads.append([x.grad for x in leaves if x is not None])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -3,8 +3,9 @@ layout helpers every launcher shares."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import triton
@@ -79,21 +80,51 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     """Tile choice from the H100/H200 runs in benchmarks/RESULTS.md. A multi-path route with N ≥ 16 (Vim's bi route)
     takes the lane-owned forward, one program per path (session 3's forward sweep: 0.52 vs 0.61 ms at Vim-Ti 224², 1.6
     vs 1.95 ms at 1248²) and, where its programs fill the GPU (`lane_bwd`, see `lane_bwd_fills`), the lane backward
-    (2-step register tiles) with checkpoints every 8 steps (session 8's sweep, H100: fwd+bwd 1.69 vs 1.87 ms at the
-    study row's 65 tokens × 256, 1.56 vs 1.77 ms at Vim-Ti 224² × 64, for twice the checkpoint memory); else the
-    chunk backward with checkpoints every 16 steps (session 4's sweep on the mixer's layout). Both lane kernels take
-    lane_hint "channels" and the backward sums dB/dC over 8 lanes before its atomics (session 16, H100, Triton 3.6:
-    forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row, 0.406 → 0.255 and 1.55 → 1.10 ms at
-    Vim-Ti 224², against the hint-less whole-warp Σ_d). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08
+    (2-step register tiles) with checkpoints every 4 steps; else the chunk backward with checkpoints every 16 steps
+    (session 4's sweep on the mixer's layout). Both lane kernels take lane_hint "channels" (session 16, H100, Triton
+    3.6: forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row against the hint-less layout). The lane
+    backward sums dB/dC by reduce-scatter (64 shuffles a 2-step tile instead of 192 for an 8-lane Σ_d and atomics)
+    and re-advances one tile per 4-step stretch instead of three per 8 (session 20, H100, `bench_step_graph.py
+    --scan`, two runs: the graphed train step 24.22 → 22.20-22.29 ms at the study row, 70.01 → 65.47-65.50 ms at
+    vim_tiny), for twice the checkpoint memory (eager peak 2.9 → 4.0 GB and 8.2 → 11.8 GB; `lane_defaults(steps=8)`
+    gives it back). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08
     ms lane) keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait
     behind the earlier steps' stores, see gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element
     costs Python time, so tiles shrink to the problem."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
-        return ScanConfig("lane", 32, 8 if lane_bwd else 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8,
-                          "atomic", "channels")
+        if lane_bwd:  # reduce-scatter needs a lane per padded state (32 channels a program): N ≤ 32
+            bc = "scatter" if triton.next_power_of_2(n_state) <= 32 else "atomic"
+            cfg = ScanConfig("lane", 32, 4, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8, bc, "channels")
+        else:
+            cfg = ScanConfig("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8, "atomic",
+                             "channels")
+        for changes in _LANE_CHANGES:
+            cfg = cfg._replace(**changes)
+        return cfg
     return _chunk_default(n_state)
+
+
+_LANE_CHANGES: list[dict] = []  # lane_defaults' blocks, outermost first
+
+
+@contextlib.contextmanager
+def lane_defaults(**changes: object) -> Iterator[None]:
+    """Within the block, every default tile choice that takes the lane kernels (multi-path routes with N ≥ 16, e.g.
+    Vim's bi route, on the GPU) gets `changes` (ScanConfig fields); whole models train under it unchanged. E.g.
+    `lane_defaults(steps=8)` halves the checkpoint memory for ~5 % of the train step (benchmarks/RESULTS.md, session
+    20); `lane_defaults(bwd_bc="partial")` gives dB and dC the same bits on every run. A forward and its backward
+    must run under the same changes (they share the checkpoints). Process-wide, not per thread."""
+    unknown = sorted(set(changes) - set(ScanConfig._fields))
+    if unknown:
+        raise ValueError(f"lane_defaults: {', '.join(unknown)} not ScanConfig field(s) "
+                         f"({', '.join(ScanConfig._fields)})")
+    _LANE_CHANGES.append(dict(changes))
+    try:
+        yield
+    finally:
+        _LANE_CHANGES.pop()
 
 
 def _chunk_default(n_state: int) -> ScanConfig:
@@ -176,4 +207,4 @@ def bc_vector_width(B: torch.Tensor, C: torch.Tensor) -> int:
 
 
 __all__ = ["ScanConfig", "BWD_CANDIDATES", "BWD_GRID_CANDIDATES", "default_config", "bc_vector_width", "backward_tiles",
-           "check_lane_hint", "lane_bwd_fills"]
+           "check_lane_hint", "lane_bwd_fills", "lane_defaults"]

@@ -202,6 +202,9 @@ class SelectiveScanPaths(torch.autograd.Function):
                 paths: torch.Tensor | None, softplus: bool, scale: float,
                 config: ScanConfig | tuple | None = None) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:8])
+        # the tile choice is made once, here: the backward reads this forward's checkpoints, so it takes the same
+        # config even where the default's inputs (e.g. `lane_defaults`) changed in between
+        config = ScanConfig(*config) if config else _default_for(u, A.shape[-1])
         out, hs, _ = scan_paths_fwd(u, delta, A, B, C, D, z, delta_bias, paths, softplus, scale, save_states=need_grad,
                                     config=config)
         if need_grad:
