@@ -15,7 +15,9 @@ three ways, through `nas.train_step.TrainStep` as a trial does (a learning rate 
 
 ms/step = CUDA-event time of `--steps` consecutive steps / steps, after warm-up (so the CPU's launch rate counts,
 as in training; median of 3 such runs). "GPU busy" = the kernels' summed time per eager step (torch.profiler): when
-it is well below the eager ms/step, the launching CPU is the bottleneck and a graph pays.
+it is well below the eager ms/step, the launching CPU is the bottleneck and a graph pays. "peak MiB" = the most
+memory the row's own tensors held at once, over its model's build, the warm-up (for the graph: the capture, whose
+pool holds the step's activations) and the timed steps, less what was allocated before the row began.
 `--scan NAME=FIELD:VALUE,...` runs the rows again with the selective scan's default tile choice changed (fields of
 `kernels.triton.scan_config.ScanConfig`, applied where the default is the lane forward, i.e. a multi-path route with
 N ≥ 16, and forward and backward get the same change), labelled `row [NAME]`, each with its graph ms as a ratio to
@@ -182,6 +184,11 @@ def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0,
     out: dict = {"batch": batch, "res": res}
     runs = [("eager", False, False)] + ([("eager fused", True, False), ("graph", True, True)] if amp else [])
     for name, fused, graph in [r for r in runs if r[0] in modes or not amp]:
+        if amp:  # the row's own peak: from before its model is built, less what earlier rows left allocated
+            gc.collect()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         torch.manual_seed(0)
         model = factory()
         opt = make_optimizer(param_groups(model, 0.05), 1e-4, torch.device(device), graphed=fused)
@@ -195,13 +202,9 @@ def measure_row(row: str, device: str, steps: int, smoke: bool, top: int = 0,
             out["graph_mode"] = step.mode + (f" ({step.fallback})" if step.fallback else "")
         if name == "eager" and amp:
             out["busy"], out["kernels"] = gpu_busy_ms(step, idx_list, top=top)
-        if amp:
+        if amp:  # over the build, the warm-up (the graph's capture: its pool's activations) and the timed steps
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            step.set_lr(1e-4)
-            step(idx_list[0])
-            torch.cuda.synchronize()
-            out[f"{name} peak"] = torch.cuda.max_memory_allocated() / 2**20
+            out[f"{name} peak"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         del model, opt, step
         gc.collect()  # the captured graph sits in reference cycles: without this its memory pool outlives the row and
         # every later row's peak includes it
