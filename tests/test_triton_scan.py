@@ -191,6 +191,14 @@ def test_scatter_backward_one_warp_of_channels(n_state, hint):
     check_against_oracle(inputs, True, route("bi", 2, 11), "mean", torch.float32, cfg)
 
 
+@pytest.mark.parametrize("option", ["scatter_channels", "channels_chunk_bwd"])
+def test_lane_tiles_on_one_direction(option):
+    """One path and no route (a one-direction Mamba scan) through the lane kernels the bi route takes by default
+    (benchmarks/bench_scan.py times this row against the chunk kernels one direction gets by default)."""
+    inputs = mixer_layout(make_inputs(2, 1, 6, 8, 21))
+    check_against_oracle(inputs, True, None, "sum", torch.float32, LANE_OPTIONS[option])
+
+
 def test_scatter_needs_a_state_per_lane():
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 16, 9)]
     out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
