@@ -60,6 +60,9 @@ class TrainConfig(_Strict):
     kernel_backend: str = "auto"
     amp: bool | None = None
     cuda_graph: bool = True  # replay each full batch's step from a CUDA graph on CUDA (nas/train_step.py)
+    # the selective scan's state checkpoints every N steps where it takes the lane backward on CUDA (Vim's bi route
+    # at training batches); None = the kernels' default (4). 8 halves that memory for ~5 % of the train step.
+    scan_checkpoints: Literal[2, 4, 8, 16, 32] | None = None
 
     @field_validator("kernel_backend")
     @classmethod

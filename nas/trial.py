@@ -9,10 +9,11 @@ own `torch.Generator(seed)`, so the same seed on the CPU gives identical metrics
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,17 @@ def _raise_if_diverged(losses: Tensor, epoch: int, first_step: int) -> None:
     if len(bad):
         step = int(bad[0, 0])
         raise TrialDiverged(epoch, float(losses[step]), first_step + step)
+
+
+def scan_tiles(scan_checkpoints: int | None, device: torch.device | str) -> ContextManager[None]:
+    """The block a trial trains in: with `train.scan_checkpoints` set and a CUDA device, the selective scan's lane
+    kernels checkpoint every that many steps (`kernels.triton.scan_config.lane_defaults`); otherwise nothing changes
+    (the CPU runs the reference scan, which keeps no checkpoints)."""
+    if scan_checkpoints is None or torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from kernels.triton.scan_config import lane_defaults  # imports Triton: only where the kernels can run
+
+    return lane_defaults(steps=scan_checkpoints)
 
 
 def run_trial(spec: ArchSpec, data: Dataset, *, epochs: int, batch_size: int, lr: float, weight_decay: float,

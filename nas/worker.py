@@ -85,7 +85,7 @@ def run_task(study: Study, task: TrialStart, report: Report, *, node_id: str = "
     from blocks.model_file import save_backbone
 
     from .data import make_dataset
-    from .trial import run_trial
+    from .trial import run_trial, scan_tiles
 
     spec = ArchSpec.from_json(task.spec_json)
     torch.set_num_threads(max(1, int(study.execution.cpus_per_trial)))
@@ -108,10 +108,11 @@ def run_task(study: Study, task: TrialStart, report: Report, *, node_id: str = "
             held.update(msg)  # the last epoch goes out with the cost and the model
 
     measure = {"skip": True} if m.skip else {"repeats": m.repeats, "resolutions": list(m.resolutions) or None}
-    result = run_trial(spec, data, epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr,
-                       weight_decay=tr.weight_decay, warmup_epochs=tr.warmup_epochs, seed=task.seed, device=dev,
-                       amp=tr.amp, report=epoch_done, kernel_backend=tr.kernel_backend, measure=measure,
-                       keep_model=True, cuda_graph=tr.cuda_graph)
+    with scan_tiles(tr.scan_checkpoints, dev):
+        result = run_trial(spec, data, epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr,
+                           weight_decay=tr.weight_decay, warmup_epochs=tr.warmup_epochs, seed=task.seed, device=dev,
+                           amp=tr.amp, report=epoch_done, kernel_backend=tr.kernel_backend, measure=measure,
+                           keep_model=True, cuda_graph=tr.cuda_graph)
     last, cost = result.metrics[-1], result.cost
     final = {**held, FINAL: True, "num_params": result.params, "cost": jsonable(cost),
              "kernel_paths": result.kernel_paths, "wall_seconds": result.wall_seconds,

@@ -150,3 +150,22 @@ def test_the_store_names_the_physical_gpu_a_trial_ran_on():
     assert gpu_label(1, "2,3", "NVIDIA H200", "GPU-1a2b3c4d-5e6f") == "cuda:1 = GPU 3 (NVIDIA H200, GPU-1a2b3c4d)"
     assert gpu_label(0, None, "NVIDIA H200", "") == "cuda:0 = GPU 0 (NVIDIA H200)"
     assert gpu_label(0, "", "X", "abcd") == "cuda:0 = GPU 0 (X, GPU-abcd)"
+
+
+def test_scan_checkpoints_reach_the_lane_tiles_on_cuda_only(monkeypatch):
+    """`train.scan_checkpoints` (the study's memory knob) changes the GPU's lane tile choice while a trial trains on
+    CUDA, and nothing on the CPU; the study file refuses values the lane backward cannot tile."""
+    from kernels.triton.scan_config import default_config
+    from nas.schema import TrainConfig
+    from nas.trial import scan_tiles
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU's choice, asked without a GPU
+    default = default_config(16, 384, 2)
+    with scan_tiles(8, "cuda"):
+        assert default_config(16, 384, 2) == default._replace(steps=8)
+    with scan_tiles(8, "cpu"), scan_tiles(None, "cuda"):
+        assert default_config(16, 384, 2) == default
+    assert default_config(16, 384, 2) == default
+    assert TrainConfig(scan_checkpoints=8).scan_checkpoints == 8
+    with pytest.raises(ValueError, match="scan_checkpoints"):
+        TrainConfig(scan_checkpoints=3)
