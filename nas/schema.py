@@ -60,8 +60,9 @@ class TrainConfig(_Strict):
     kernel_backend: str = "auto"
     amp: bool | None = None
     cuda_graph: bool = True  # replay each full batch's step from a CUDA graph on CUDA (nas/train_step.py)
-    # the selective scan's state checkpoints every N steps where it takes the lane backward on CUDA (Vim's bi route
-    # at training batches); None = the kernels' default (4). 8 halves that memory for ~5 % of the train step.
+    # the selective scan's lane kernels (Vim's bi route on CUDA) checkpoint their state every N steps; None = the
+    # kernels' default: 4 at training batches, 16 where a batch is too small to fill the GPU (tiny memory there).
+    # 8 halves the default's checkpoint memory for ~5 % of the train step.
     scan_checkpoints: Literal[2, 4, 8, 16, 32] | None = None
 
     @field_validator("kernel_backend")
