@@ -37,7 +37,8 @@ from kernels.triton.roofline import (copy_bandwidth_gbs, device_line, exp2_rate_
                                      emit_report, median_ms)
 from kernels.triton.scan_config import lane_bwd_fills  # noqa: E402
 from kernels.triton.selective_scan import (BWD_CANDIDATES, BWD_GRID_CANDIDATES, ScanConfig,  # noqa: E402
-                                           _chunk_default, default_config, selective_scan_paths_triton)
+                                           _chunk_default, _default_for, default_config,
+                                           selective_scan_paths_triton)
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -51,11 +52,11 @@ WORKLOADS = {
     "vim_ti_1248": dict(bsz=4, dim=384, length=6085, n_state=16, route="bi", gate=True, merge="mean"),
     "vmamba_t_s1": dict(bsz=128, dim=96, length=3136, n_state=1, route="cross4", gate=False, merge="sum", side=56),
 }
-CONFIGS = {  # ScanConfig tuples: the default run uses the first, default_config's choice on the GPU (earlier sweeps,
-    # benchmarks/gpu_notes.md; one config keeps a run's Triton compile time short); --sweep tries all, keeps the best
-    16: [tuple(default_config(16, 384, 2)), ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2),
-         ("seq", 8, 16, 1)],
-    1: [tuple(default_config(1, 96)), ("chunk", 64, 64, 4), ("seq", 64, 16, 2), ("seq", 32, 16, 1)],
+CONFIGS = {  # ScanConfig tuples: the default run uses the first, None = what a model gets at the workload's batch
+    # (`_default_for`: the lane backward's tiles only where its programs fill the GPU; one config keeps a run's Triton
+    # compile time short); --sweep tries all, keeps the best
+    16: [None, ("chunk", 4, 64, 2), ("chunk", 8, 32, 4), ("seq", 16, 16, 2), ("seq", 8, 16, 1)],
+    1: [None, ("chunk", 64, 64, 4), ("seq", 64, 16, 2), ("seq", 32, 16, 1)],
 }
 
 
@@ -233,6 +234,7 @@ def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes:
     best = None
     xg, leaves = with_grad(x)
     for cfg in CONFIGS[16 if w["n_state"] >= 16 else 1][: (None if sweep else 1)]:
+        cfg = tuple(cfg or _default_for(x["u"], w["n_state"]))
         try:
             t = median_ms(fwd_bwd(lambda: ours(xg, cfg), leaves), warmup=3, reps=max(5, reps // 4))
         except Exception as exc:  # a tile that does not compile is skipped, and said so
@@ -266,6 +268,20 @@ def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes:
         rows.append([name, f"fused {w['route']} (triton {cfg}, the SSM mixer's layout)", tm_fwd, tm_fb,
                      f"{tm_fwd / t_fwd:.2f}", f"{tm_fb / t_fb:.2f}", f"{f_fwd / tm_fwd:.0%} ({bound_f})",
                      f"{f_fb / tm_fb:.0%} ({bound_fb})", f"{tm_fb / tm_fwd:.2f}"])
+        if ScanConfig(*cfg).bwd != "lane" and not lane_bwd_fills(
+                x["u"].shape[0] * n_paths * triton.cdiv(x["u"].shape[2], 32), x["u"].device):
+            # the lane backward in sequence segments, where the unsegmented one would leave SMs idle
+            seg = default_config(w["n_state"], x["u"].shape[2], n_paths)._replace(bwd="lane", bwd_segments=0)
+            notes.append(check_same(ours(xm, seg), ours(x, cfg), f"{name}: segmented lane bwd vs default output"))
+            gs = [torch.autograd.grad(ours(xmg, c).float().square().sum(), leaves_m) for c in (cfg, seg)]
+            notes.append(f"{name}: segmented lane bwd vs default gradients: max rel. diff "
+                         f"{max(((a - b).norm() / b.norm()).item() for a, b in zip(*gs)):.1e}")
+            ts_fwd = median_ms(lambda: ours(xm, seg), reps=reps)
+            ts_fb = median_ms(fwd_bwd(lambda: ours(xmg, seg), leaves_m), reps=reps)
+            rows.append([name, f"fused {w['route']} (triton {tuple(seg)}: lane bwd in segments, mixer's layout)",
+                         ts_fwd, ts_fb, f"{ts_fwd / t_fwd:.2f}", f"{ts_fb / t_fb:.2f}",
+                         f"{f_fwd / ts_fwd:.0%} ({bound_f})", f"{f_fb / ts_fb:.0%} ({bound_fb})",
+                         f"{ts_fb / ts_fwd:.2f}"])
     if selective_scan_fn is None:
         rows.append([name, MAMBA_NOTE, "-", "-", "-", "-", "-", "-", "-"])
         return rows

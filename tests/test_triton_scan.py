@@ -199,6 +199,29 @@ def test_lane_tiles_on_one_direction(option):
     check_against_oracle(inputs, True, None, "sum", torch.float32, LANE_OPTIONS[option])
 
 
+@pytest.mark.parametrize("segments, bc, hint, length", [(2, "scatter", "channels", 29), (3, "atomic", "none", 29),
+                                                       (3, "partial", "channels", 24), (9, "scatter", "channels", 13)])
+def test_segmented_lane_backward(segments, bc, hint, length):
+    """The lane backward cut into sequence segments (a summary launch hands each the adjoint from the later ones):
+    same gradients as the float64 oracle, with every dB/dC mode, a last segment shorter than the others, and more
+    segments asked for than there are checkpoint stretches (clipped)."""
+    inputs = mixer_layout(make_inputs(2, 2, 6, 8, length))
+    cfg = ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, bc, hint, segments)
+    check_against_oracle(inputs, True, route("bi", 2, length), "mean", torch.float32, cfg)
+
+
+def test_segmented_lane_backward_one_direction_and_refusal():
+    """One path without a route, three segments; a negative segment count is refused."""
+    inputs = mixer_layout(make_inputs(2, 1, 6, 8, 21))
+    cfg = ("lane", 8, 4, 1, 8, 1, "input", "grid", 4, 0, "grid", "lane", 2, 8, "scatter", "channels", 3)
+    check_against_oracle(inputs, True, None, "sum", torch.float32, cfg)
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 8, 9)]
+    out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                      config=cfg[:-1] + (-1,))
+    with pytest.raises(ValueError, match="segments"):
+        out.sum().backward()
+
+
 def test_scatter_needs_a_state_per_lane():
     leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 16, 9)]
     out = selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
@@ -406,6 +429,18 @@ def test_lane_hint_channels_smoke_gpu(dtype, fwd, bc):
     cfg = head + (1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 32, bc, "channels")
     inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
     check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_smoke
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segmented_lane_backward_smoke_gpu(dtype):
+    """The segmented lane backward at a long sequence and a small batch (what Vim-Ti at 1248² looks like to it), in
+    the mixer's layout, with the default's reduce-scatter and checkpoints."""
+    cfg = ("lane", 32, 4, 1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 8, "scatter", "channels", 6)
+    inputs = mixer_layout(make_inputs(2, 2, 384, 16, 600, dtype=dtype))
+    check_against_oracle(inputs, True, route("bi", 2, 600), "mean", dtype, cfg)
 
 
 @pytest.mark.gpu

@@ -39,7 +39,9 @@ class ScanConfig(NamedTuple):
     backward spills); "channels" = A and the checkpoints at unit channel stride from bases Triton cannot prove
     aligned (one lane a channel under Triton 3.6 too; offline SASS: no spills, no shared memory in the forward). The
     forward then writes (NP, dim) checkpoints when the lane backward reads them, so a config's forward and backward
-    must share the hint."""
+    must share the hint. `bwd_segments`: the lane backward cut into that many sequence pieces, each its own program
+    after a summary launch hands it the adjoint from the later pieces (1 = none, 0 = as many as the forward's
+    `segments` rule gives): for long sequences at a small batch, where the unsegmented lane backward leaves SMs idle."""
 
     variant: str
     bd: int
@@ -57,6 +59,7 @@ class ScanConfig(NamedTuple):
     bwd_red: int = 8
     bwd_bc: str = "atomic"
     lane_hint: str = "none"
+    bwd_segments: int = 1
 
 
 # Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
