@@ -220,6 +220,21 @@ def test_segmented_lane_backward_one_direction_and_refusal():
                                       config=cfg[:-1] + (-1,))
     with pytest.raises(ValueError, match="segments"):
         out.sum().backward()
+    with pytest.raises(ValueError, match="bwd_segments=3 needs the lane backward"):
+        selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                    config=cfg[:11] + ("chunk", 2, 8, "atomic") + cfg[15:])
+
+
+def test_segments_choose_the_lane_backward(monkeypatch):
+    """bwd_segments ≠ 1 selects the lane backward even where "auto" would take the chunk one (a small batch on the
+    GPU), as bwd_bc="partial" does; 1 leaves "auto" to the batch."""
+    from kernels.triton import scan_config
+
+    monkeypatch.setattr(scan_config, "lane_bwd_fills", lambda warps, device: False)
+    base = scan_config.ScanConfig("lane", 32, 4, 1, bwd="auto", bwd_bc="scatter", lane_hint="channels")
+    cuda = torch.device("cuda")
+    assert scan_config.backward_tiles(base, 16, 96, cuda)[0].bwd == "chunk"
+    assert scan_config.backward_tiles(base._replace(bwd_segments=0), 16, 96, cuda)[0].bwd == "lane"
 
 
 def test_scatter_needs_a_state_per_lane():

@@ -41,7 +41,8 @@ class ScanConfig(NamedTuple):
     forward then writes (NP, dim) checkpoints when the lane backward reads them, so a config's forward and backward
     must share the hint. `bwd_segments`: the lane backward cut into that many sequence pieces, each its own program
     after a summary launch hands it the adjoint from the later pieces (1 = none, 0 = as many as the forward's
-    `segments` rule gives): for long sequences at a small batch, where the unsegmented lane backward leaves SMs idle."""
+    `segments` rule gives): for long sequences at a small batch, where the unsegmented lane backward leaves SMs idle;
+    asking for segments (≠ 1) selects the lane backward at any batch, as `bwd_bc="partial"` does."""
 
     variant: str
     bd: int
@@ -157,8 +158,11 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
     if cfg.bwd_bc in ("partial", "scatter") and cfg.bwd == "chunk":  # dB/dC modes of the lane backward only
         raise ValueError(f"bwd_bc={cfg.bwd_bc!r} needs the lane backward (bwd='lane' or 'auto'); the chunk "
                          "backward adds dB/dC with atomics")
-    if cfg.bwd_bc == "partial":  # asking for the slots chooses the lane backward; "scatter" applies where it runs
-        cfg = cfg._replace(bwd="lane")
+    if cfg.bwd_segments != 1 and cfg.bwd == "chunk":
+        raise ValueError(f"bwd_segments={cfg.bwd_segments} needs the lane backward (bwd='lane' or 'auto'); the chunk "
+                         "backward is not cut into segments")
+    if cfg.bwd_bc == "partial" or cfg.bwd_segments != 1:  # asking for the slots or for segments chooses the lane
+        cfg = cfg._replace(bwd="lane")  # backward at any batch; "scatter" applies where it runs
     if cfg.bwd == "auto":
         cfg = cfg._replace(bwd="lane" if lane_bwd_fills(lane_warps, device) else "chunk")
     if cfg.bwd == "lane":  # one lane a channel: 32 channels a warp
