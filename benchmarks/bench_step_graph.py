@@ -105,24 +105,24 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 @contextlib.contextmanager
 def scan_variant(changes: dict) -> Iterator[list[int]]:
-    """Within the block the selective scan's default tile choice gets `changes` where it is the lane forward (the
-    route-fused multi-path case); yields a one-element count of the launches changed, so a variant that never
-    applied is reported as such instead of as a timing of the default."""
+    """Within the block the selective scan's default lane tile choice gets `changes`, as a user's
+    `kernels.triton.scan_config.lane_defaults` block gives it; yields a one-element count of the scans that took
+    the lane kernels, so a variant that never applied is reported as such instead of as a timing of the default."""
     from kernels.triton import selective_scan as scan
+    from kernels.triton.scan_config import lane_defaults
 
     original = scan._default_for
     applied = [0]
 
-    def patched(u: torch.Tensor, n_state: int):
+    def counted(u: torch.Tensor, n_state: int):
         cfg = original(u, n_state)
-        if changes and cfg.variant == "lane":
-            applied[0] += 1
-            return cfg._replace(**changes)
+        applied[0] += cfg.variant == "lane"
         return cfg
 
-    scan._default_for = patched
+    scan._default_for = counted
     try:
-        yield applied
+        with lane_defaults(**changes):
+            yield applied
     finally:
         scan._default_for = original
 

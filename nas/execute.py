@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,7 @@ from .schema import Study
 from .store import Store
 from .trainable import train_cell
 from .tune_adapter import StoreCallback, StudySearcher
-from .warmup import start_warmup, stop_warmup
+from .warmup import Warmup, start_warmup, stop_warmup
 
 
 class Startup:
@@ -46,7 +45,7 @@ class Startup:
     def __init__(self, study: Study) -> None:
         self.study = study
         self.mps: Any = None  # nas.mps.MPSDaemon while one runs
-        self.warmup: subprocess.Popen | None = None
+        self.warmup: Warmup | None = None
         self.ray = False  # Ray started (or joined) by `begin`
         self.lines: list[dict[str, Any]] = []
         self.say: Callable[[dict[str, Any]], None] | None = None

@@ -140,10 +140,6 @@ class Warmup:
             p.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self.poll() or 0
 
-    @property
-    def returncode(self) -> int | None:
-        return self.poll()
-
 
 def start_warmup(study: Study, spec_jsons: list[str], device: str | None = None,
                  cuda_available: bool | None = None, processes: int = WARMUP_PROCESSES) -> Warmup | None:

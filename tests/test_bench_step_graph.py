@@ -31,15 +31,14 @@ def test_parse_variant_types_and_refusals(bench):
 
 def test_scan_variant_changes_the_lane_default_only_inside(bench, monkeypatch):
     from kernels.triton import selective_scan as scan
-    from kernels.triton.scan_config import ScanConfig
+    from kernels.triton.scan_config import default_config
 
-    lane = ScanConfig("lane", 32, 8, 1, bwd="auto", bwd_tile=2)
-    chunk = ScanConfig("chunk", 4, 32, 2)
-    picks = {2: lane, 1: chunk}  # what the default picks by the number of paths
-    monkeypatch.setattr(scan, "default_config", lambda n, dim, paths, fills: picks[paths])
-    u_bi, u_one = torch.zeros(2, 2, 64, 5), torch.zeros(2, 1, 64, 5)
-    with bench.scan_variant({"bwd_bc": "scatter", "steps": 4}) as applied:
-        assert scan._default_for(u_bi, 16) == lane._replace(bwd_bc="scatter", steps=4)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU's tile choice, asked without a GPU
+    lane, chunk = default_config(16, 5, 2), default_config(16, 5, 1)  # the bi route's and one path's
+    assert (lane.variant, chunk.variant) == ("lane", "chunk")
+    u_bi, u_one = torch.zeros(2, 2, 5, 64), torch.zeros(2, 1, 5, 64)  # (batch, paths, dim, L)
+    with bench.scan_variant({"bwd_bc": "atomic", "steps": 8}) as applied:
+        assert scan._default_for(u_bi, 16) == lane._replace(bwd_bc="atomic", steps=8)
         assert scan._default_for(u_one, 16) == chunk  # not the lane forward: left alone
         assert applied == [1]
     assert scan._default_for(u_bi, 16) == lane

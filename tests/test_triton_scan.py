@@ -450,27 +450,17 @@ def test_lane_hint_channels_smoke_gpu(dtype, fwd, bc):
 @pytest.mark.gpu_smoke
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_segmented_lane_backward_smoke_gpu(dtype):
-    """The segmented lane backward at a long sequence and a small batch (what Vim-Ti at 1248² looks like to it), in
-    the mixer's layout, with the default's reduce-scatter and checkpoints."""
-    cfg = ("lane", 32, 4, 1, 0, 0, "input", "grid", 8, 0, "grid", "lane", 2, 8, "scatter", "channels", 6)
-    inputs = mixer_layout(make_inputs(2, 2, 384, 16, 600, dtype=dtype))
-    check_against_oracle(inputs, True, route("bi", 2, 600), "mean", dtype, cfg)
-
-
-@pytest.mark.gpu
-@pytest.mark.gpu_smoke
-@gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_default_lane_backward_smoke_gpu(dtype):
-    """The default where the lane backward's programs fill the GPU (a training batch; this batch of 16 would take
-    the chunk backward, so the lane one is forced): checkpoints every 4 steps, dB/dC by reduce-scatter."""
+@pytest.mark.parametrize("segments, bsz, length", [(1, 16, 197), (6, 2, 600)], ids=["whole", "segmented"])
+def test_default_lane_backward_smoke_gpu(dtype, segments, bsz, length):
+    """The default where the lane backward's programs fill the GPU (a training batch; these batches would take the
+    chunk backward, so the lane one is forced): checkpoints every 4 steps, dB/dC by reduce-scatter; whole, and cut
+    into sequence segments at a long sequence and a small batch (what Vim-Ti at 1248² looks like to it)."""
     from kernels.triton.scan_config import default_config
 
-    cfg = default_config(16, 384, 2, lane_bwd=True)._replace(bwd="lane")
+    cfg = default_config(16, 384, 2, lane_bwd=True)._replace(bwd="lane", bwd_segments=segments)
     assert (cfg.steps, cfg.bwd_bc) == (4, "scatter")
-    inputs = mixer_layout(make_inputs(16, 2, 384, 16, 197, dtype=dtype))
-    check_against_oracle(inputs, True, route("bi", 2, 197), "mean", dtype, tuple(cfg))
+    inputs = mixer_layout(make_inputs(bsz, 2, 384, 16, length, dtype=dtype))
+    check_against_oracle(inputs, True, route("bi", 2, length), "mean", dtype, tuple(cfg))
 
 
 @pytest.mark.gpu

@@ -58,7 +58,7 @@ def test_warmup_processes_share_the_distinct_specs_from_both_ends_and_clean_up(t
     jobs = list(warm.job_files)
     stop_warmup(warm)
     log = (tmp_path / LOG_NAME.format(study=sf.study.name)).read_text()
-    assert warm.returncode == 0 and not any(j.exists() for j in jobs) and not warm.claims.exists()
+    assert warm.poll() == 0 and not any(j.exists() for j in jobs) and not warm.claims.exists()
     lines = log.splitlines()
     ran = sorted(line.split(":")[0].removesuffix(" failed") for line in lines if line.startswith("spec "))
     assert ran == ["spec 1/3", "spec 2/3", "spec 3/3"]  # each exactly once, between the two processes
