@@ -169,3 +169,42 @@ def test_scan_checkpoints_reach_the_lane_tiles_on_cuda_only(monkeypatch):
     assert TrainConfig(scan_checkpoints=8).scan_checkpoints == 8
     with pytest.raises(ValueError, match="scan_checkpoints"):
         TrainConfig(scan_checkpoints=3)
+
+
+def test_worker_trains_inside_the_studys_scan_block(tmp_path, monkeypatch):
+    """`nas.worker.run_task` (every trial, and the kernel warm-up) runs `run_trial` inside `scan_tiles` with the
+    study's `train.scan_checkpoints` and the trial's device."""
+    import contextlib
+
+    import nas.trial
+    from nas.config import load_study
+    from nas.plan import plan_study
+    from nas.records import TrialStart
+    from nas.worker import run_task
+
+    sf = load_study("studies/cls_token_position.yaml", sets=[f"storage.ray_results={tmp_path}",
+                                                              "train.scan_checkpoints=8", "train.device=cpu"])
+    spec = plan_study(sf).arms[0].spec
+    inside: list = []
+
+    @contextlib.contextmanager
+    def recording(checkpoints, device):
+        inside.append(("enter", checkpoints, str(device)))
+        try:
+            yield
+        finally:
+            inside.append(("exit",))
+
+    class Stop(Exception):
+        pass
+
+    def stub(*args, **kwargs):
+        inside.append(("train",))
+        raise Stop
+
+    monkeypatch.setattr(nas.trial, "scan_tiles", recording)
+    monkeypatch.setattr(nas.trial, "run_trial", stub)
+    with pytest.raises(Stop):
+        run_task(sf.study, TrialStart(number=0, optuna_trial_id=0, key="k", levels={}, params={}, spec_id="",
+                                      spec_json=spec.to_json(), seed=0), lambda metrics, folder: None)
+    assert inside == [("enter", 8, "cpu"), ("train",), ("exit",)]
