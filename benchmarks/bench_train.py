@@ -23,7 +23,9 @@ with backend "auto"):
     (c) vmamba_tiny with backend "mamba_ssm": cross-scan copies, mamba-ssm's scan, cross-merge (VMamba's pipeline).
     (d) timm's deit_tiny_patch16_224 and mambaout_femto (random init, no download).
 Targets (issue 14): vim_tiny ≥ 1.5× (a), vil_tiny ≥ 1.3× (b), vmamba_tiny ≥ 2× (c) in images/s; every SSM and
-mLSTM preset's time per image within 2.5× of deit_tiny's (ours) at its resolution.
+mLSTM preset's time per image within 2.5× of deit_tiny's (ours) at its resolution. Beside each of those the table
+gives the time per dense MAC (matmuls, convs, attention of one image's forward, counted by torch on the CPU): the
+presets do different work per image (vmamba_tiny ~3.9× deit_tiny's MACs), which time per image alone hides.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ SMOKE = {"vim_tiny": (2, 32), "vmamba_tiny": (2, 64), "vil_tiny": (2, 32), "mamb
          "deit_tiny": (2, 32)}
 TARGETS = [("vim_tiny", "a", 1.5), ("vil_tiny", "b", 1.3), ("vmamba_tiny", "c", 2.0)]
 WITHIN_DEIT = 2.5
+MACS_NOTE = ("\ndense GMAC/image: one image's forward in matmuls, convolutions and attention (torch's FlopCounterMode, "
+             "reference kernels; the selective scan's recurrence and elementwise ops not counted)\n")
 
 
 def build_ours(preset: str, res: int, device: str, backend: str = "auto"):
@@ -59,6 +63,20 @@ def build_ours(preset: str, res: int, device: str, backend: str = "auto"):
     if spec.img_size != res:
         spec = spec.with_overrides({"img_size": res})
     return build_backbone(spec, kernel_backend=backend).to(device)
+
+
+def dense_gmacs(preset: str, res: int) -> float:
+    """Multiply-accumulates of one image's forward in matmuls, convolutions and attention (torch's FlopCounterMode
+    on the CPU, reference kernels, SDPA as its math form so attention counts; the selective scan's recurrence and
+    the elementwise ops are not counted), in G. Why: the time-per-image target compares models whose work differs
+    (vmamba_tiny does ~3.9× deit_tiny's MACs), so the table also gives the ratio per MAC."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_ours(preset, res, "cpu", backend="reference").eval()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, res, res))
+    return counter.get_total_flops() / 2e9
 
 
 def measure(model, batch: int, res: int, device: str, reps: int, compile_model: bool = False,
@@ -255,7 +273,13 @@ def main() -> None:
             profiles.append(profile_step(preset, device))
         except Exception as exc:  # a profile that fails says why
             profiles.append(f"profile of {preset} failed: {type(exc).__name__}: {str(exc)[:160]}")
-    report(results, args, time.perf_counter() - start, device, profiles)
+    macs: dict[str, float] = {}
+    for preset in sorted({p for kind, p in results if kind == "ours" and "error" not in results[(kind, p)]}):
+        try:
+            macs[preset] = dense_gmacs(preset.split("@")[0], CURRENT[preset][1])
+        except Exception as exc:  # the count is context; a failure says why and the table goes on
+            print(f"MAC count of {preset} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+    report(results, args, time.perf_counter() - start, device, profiles, macs)
 
 
 def _label(kind: str, preset: str) -> str:
@@ -268,20 +292,23 @@ def _label(kind: str, preset: str) -> str:
     return f"{preset}: {BASELINES[kind].label}"
 
 
-def report(results: dict, args, seconds: float, device: str, profiles: list[str]) -> None:
+def report(results: dict, args, seconds: float, device: str, profiles: list[str],
+           macs: dict[str, float] | None = None) -> None:
     from kernels.triton.roofline import markdown_table
 
-    rows = []
+    rows, macs = [], macs or {}
     for (kind, preset), r in results.items():
         batch, res = CURRENT[preset]
         ours = results.get(("ours", preset.split("@")[0]), {})
         ratio = (f"{r['img_s'] / ours['img_s']:.2f}" if "img_s" in r and "img_s" in ours and kind != "ours" else "-")
+        gmac = f"{macs[preset]:.2f}" if kind == "ours" and preset in macs else "-"
         if "error" in r:
-            rows.append([_label(kind, preset), batch, f"{res}²", "-", "-", "-", "-", r["error"]])
+            rows.append([_label(kind, preset), batch, f"{res}²", gmac, "-", "-", "-", "-", r["error"]])
         else:
-            rows.append([_label(kind, preset), batch, f"{res}²", r["ms"], r["img_s"], r["peak_mib"], ratio,
+            rows.append([_label(kind, preset), batch, f"{res}²", gmac, r["ms"], r["img_s"], r["peak_mib"], ratio,
                          ", ".join(f"{k}: {v}" for k, v in r.get("kernels", {}).items()) or r.get("note", "")])
-    header = ["row", "batch", "input", "step ms", "images/s", "peak MiB", "this / ours (images/s)", "kernels / note"]
+    header = ["row", "batch", "input", "dense GMAC/image", "step ms", "images/s", "peak MiB", "this / ours (images/s)",
+              "kernels / note"]
     targets = []
     for preset, base, need in TARGETS:
         o, b = results.get(("ours", preset), {}), results.get((base_key(base, preset), preset), {})
@@ -303,9 +330,13 @@ def report(results: dict, args, seconds: float, device: str, profiles: list[str]
             got = d["img_s"] / o["img_s"]
             targets.append([f"{preset} time/image ≤ {WITHIN_DEIT}× deit_tiny's ({deit})", f"{got:.2f}×",
                             "met" if got <= WITHIN_DEIT else "not met"])
+            if preset in macs and deit in macs:  # context, not a target: the models' work per image differs
+                work = macs[preset] / macs[deit]
+                targets.append([f"{preset} time per dense MAC against {deit}'s (it does {work:.2f}× the MACs)",
+                                f"{got / work:.2f}×", "context"])
     text = (f"{versions_line(device)}\nrun: {seconds:.0f} s, {args.reps or (5 if args.quick else 15)} timed steps per "
             f"row\n\n" + markdown_table(header, rows) + "\n\ntargets:\n\n" +
-            markdown_table(["target", "measured", "verdict"], targets) + "\n" +
+            markdown_table(["target", "measured", "verdict"], targets) + "\n" + MACS_NOTE +
             "".join(f"\n{p}\n" for p in profiles))
     print(text)
     if args.out:
