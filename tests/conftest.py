@@ -28,6 +28,23 @@ def at_repo_root(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
 
 
+@pytest.fixture
+def import_bench(monkeypatch):
+    """Imports a benchmarks/ script as a module (they import each other by bare name), forgotten afterwards."""
+    import sys
+
+    monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, "benchmarks"))
+    names: list[str] = []
+
+    def load(name: str):
+        names.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in names:
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Pre-flight forwards are tiny: one thread avoids oversubscription on a busy machine (restored afterwards)."""

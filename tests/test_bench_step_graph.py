@@ -3,22 +3,13 @@ changes the scan's default tile choice only inside its block and only where the 
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import bench_step_graph
-
-    yield bench_step_graph
-    sys.modules.pop("bench_step_graph", None)
+def bench(import_bench):
+    return import_bench("bench_step_graph")
 
 
 def test_parse_variant_types_and_refusals(bench):

@@ -3,21 +3,12 @@ agree with the published counts where the scan's recurrence is negligible (DeiT-
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import bench_train
-
-    yield bench_train
-    sys.modules.pop("bench_train", None)
+def bench(import_bench):
+    return import_bench("bench_train")
 
 
 def test_dense_macs_match_published_counts(bench):
