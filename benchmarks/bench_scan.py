@@ -258,6 +258,14 @@ def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes:
     rows.append([name, f"fused {w['route']} (triton {cfg}, channel-last)", tc_fwd, tc_fb,
                  f"{tc_fwd / t_fwd:.2f}", f"{tc_fb / t_fb:.2f}", f"{f_fwd / tc_fwd:.0%} ({bound_f})",
                  f"{f_fb / tc_fb:.0%} ({bound_fb})", f"{tc_fb / tc_fwd:.2f}"])
+    if triton.next_power_of_2(w["n_state"]) < 16:  # VMamba's one state: the bi route's lane tiles beside the chunk
+        lane = lane_tiles(x, n_paths)
+        notes.append(check_same(ours(xc, lane), ours(xc, cfg), f"{name}: lane tiles vs default output"))
+        tl_fwd = median_ms(lambda: ours(xc, lane), reps=reps)
+        tl_fb = median_ms(fwd_bwd(lambda: ours(xcg, lane), leaves_c), reps=reps)
+        rows.append([name, f"fused {w['route']} (triton {tuple(lane)}: lane tiles, channel-last)", tl_fwd, tl_fb,
+                     f"{tl_fwd / t_fwd:.2f}", f"{tl_fb / t_fb:.2f}", f"{f_fwd / tl_fwd:.0%} ({bound_f})",
+                     f"{f_fb / tl_fb:.0%} ({bound_fb})", f"{tl_fb / tl_fwd:.2f}"])
     tm_fwd = tm_fb = None
     if w["route"] == "bi":  # the layout the SSM mixer trains with (B/C rows read as vectors)
         xm, _ = mixer_layout(x)
@@ -419,13 +427,13 @@ def bench_fwd_sweep(name: str, w: dict, bw: float, rate: float, reps: int, notes
     return rows
 
 
-def lane_tiles_for_one_path(x: dict) -> ScanConfig:
+def lane_tiles(x: dict, n_paths: int) -> ScanConfig:
     """The tiles the bi route gets at this batch (the lane forward; the lane backward where its programs fill the
-    GPU), for one path: one direction takes the chunk kernels by default, a choice made before the lane kernels' layout
-    hint (session 16) and reduce-scatter (session 20); this row asks whether it still holds."""
+    GPU), for a scan that takes the chunk kernels by default (one path, or VMamba's one state): a choice made before
+    the lane kernels' layout hint (session 16) and reduce-scatter (session 20); these rows ask whether it still holds."""
     bsz, _, dim, _ = x["u"].shape
-    fills = lane_bwd_fills(bsz * triton.cdiv(dim, 32), x["u"].device)
-    return default_config(x["A"].shape[-1], dim, n_paths=2, lane_bwd=fills)
+    fills = lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), x["u"].device)
+    return default_config(16, dim, n_paths=2, lane_bwd=fills)
 
 
 def bench_single(bw: float, rate: float, reps: int, notes: list[str]) -> list[list]:
@@ -439,7 +447,7 @@ def bench_single(bw: float, rate: float, reps: int, notes: list[str]) -> list[li
         xg, leaves = with_grad(x)
         f_fwd, bound = floor_ms(x, 1, bw, rate, False)
         f_fb, bound_fb = floor_ms(x, 1, bw, rate, True)
-        lane = lane_tiles_for_one_path(x)
+        lane = lane_tiles(x, 1)
         default_out = None
         for label, cfg in (("one direction (triton)", None), (f"one direction (triton, lane tiles {tuple(lane)})",
                                                                  lane)):

@@ -199,6 +199,15 @@ def test_lane_tiles_on_one_direction(option):
     check_against_oracle(inputs, True, None, "sum", torch.float32, LANE_OPTIONS[option])
 
 
+def test_lane_tiles_on_cross4_with_one_state():
+    """VMamba's scan (four cross routes, one state, sum merge) through the bi route's lane tiles, reduce-scatter of the
+    single state's dB/dC over the warp (benchmarks/bench_scan.py times this row against the chunk kernels N = 1 gets
+    by default)."""
+    inputs = mixer_layout(make_inputs(2, 4, 6, 1, 16))
+    cfg = ("lane", 8, 4, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 2, 8, "scatter", "channels")
+    check_against_oracle(inputs, True, route("cross", 4, 16, 4), "sum", torch.float32, cfg)
+
+
 @pytest.mark.parametrize("segments, bc, hint, length", [(2, "scatter", "channels", 29), (3, "atomic", "none", 29),
                                                        (3, "partial", "channels", 24), (9, "scatter", "channels", 13)])
 def test_segmented_lane_backward(segments, bc, hint, length):
