@@ -25,3 +25,20 @@ def test_channels_hint_keeps_one_lane_a_channel():
     assert kernels == ["scan_fwd_lane_kernel", "scan_bwd_lane_kernel"]
     one_lane_a_channel = "sizePerThread = [1, 1], threadsPerWarp = [1, 32], warpsPerCTA = [1, 1], order = [1, 0]"
     assert layouts == [one_lane_a_channel] * 2, layouts
+    bwd_loops = re.findall(r"loop 0x\w+-0x\w+: (\d+) instructions a pass", hinted.split("_scan_bwd_lane_kernel")[1])
+    assert len(bwd_loops) == 3, bwd_loops  # the stretch's tiles: the re-advance and the tile loop inside each stretch
+
+
+def test_loops_finds_nested_back_edges():
+    """`loops` reads one pass of each loop body from SASS text (cuobjdump's format), innermost first."""
+    from kernels.triton.offline import loops
+
+    def ins(addr: int, text: str) -> str:
+        return f"        /*{addr:04x}*/                   {text} ;    /* 0x000000000000000000 */"
+
+    sass = "\n".join([ins(0x00, "MOV R1, c[0x0][0x28]"), ins(0x10, "FFMA R2, R2, R3, R4"),
+                      ins(0x20, "MUFU.EX2 R5, R2"), ins(0x30, "@P0 BRA 0x20"), ins(0x40, "SHFL.BFLY PT, R6, R5"),
+                      ins(0x50, "@P1 BRA 0x10"), ins(0x60, "@P2 BRA 0x80"), ins(0x70, "EXIT"), ins(0x80, "BRA 0x80")])
+    found = [(a, b, dict(c)) for a, b, c in loops(sass)]
+    assert found == [(0x20, 0x30, {"MUFU": 1, "BRA": 1}),
+                     (0x10, 0x50, {"FFMA": 1, "MUFU": 1, "BRA": 2, "SHFL": 1})]

@@ -11,7 +11,8 @@ target here if the active driver is replaced by one that only names the target. 
         print(sass_report(k, name))
 
 Run as a script for the lane selective-scan kernels (forward and backward) at the study row's shape (batch 256, the
-bi route, 384 channels, N = 16, 65 tokens, the mixer's memory layout), the default config and any others given:
+bi route, 384 channels, N = 16, 65 tokens, the mixer's memory layout), the default config and any others given, with
+each kernel's loops (one pass's instructions: the issue-bound floor per step, benchmarks/RESULTS.md session 21):
 
     python -m kernels.triton.offline ['("lane", 32, 8, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 32,
                                         "atomic", "channels")' ...]
@@ -143,6 +144,28 @@ def sass_report(compiled: CompiledKernel, title: str = "") -> str:
             f"{total} SASS instructions ({parts})")
 
 
+def loops(sass: str) -> list[tuple[int, int, collections.Counter]]:
+    """The kernel's loops, innermost first: (start, end address, opcode counts of one pass of the body) for every
+    backward branch. A loop's count includes the loops nested in it once; per time step, the issue-bound floor of a
+    loop is its instructions (one warp instruction per clock per scheduler) over the steps one pass covers."""
+    text = [line for line in sass.splitlines() if re.search(r"/\*[0-9a-f]{4,}\*/\s+\S", line)]
+    addrs = [int(re.search(r"/\*([0-9a-f]{4,})\*/", line).group(1), 16) for line in text]
+    where = {a: i for i, a in enumerate(addrs)}
+    found = []
+    for i, line in enumerate(text):
+        m = re.search(r"\bBRA\s+0x([0-9a-f]+)", line)
+        if m and int(m.group(1), 16) < addrs[i] and int(m.group(1), 16) in where:
+            start = where[int(m.group(1), 16)]
+            found.append((addrs[start], addrs[i], opcode_counts("\n".join(text[start:i + 1]))))
+    return sorted(found, key=lambda f: sum(f[2].values()))
+
+
+def loop_report(sass: str) -> list[str]:
+    return [f"loop {a:#06x}-{b:#06x}: {sum(c.values())} instructions a pass ("
+            + ", ".join(f"{g} {n}" for g, ops in GROUPS.items() if (n := sum(c[o] for o in ops))) + ")"
+            for a, b, c in loops(sass)]
+
+
 def state_layouts(compiled: CompiledKernel, n_state: int = 16, channels: int = 32) -> list[str]:
     """The distinct layouts of the kernel's (n_state, channels) tensors in its TTGIR ("one lane a channel" when each
     thread holds a whole column: threadsPerWarp = [1, 32])."""
@@ -188,10 +211,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nconfig: {cfg or 'default'}")
         for name, k in kernels:
             print(f"  {sass_report(k, name)}")
+            for line in loop_report(sass_text(k)):
+                print(f"    {line}")
             print(f"    (16, 32) layouts: {'; '.join(state_layouts(k)) or '-'}")
 
 
-__all__ = ["capture_compiles", "sass_report", "sass_text", "opcode_counts", "resources", "state_layouts"]
+__all__ = ["capture_compiles", "loop_report", "loops", "sass_report", "sass_text", "opcode_counts", "resources",
+           "state_layouts"]
 
 
 if __name__ == "__main__":
