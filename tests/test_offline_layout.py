@@ -29,6 +29,19 @@ def test_channels_hint_keeps_one_lane_a_channel():
     assert len(bwd_loops) == 3, bwd_loops  # the stretch's tiles: the re-advance and the tile loop inside each stretch
 
 
+def test_register_cap_reaches_the_compiler():
+    """`bwd_regs` caps the lane backward's registers (the rest spills to local memory); the forward is untouched."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    capped = HINTED[:-1] + ', 1, 168)'
+    res = subprocess.run([sys.executable, "-m", "kernels.triton.offline", capped], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = res.stdout.split("config: ('lane'")[1]
+    regs = dict(re.findall(r"_(scan_\w+_lane_kernel): (\d+) registers", report))
+    assert regs["scan_bwd_lane_kernel"] == "168" and int(regs["scan_fwd_lane_kernel"]) != 168, regs
+    assert re.search(r"_scan_bwd_lane_kernel: .*spill \d+", report)
+
+
 def test_loops_finds_nested_back_edges():
     """`loops` reads one pass of each loop body from SASS text (cuobjdump's format), innermost first."""
     from kernels.triton.offline import loops

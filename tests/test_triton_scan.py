@@ -324,6 +324,21 @@ def test_bad_lane_bc_mode_is_refused(bwd, bc, match):
                                     config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", bwd, 2, 4, bc))
 
 
+def test_register_cap_of_the_lane_backward():
+    """`bwd_regs` reaches the lane backward's launch (the interpreter ignores the cap itself; the GPU smoke test checks
+    the spilling kernel) and is refused where it cannot apply: out of range, or with the chunk backward."""
+    inputs = mixer_layout(make_inputs(2, 2, 6, 8, 13))
+    cfg = ("lane", 8, 4, 1, 0, 0, "input", "grid", 4, 0, "grid", "lane", 2, 8, "scatter", "channels", 1, 168)
+    check_against_oracle(inputs, True, route("bi", 2, 13), "mean", torch.float32, cfg)
+    leaves = [x.requires_grad_(True) if x is not None else None for x in make_inputs(1, 2, 4, 2, 9)]
+    for bwd, regs, match in (("lane", 8, "bwd_regs must be"), ("lane", 300, "bwd_regs must be"),
+                             ("chunk", 168, "applies to the lane backward")):
+        with pytest.raises(ValueError, match=match):
+            selective_scan_paths_triton(*leaves, delta_softplus=True, paths=route("bi", 2, 9), merge="mean",
+                                        config=("lane", 4, 8, 1, 4, 1, "input", "grid", 4, 0, "grid", bwd, 2, 4,
+                                                "atomic", "none", 1, regs))
+
+
 def test_partial_bc_is_bitwise_repeatable():
     """dB and dC through the slots: two backward passes give the same bits (the lane backward, chosen by 'partial'
     from 'auto'). Under the interpreter atomics are repeatable too, so here this checks that the path runs; on the
@@ -459,14 +474,16 @@ def test_lane_hint_channels_smoke_gpu(dtype, fwd, bc):
 @pytest.mark.gpu_smoke
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("segments, bsz, length", [(1, 16, 197), (6, 2, 600)], ids=["whole", "segmented"])
-def test_default_lane_backward_smoke_gpu(dtype, segments, bsz, length):
+@pytest.mark.parametrize("segments, bsz, length, regs", [(1, 16, 197, 0), (6, 2, 600, 0), (1, 16, 197, 168)],
+                         ids=["whole", "segmented", "capped"])
+def test_default_lane_backward_smoke_gpu(dtype, segments, bsz, length, regs):
     """The default where the lane backward's programs fill the GPU (a training batch; these batches would take the
-    chunk backward, so the lane one is forced): checkpoints every 4 steps, dB/dC by reduce-scatter; whole, and cut
-    into sequence segments at a long sequence and a small batch (what Vim-Ti at 1248² looks like to it)."""
+    chunk backward, so the lane one is forced): checkpoints every 4 steps, dB/dC by reduce-scatter; whole, cut into
+    sequence segments at a long sequence and a small batch (what Vim-Ti at 1248² looks like to it), and with its
+    registers capped at 168 (spilling)."""
     from kernels.triton.scan_config import default_config
 
-    cfg = default_config(16, 384, 2, lane_bwd=True)._replace(bwd="lane", bwd_segments=segments)
+    cfg = default_config(16, 384, 2, lane_bwd=True)._replace(bwd="lane", bwd_segments=segments, bwd_regs=regs)
     assert (cfg.steps, cfg.bwd_bc) == (4, "scatter")
     inputs = mixer_layout(make_inputs(bsz, 2, 384, 16, length, dtype=dtype))
     check_against_oracle(inputs, True, route("bi", 2, length), "mean", dtype, tuple(cfg))

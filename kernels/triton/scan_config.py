@@ -42,7 +42,10 @@ class ScanConfig(NamedTuple):
     must share the hint. `bwd_segments`: the lane backward cut into that many sequence pieces, each its own program
     after a summary launch hands it the adjoint from the later pieces (1 = none, 0 = as many as the forward's
     `segments` rule gives): for long sequences at a small batch, where the unsegmented lane backward leaves SMs idle;
-    asking for segments (≠ 1) selects the lane backward at any batch, as `bwd_bc="partial"` does."""
+    asking for segments (≠ 1) selects the lane backward at any batch, as `bwd_bc="partial"` does. `bwd_regs`: the
+    most registers a thread of the lane backward may hold (0 = the compiler's choice: 254 at the default, so 8 warps
+    an SM): a cap spills to local memory for more warps an SM to hide latency with (offline, sm_90: 168 registers
+    spill 99 instructions of a 2-step tile's 1,240 for 12 warps an SM)."""
 
     variant: str
     bd: int
@@ -61,6 +64,7 @@ class ScanConfig(NamedTuple):
     bwd_bc: str = "atomic"
     lane_hint: str = "none"
     bwd_segments: int = 1
+    bwd_regs: int = 0
 
 
 # Backward tiles and gradient layouts tried on the GPU (benchmarks/bench_scan.py --bwd-sweep; the gpu tests check each),
@@ -161,6 +165,11 @@ def backward_tiles(cfg: ScanConfig, n_state: int, lane_warps: int,
     if cfg.bwd_segments != 1 and cfg.bwd == "chunk":
         raise ValueError(f"bwd_segments={cfg.bwd_segments} needs the lane backward (bwd='lane' or 'auto'); the chunk "
                          "backward is not cut into segments")
+    if cfg.bwd_regs and not 24 <= cfg.bwd_regs <= 255:
+        raise ValueError(f"bwd_regs must be 0 (the compiler's choice) or 24-255 registers a thread, got {cfg.bwd_regs}")
+    if cfg.bwd_regs and cfg.bwd == "chunk":
+        raise ValueError(f"bwd_regs={cfg.bwd_regs} applies to the lane backward (bwd='lane' or 'auto'); the chunk "
+                         "backward takes the compiler's choice")
     if cfg.bwd_bc == "partial" or cfg.bwd_segments != 1:  # asking for the slots or for segments chooses the lane
         cfg = cfg._replace(bwd="lane")  # backward at any batch; "scatter" applies where it runs
     if cfg.bwd == "auto":

@@ -179,7 +179,7 @@ def scan_paths_bwd(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: 
         flags = {k: v for k, v in opts.items() if k not in ("T", "BD", "num_warps")}
         launch_lane_bwd(inputs, outs, length, dim, nchunk, scale, n_paths, (*strides, *du.stride(), *db.stride()),
                         flags, cfg.steps, cfg.bwd_tile, bd, warps, bc_vector_width(B, C), cfg.bwd_red,
-                        cfg.bwd_bc == "partial", hints, cfg.bwd_bc == "scatter", cfg.bwd_segments)
+                        cfg.bwd_bc == "partial", hints, cfg.bwd_bc == "scatter", cfg.bwd_segments, cfg.bwd_regs)
     elif seq:
         scratch = torch.empty((grid[0] * grid[1] * grid[2], cfg.steps, bd, np2), device=dev, dtype=f32)
         _scan_bwd_seq_kernel[grid](*inputs[:-1], hs, scratch, *outs, length, dim, nchunk, float(scale), *strides,

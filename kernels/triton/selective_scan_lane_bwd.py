@@ -364,7 +364,8 @@ def _scan_bwd_lane_summary_kernel(
 def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, ...], length: int, dim: int,
                     nchunk: int, scale: float, n_paths: int, strides: tuple[int, ...], flags: dict[str, Any], ck: int,
                     tile: int, bd: int, warps: int, vec_bc: int, red: int = 8, bc_partial: bool = False,
-                    channel_unit: bool = False, bc_scatter: bool = False, segments: int = 1) -> None:
+                    channel_unit: bool = False, bc_scatter: bool = False, segments: int = 1,
+                    max_regs: int = 0) -> None:
     """Launch `_scan_bwd_lane_kernel`: one program per (batch, `bd` channels, path). `inputs`/`outs` in the chunk
     backward's order, `strides` = the inputs', dout's, the u/Δ gradients' and the dB/dC buffers' strides; `flags`
     = the N/NP/HAS_*/ATOMIC_Z constexprs; `ck` = the forward's checkpoint stretch, `tile` = steps kept in registers;
@@ -374,7 +375,8 @@ def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, 
     pieces of whole checkpoint stretches, each its own program (0 = as many as the forward would take, see
     `lane_segments`), after a summary launch that hands each piece the adjoint entering it from the later ones:
     more programs where batch × channel blocks × paths leave the GPU idle (long sequences at a small batch), for one
-    more pass over Δ, C and dy."""
+    more pass over Δ, C and dy; `max_regs`: registers a thread may hold in the main kernel (0 = the compiler's
+    choice), spilling the rest to local memory for more warps an SM."""
     import torch
 
     from .selective_scan_lane import lane_segments
@@ -416,7 +418,8 @@ def launch_lane_bwd(inputs: tuple[torch.Tensor, ...], outs: tuple[torch.Tensor, 
     _scan_bwd_lane_kernel[grid](*inputs, scratch, segg, segd, *outs, length, dim, nchunk, float(scale), n_paths,
                                 seglen, nseg, *strides, 0, sbc_k, BD=bd, CK=ck, T=tile, VEC_BC=vec_bc, RED=red,
                                 BC_PARTIAL=bc_partial, CH_UNIT=channel_unit, BC_RS=bc_scatter,
-                                SEGMENTED=nseg > 1, num_warps=warps, **flags)
+                                SEGMENTED=nseg > 1, num_warps=warps, **flags,
+                                **({"maxnreg": max_regs} if max_regs else {}))
     if bc_partial:
         torch.sum(outs[3], 0, out=db)
         torch.sum(outs[4], 0, out=dc)
