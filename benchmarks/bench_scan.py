@@ -276,20 +276,20 @@ def bench_workload(name: str, w: dict, bw: float, rate: float, reps: int, notes:
         rows.append([name, f"fused {w['route']} (triton {cfg}, the SSM mixer's layout)", tm_fwd, tm_fb,
                      f"{tm_fwd / t_fwd:.2f}", f"{tm_fb / t_fb:.2f}", f"{f_fwd / tm_fwd:.0%} ({bound_f})",
                      f"{f_fb / tm_fb:.0%} ({bound_fb})", f"{tm_fb / tm_fwd:.2f}"])
-        if ScanConfig(*cfg).bwd != "lane" and not lane_bwd_fills(
-                x["u"].shape[0] * n_paths * triton.cdiv(x["u"].shape[2], 32), x["u"].device):
-            # the lane backward in sequence segments, where the unsegmented one would leave SMs idle
-            seg = default_config(w["n_state"], x["u"].shape[2], n_paths)._replace(bwd="lane", bwd_segments=0)
-            notes.append(check_same(ours(xm, seg), ours(x, cfg), f"{name}: segmented lane bwd vs default output"))
-            gs = [torch.autograd.grad(ours(xmg, c).float().square().sum(), leaves_m) for c in (cfg, seg)]
-            notes.append(f"{name}: segmented lane bwd vs default gradients: max rel. diff "
+        if ScanConfig(*cfg).bwd_segments != 1:
+            # the default's lane backward runs in sequence segments here (its whole programs would leave SMs idle):
+            # beside it the choice before session 22, the chunk backward with checkpoints every 16 steps
+            old = ScanConfig(*cfg)._replace(steps=16, bwd="chunk", bwd_bc="atomic", bwd_segments=1)
+            notes.append(check_same(ours(xm, old), ours(x, cfg), f"{name}: chunk bwd vs default output"))
+            gs = [torch.autograd.grad(ours(xmg, c).float().square().sum(), leaves_m) for c in (old, cfg)]
+            notes.append(f"{name}: chunk bwd vs default (segmented lane bwd) gradients: max rel. diff "
                          f"{max(((a - b).norm() / b.norm()).item() for a, b in zip(*gs)):.1e}")
-            ts_fwd = median_ms(lambda: ours(xm, seg), reps=reps)
-            ts_fb = median_ms(fwd_bwd(lambda: ours(xmg, seg), leaves_m), reps=reps)
-            rows.append([name, f"fused {w['route']} (triton {tuple(seg)}: lane bwd in segments, mixer's layout)",
-                         ts_fwd, ts_fb, f"{ts_fwd / t_fwd:.2f}", f"{ts_fb / t_fb:.2f}",
-                         f"{f_fwd / ts_fwd:.0%} ({bound_f})", f"{f_fb / ts_fb:.0%} ({bound_fb})",
-                         f"{ts_fb / ts_fwd:.2f}"])
+            to_fwd = median_ms(lambda: ours(xm, old), reps=reps)
+            to_fb = median_ms(fwd_bwd(lambda: ours(xmg, old), leaves_m), reps=reps)
+            rows.append([name, f"fused {w['route']} (triton {tuple(old)}: chunk bwd, the default before session 22, "
+                         "mixer's layout)", to_fwd, to_fb, f"{to_fwd / t_fwd:.2f}", f"{to_fb / t_fb:.2f}",
+                         f"{f_fwd / to_fwd:.0%} ({bound_f})", f"{f_fb / to_fb:.0%} ({bound_fb})",
+                         f"{to_fb / to_fwd:.2f}"])
     if selective_scan_fn is None:
         rows.append([name, MAMBA_NOTE, "-", "-", "-", "-", "-", "-", "-"])
         return rows
@@ -428,8 +428,8 @@ def bench_fwd_sweep(name: str, w: dict, bw: float, rate: float, reps: int, notes
 
 
 def lane_tiles(x: dict, n_paths: int) -> ScanConfig:
-    """The tiles the bi route gets at this batch (the lane forward; the lane backward where its programs fill the
-    GPU), for a scan that takes the chunk kernels by default (one path, or VMamba's one state): a choice made before
+    """The tiles the bi route gets at this batch (the lane forward and backward, the backward in sequence segments
+    where its whole programs would not fill the GPU), for a scan that takes the chunk kernels by default (one path, or VMamba's one state): a choice made before
     the lane kernels' layout hint (session 16) and reduce-scatter (session 20); these rows ask whether it still holds."""
     bsz, _, dim, _ = x["u"].shape
     fills = lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), x["u"].device)

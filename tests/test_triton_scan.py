@@ -355,20 +355,23 @@ def test_partial_bc_is_bitwise_repeatable():
     assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
 
 
-def test_default_checkpoint_stretch_follows_the_backward(monkeypatch):
-    """On the GPU (interpreter off) Vim's bi route checkpoints every 4 steps where the lane backward runs and every 16
-    where the chunk backward does (its tiles were tuned at 16); the forward and the backward ask the same question."""
+def test_default_lane_backward_is_segmented_where_it_would_not_fill(monkeypatch):
+    """On the GPU (interpreter off) Vim's bi route takes the lane backward at every batch, checkpointing every 4
+    steps: whole where its programs fill the GPU, in sequence segments (as many as fill it) where they would not
+    (session 22: 1.99× the chunk backward's fwd+bwd at Vim-Ti 1248² × 4, which the default took before)."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     from kernels.triton.scan_config import default_config
 
-    lane, chunk = default_config(16, 384, 2, lane_bwd=True), default_config(16, 384, 2, lane_bwd=False)
-    assert (lane.variant, lane.steps, lane.bwd) == ("lane", 4, "auto") and chunk.steps == 16
-    # both lane kernels one lane a channel under Triton 3.6 too (session 16); the lane backward's dB/dC by
-    # reduce-scatter (session 20), the chunk backward's by atomics (the only mode it has)
-    assert lane.lane_hint == chunk.lane_hint == "channels"
-    assert (lane.bwd_bc, chunk.bwd_bc) == ("scatter", "atomic")
+    whole, segmented = default_config(16, 384, 2, lane_bwd=True), default_config(16, 384, 2, lane_bwd=False)
+    assert (whole.variant, whole.steps, whole.bwd, whole.bwd_segments) == ("lane", 4, "auto", 1)
+    assert segmented == whole._replace(bwd_segments=0)
+    # both lane kernels one lane a channel under Triton 3.6 too (session 16); dB/dC by reduce-scatter (session 20)
+    assert whole.lane_hint == segmented.lane_hint == "channels"
+    assert whole.bwd_bc == segmented.bwd_bc == "scatter"
+    # (test_segments_choose_the_lane_backward: the segments take the lane backward where "auto" would not)
     # reduce-scatter needs a lane per padded state: 64 states keep the atomics rather than fail
     assert default_config(64, 384, 2, lane_bwd=True).bwd_bc == "atomic"
+    assert default_config(64, 384, 2, lane_bwd=False).bwd_bc == "atomic"
     assert default_config(1, 96, 4).variant == "chunk"  # VMamba's cross4 (N = 1) keeps the chunked kernels
 
 
@@ -435,8 +438,8 @@ def test_default_and_grid_tiles_channel_last_gpu(kind, config, dtype):
 @gpu
 @pytest.mark.parametrize("kind", ["vim_ti_bi", "cross4_16x16"])
 def test_default_tiles_smoke_gpu(kind):
-    """The default tiles (Vim-Ti bi: the lane kernels with vector B/C rows; cross4 N = 1: the chunk kernels) on the
-    mixer's bfloat16 layout."""
+    """The default tiles (Vim-Ti bi: the lane kernels with vector B/C rows, at this batch of 16 the backward in
+    sequence segments on an H100/H200; cross4 N = 1: the chunk kernels) on the mixer's bfloat16 layout."""
     test_default_and_grid_tiles_channel_last_gpu(kind, None, torch.bfloat16)
 
 
@@ -477,10 +480,10 @@ def test_lane_hint_channels_smoke_gpu(dtype, fwd, bc):
 @pytest.mark.parametrize("segments, bsz, length, regs", [(1, 16, 197, 0), (6, 2, 600, 0), (1, 16, 197, 168)],
                          ids=["whole", "segmented", "capped"])
 def test_default_lane_backward_smoke_gpu(dtype, segments, bsz, length, regs):
-    """The default where the lane backward's programs fill the GPU (a training batch; these batches would take the
-    chunk backward, so the lane one is forced): checkpoints every 4 steps, dB/dC by reduce-scatter; whole, cut into
-    sequence segments at a long sequence and a small batch (what Vim-Ti at 1248² looks like to it), and with its
-    registers capped at 168 (spilling)."""
+    """The default's lane backward (checkpoints every 4 steps, dB/dC by reduce-scatter) forced into each of its
+    forms at these small batches: whole (what a training batch that fills the GPU gets), cut into sequence segments
+    at a long sequence and a small batch (what Vim-Ti at 1248² gets), and with its registers capped at 168
+    (spilling)."""
     from kernels.triton.scan_config import default_config
 
     cfg = default_config(16, 384, 2, lane_bwd=True)._replace(bwd="lane", bwd_segments=segments, bwd_regs=regs)

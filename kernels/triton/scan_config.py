@@ -45,7 +45,8 @@ class ScanConfig(NamedTuple):
     asking for segments (≠ 1) selects the lane backward at any batch, as `bwd_bc="partial"` does. `bwd_regs`: the
     most registers a thread of the lane backward may hold (0 = the compiler's choice: 254 at the default, so 8 warps
     an SM): a cap spills to local memory for more warps an SM to hide latency with (offline, sm_90: 168 registers
-    spill 99 instructions of a 2-step tile's 1,240 for 12 warps an SM)."""
+    spill 99 instructions of a 2-step tile's 1,240 for 12 warps an SM). It lost on an H100 (session 22, graphed
+    vim_tiny step: 168 registers 0.96×, 128 registers 0.65× the default's speed), so the default leaves it at 0."""
 
     variant: str
     bd: int
@@ -87,9 +88,10 @@ BWD_GRID_CANDIDATES = {
 def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = True) -> ScanConfig:
     """Tile choice from the H100/H200 runs in benchmarks/RESULTS.md. A multi-path route with N ≥ 16 (Vim's bi route)
     takes the lane-owned forward, one program per path (session 3's forward sweep: 0.52 vs 0.61 ms at Vim-Ti 224², 1.6
-    vs 1.95 ms at 1248²) and, where its programs fill the GPU (`lane_bwd`, see `lane_bwd_fills`), the lane backward
-    (2-step register tiles) with checkpoints every 4 steps; else the chunk backward with checkpoints every 16 steps
-    (session 4's sweep on the mixer's layout). Both lane kernels take lane_hint "channels" (session 16, H100, Triton
+    vs 1.95 ms at 1248²) and the lane backward (2-step register tiles) with checkpoints every 4 steps: whole where its
+    programs fill the GPU (`lane_bwd`, see `lane_bwd_fills`), else in sequence segments (session 22, H100, Vim-Ti bi
+    at 1248² × 4 in the mixer's layout: fwd+bwd 5.68 → 2.86 ms against the chunk backward with checkpoints every 16
+    steps, the choice until then; the checkpoints take 4× its memory). Both lane kernels take lane_hint "channels" (session 16, H100, Triton
     3.6: forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row against the hint-less layout). The lane
     backward sums dB/dC by reduce-scatter (64 shuffles a 2-step tile instead of 192 for an 8-lane Σ_d and atomics)
     and re-advances one tile per 4-step stretch instead of three per 8 (session 20, H100, `bench_step_graph.py
@@ -102,12 +104,11 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return ScanConfig("seq", min(8, triton.next_power_of_2(dim)), 4, 1)
     if n_paths > 1 and triton.next_power_of_2(n_state) >= 16:
-        if lane_bwd:  # reduce-scatter needs a lane per padded state (32 channels a program): N ≤ 32
-            bc = "scatter" if triton.next_power_of_2(n_state) <= 32 else "atomic"
-            cfg = ScanConfig("lane", 32, 4, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8, bc, "channels")
-        else:
-            cfg = ScanConfig("lane", 32, 16, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8, "atomic",
-                             "channels")
+        # reduce-scatter needs a lane per padded state (32 channels a program): N ≤ 32; where the lane backward's
+        # programs would not fill the GPU it runs in sequence segments (bwd_segments 0: as many as fill it)
+        bc = "scatter" if triton.next_power_of_2(n_state) <= 32 else "atomic"
+        cfg = ScanConfig("lane", 32, 4, 1, 0, 0, "input", "grid", 8, 0, "grid", "auto", 2, 8, bc, "channels",
+                         1 if lane_bwd else 0)
         for changes in _LANE_CHANGES:
             cfg = cfg._replace(**changes)
         return cfg
@@ -142,9 +143,9 @@ def _chunk_default(n_state: int) -> ScanConfig:
 
 
 def lane_bwd_fills(warps: int, device: torch.device) -> bool:
-    """Whether `warps` one-warp programs give every SM at least 4 (the lane backward has no sequence segments: at
-    Vim-Ti 1248² × 4 it would run 96 warps on 132 SMs, and the chunk backward is used instead). Always true off
-    CUDA (the interpreter's tests run the lane kernel)."""
+    """Whether `warps` one-warp programs give every SM at least 4; where they do not (Vim-Ti 1248² × 4 would run 96
+    warps on 132 SMs) the default cuts the lane backward into sequence segments, and "auto" without segments takes
+    the chunk backward. Always true off CUDA (the interpreter's tests run the lane kernel whole)."""
     if device.type != "cuda":
         return True
     return warps >= 4 * torch.cuda.get_device_properties(device).multi_processor_count

@@ -51,8 +51,9 @@ LOG2E = 1.4426950408889634
 
 
 def _default_for(u: torch.Tensor, n_state: int) -> ScanConfig:
-    """`default_config` for u's (batch, paths, dim, L); forward and backward must agree on the checkpoint stretch,
-    which depends on whether the lane backward's programs fill the GPU (the same test `backward_tiles` makes)."""
+    """`default_config` for u's (batch, paths, dim, L); forward and backward must agree on it (the checkpoints'
+    stretch and layout), and it depends on whether the lane backward's programs fill the GPU (whole, else in
+    sequence segments: the same test `backward_tiles` makes)."""
     bsz, n_paths, dim, _ = u.shape
     return default_config(n_state, dim, n_paths, lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), u.device))
 
