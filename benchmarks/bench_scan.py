@@ -429,8 +429,9 @@ def bench_fwd_sweep(name: str, w: dict, bw: float, rate: float, reps: int, notes
 
 def lane_tiles(x: dict, n_paths: int) -> ScanConfig:
     """The tiles the bi route gets at this batch (the lane forward and backward, the backward in sequence segments
-    where its whole programs would not fill the GPU), for a scan that takes the chunk kernels by default (one path, or VMamba's one state): a choice made before
-    the lane kernels' layout hint (session 16) and reduce-scatter (session 20); these rows ask whether it still holds."""
+    where its whole programs would not fill the GPU), for a scan that takes the chunk kernels by default (one path,
+    or VMamba's one state): a choice made before the lane kernels' layout hint (session 16), reduce-scatter (session
+    20) and the segmented backward (session 22); these rows ask whether it still holds."""
     bsz, _, dim, _ = x["u"].shape
     fills = lane_bwd_fills(bsz * n_paths * triton.cdiv(dim, 32), x["u"].device)
     return default_config(16, dim, n_paths=2, lane_bwd=fills)

@@ -91,8 +91,9 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     vs 1.95 ms at 1248²) and the lane backward (2-step register tiles) with checkpoints every 4 steps: whole where its
     programs fill the GPU (`lane_bwd`, see `lane_bwd_fills`), else in sequence segments (session 22, H100, Vim-Ti bi
     at 1248² × 4 in the mixer's layout: fwd+bwd 5.68 → 2.86 ms against the chunk backward with checkpoints every 16
-    steps, the choice until then; the checkpoints take 4× its memory). Both lane kernels take lane_hint "channels" (session 16, H100, Triton
-    3.6: forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row against the hint-less layout). The lane
+    steps, the choice until then; the checkpoints take 4× its memory). Both lane kernels take lane_hint "channels"
+    (session 16, H100, Triton 3.6: forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row against the
+    hint-less layout). The lane
     backward sums dB/dC by reduce-scatter (64 shuffles a 2-step tile instead of 192 for an 8-lane Σ_d and atomics)
     and re-advances one tile per 4-step stretch instead of three per 8 (session 20, H100, `bench_step_graph.py
     --scan`, two runs: the graphed train step 24.22 → 22.20-22.29 ms at the study row, 70.01 → 65.47-65.50 ms at
