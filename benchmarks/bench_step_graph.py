@@ -284,7 +284,7 @@ def main() -> None:
             continue
         f = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
         speed = f"{r['eager'] / r['graph']:.2f}×" if "graph" in r and "eager" in r else "-"
-        peak = f"{r.get('eager peak', float('nan')):.0f} / {r.get('graph peak', float('nan')):.0f}"
+        peak = " / ".join(f"{r[k]:.0f}" if k in r else "-" for k in ("eager peak", "graph peak"))
         lines.append(f"| {label} | {r['batch']} | {r['res']}² | {f('eager')} | {f('busy')} | {f('eager fused')} | "
                      f"{f('graph')} | {speed} | {peak} | {r.get('graph_mode', '-')} |")
         print(lines[-1], flush=True)

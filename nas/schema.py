@@ -61,8 +61,7 @@ class TrainConfig(_Strict):
     amp: bool | None = None
     cuda_graph: bool = True  # replay each full batch's step from a CUDA graph on CUDA (nas/train_step.py)
     # the selective scan's lane kernels (Vim's bi route on CUDA) checkpoint their state every N steps; None = the
-    # kernels' default: 4 at training batches, 16 where a batch is too small to fill the GPU (tiny memory there).
-    # 8 halves the default's checkpoint memory for ~5 % of the train step.
+    # kernels' default (4). 8 halves the default's checkpoint memory for ~5 % of the train step.
     scan_checkpoints: Literal[2, 4, 8, 16, 32] | None = None
 
     @field_validator("kernel_backend")

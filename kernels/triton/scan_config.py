@@ -93,13 +93,12 @@ def default_config(n_state: int, dim: int, n_paths: int = 1, lane_bwd: bool = Tr
     at 1248² × 4 in the mixer's layout: fwd+bwd 5.68 → 2.86 ms against the chunk backward with checkpoints every 16
     steps, the choice until then; the checkpoints take 4× its memory). Both lane kernels take lane_hint "channels"
     (session 16, H100, Triton 3.6: forward 0.447 → 0.279 ms and fwd+bwd 1.68 → 1.21 ms at the study row against the
-    hint-less layout). The lane
-    backward sums dB/dC by reduce-scatter (64 shuffles a 2-step tile instead of 192 for an 8-lane Σ_d and atomics)
-    and re-advances one tile per 4-step stretch instead of three per 8 (session 20, H100, `bench_step_graph.py
-    --scan`, two runs: the graphed train step 24.22 → 22.20-22.29 ms at the study row, 70.01 → 65.47-65.50 ms at
-    vim_tiny), for twice the checkpoint memory (eager peak 2.9 → 4.0 GB and 8.2 → 11.8 GB; `lane_defaults(steps=8)`
-    gives it back). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08
-    ms lane) keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait
+    hint-less layout). The lane backward sums dB/dC by reduce-scatter (64 shuffles a 2-step tile instead of 192 for
+    an 8-lane Σ_d and atomics) and re-advances one tile per 4-step stretch instead of three per 8 (session 20, H100,
+    `bench_step_graph.py --scan`, two runs: the graphed train step 24.22 → 22.20-22.29 ms at the study row, 70.01 →
+    65.47-65.50 ms at vim_tiny), for twice the checkpoint memory (eager peak 2.9 → 4.0 GB and 8.2 → 11.8 GB;
+    `lane_defaults(steps=8)` gives it back). One path and N = 1 (VMamba's cross4: 1.68 ms chunk vs 2.08 ms lane)
+    keep the chunked kernel; the step-sequential one was slower everywhere (its later steps' loads wait
     behind the earlier steps' stores, see gpu_notes.md). Under Triton's interpreter (CPU tests) every tile element
     costs Python time, so tiles shrink to the problem."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
